@@ -1,0 +1,494 @@
+//! Conversations and messages (DESIGN.md 3.5), their input documents and list queries (3.7).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::Timestamp;
+use crate::cursor::ListCursor;
+use crate::error::{Errors, InputError};
+use crate::id::{ConversationId, MessageId, TenantId, UserId};
+use crate::json::{as_object, char_len_between, optional, reject_unknown, required};
+
+pub const MAX_TITLE_CHARS: usize = 200;
+pub const MAX_PERSONA_CHARS: usize = 200;
+pub const MAX_JURISDICTIONS: usize = 50;
+pub const MAX_JURISDICTION_CHARS: usize = 16;
+/// Default for `COPILOT_MAX_MESSAGE_BYTES`.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024;
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+pub const DEFAULT_CONVERSATION_LIMIT: u32 = 20;
+pub const MAX_CONVERSATION_LIMIT: u32 = 100;
+pub const DEFAULT_MESSAGE_LIMIT: u32 = 50;
+pub const MAX_MESSAGE_LIMIT: u32 = 500;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShareAudience {
+    #[default]
+    Private,
+    Tenant,
+    Public,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantAccess {
+    #[default]
+    View,
+    Edit,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageRole {
+    User,
+    Assistant,
+    System,
+}
+
+macro_rules! wire_enum {
+    ($ty:ty { $($variant:ident = $wire:literal),+ $(,)? }) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $wire),+ }
+            }
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($wire => Some(Self::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+
+wire_enum!(ShareAudience { Private = "private", Tenant = "tenant", Public = "public" });
+wire_enum!(TenantAccess { View = "view", Edit = "edit" });
+wire_enum!(MessageRole { User = "user", Assistant = "assistant", System = "system" });
+wire_enum!(ConversationStatus { Active = "active", Archived = "archived", All = "all" });
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Conversation {
+    pub id: ConversationId,
+    pub tenant_id: TenantId,
+    /// The owner; `None` is a system conversation.
+    pub user_id: Option<UserId>,
+    pub title: Option<String>,
+    pub persona_id: Option<String>,
+    pub jurisdictions: Vec<String>,
+    pub share_audience: ShareAudience,
+    pub tenant_access: TenantAccess,
+    pub archived_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub last_message_at: Option<Timestamp>,
+    pub message_count: u64,
+    pub version: u64,
+}
+
+impl Conversation {
+    /// The list order key: `coalesce(lastMessageAt, createdAt)`.
+    pub fn last_activity_at(&self) -> Timestamp {
+        self.last_message_at.unwrap_or(self.created_at)
+    }
+
+    pub fn is_archived(&self) -> bool {
+        self.archived_at.is_some()
+    }
+
+    pub fn matches_status(&self, status: ConversationStatus) -> bool {
+        match status {
+            ConversationStatus::Active => !self.is_archived(),
+            ConversationStatus::Archived => self.is_archived(),
+            ConversationStatus::All => true,
+        }
+    }
+}
+
+/// A conversation to create, after access checks decided its owner.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewConversation {
+    pub tenant_id: TenantId,
+    pub user_id: Option<UserId>,
+    pub title: Option<String>,
+    pub persona_id: Option<String>,
+    pub jurisdictions: Vec<String>,
+    pub share_audience: ShareAudience,
+    pub tenant_access: TenantAccess,
+}
+
+/// The body of `POST .../conversations`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CreateConversationRequest {
+    /// `None`: not given; `Some(None)`: explicitly `null` (a system conversation).
+    pub user_id: Option<Option<UserId>>,
+    pub title: Option<String>,
+    pub persona_id: Option<String>,
+    pub jurisdictions: Vec<String>,
+    pub share_audience: ShareAudience,
+    pub tenant_access: TenantAccess,
+}
+
+impl CreateConversationRequest {
+    pub fn from_json(body: &Value) -> Result<Self, InputError> {
+        let mut errors = Errors::default();
+        let Some(map) = as_object(body, "", &mut errors) else {
+            return Err(errors.into_error());
+        };
+        reject_unknown(
+            map,
+            &[
+                "userId",
+                "title",
+                "personaId",
+                "jurisdictions",
+                "shareAudience",
+                "tenantAccess",
+            ],
+            "",
+            &mut errors,
+        );
+        let user_id = match map.get("userId") {
+            None => None,
+            Some(Value::Null) => Some(None),
+            Some(_) => optional::<UserId>(map, "userId", "", &mut errors).map(Some),
+        };
+        let title = parse_title(map, &mut errors);
+        let persona_id: Option<String> = optional(map, "personaId", "", &mut errors);
+        if persona_id
+            .as_deref()
+            .is_some_and(|p| !char_len_between(p, 1, MAX_PERSONA_CHARS))
+        {
+            errors.push(
+                "personaId",
+                format!("must be 1-{MAX_PERSONA_CHARS} characters"),
+            );
+        }
+        let jurisdictions: Vec<String> =
+            optional(map, "jurisdictions", "", &mut errors).unwrap_or_default();
+        if jurisdictions.len() > MAX_JURISDICTIONS {
+            errors.push(
+                "jurisdictions",
+                format!("at most {MAX_JURISDICTIONS} codes"),
+            );
+        }
+        for (i, code) in jurisdictions.iter().enumerate() {
+            if !char_len_between(code, 1, MAX_JURISDICTION_CHARS) {
+                errors.push(
+                    format!("jurisdictions[{i}]"),
+                    format!("must be 1-{MAX_JURISDICTION_CHARS} characters"),
+                );
+            }
+        }
+        let share_audience = optional(map, "shareAudience", "", &mut errors).unwrap_or_default();
+        let tenant_access = optional(map, "tenantAccess", "", &mut errors).unwrap_or_default();
+        errors.check()?;
+        Ok(Self {
+            user_id,
+            title,
+            persona_id,
+            jurisdictions,
+            share_audience,
+            tenant_access,
+        })
+    }
+}
+
+fn parse_title(map: &Map<String, Value>, errors: &mut Errors) -> Option<String> {
+    let title: Option<String> = optional(map, "title", "", errors);
+    if title
+        .as_deref()
+        .is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS)
+    {
+        errors.push("title", format!("at most {MAX_TITLE_CHARS} characters"));
+    }
+    title
+}
+
+/// The body of `PATCH .../conversations/{id}`: all changes apply in one atomic update.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConversationUpdate {
+    /// `Some(None)` clears the title.
+    pub title: Option<Option<String>>,
+    pub share_audience: Option<ShareAudience>,
+    pub tenant_access: Option<TenantAccess>,
+    pub archived: Option<bool>,
+}
+
+impl ConversationUpdate {
+    pub fn from_json(body: &Value) -> Result<Self, InputError> {
+        let mut errors = Errors::default();
+        let Some(map) = as_object(body, "", &mut errors) else {
+            return Err(errors.into_error());
+        };
+        reject_unknown(
+            map,
+            &["title", "shareAudience", "tenantAccess", "archived"],
+            "",
+            &mut errors,
+        );
+        let title = match map.get("title") {
+            None => None,
+            Some(Value::Null) => Some(None),
+            Some(_) => Some(parse_title(map, &mut errors)),
+        };
+        let share_audience = optional(map, "shareAudience", "", &mut errors);
+        let tenant_access = optional(map, "tenantAccess", "", &mut errors);
+        let archived = optional(map, "archived", "", &mut errors);
+        errors.check()?;
+        Ok(Self {
+            title,
+            share_audience,
+            tenant_access,
+            archived,
+        })
+    }
+
+    /// Whether the update changes sharing (which may revoke readers' access).
+    pub fn changes_sharing(&self) -> bool {
+        self.share_audience.is_some() || self.tenant_access.is_some()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Message {
+    pub id: MessageId,
+    pub conversation_id: ConversationId,
+    pub seq: u64,
+    pub role: MessageRole,
+    /// `None` for a soft-deleted message (a tombstone).
+    pub content: Option<String>,
+    pub metadata: Map<String, Value>,
+    pub author_id: Option<UserId>,
+    pub created_at: Timestamp,
+    pub deleted_at: Option<Timestamp>,
+    pub deleted_by: Option<String>,
+}
+
+impl Message {
+    pub fn is_deleted(&self) -> bool {
+        self.deleted_at.is_some()
+    }
+}
+
+/// The body of `POST .../messages`, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MessageInput {
+    pub role: MessageRole,
+    pub content: String,
+    pub metadata: Map<String, Value>,
+}
+
+impl MessageInput {
+    pub fn from_json(body: &Value, max_content_bytes: usize) -> Result<Self, InputError> {
+        let mut errors = Errors::default();
+        let Some(map) = as_object(body, "", &mut errors) else {
+            return Err(errors.into_error());
+        };
+        reject_unknown(map, &["role", "content", "metadata"], "", &mut errors);
+        let role: Option<MessageRole> = required(map, "role", "", &mut errors);
+        let content: Option<String> = required(map, "content", "", &mut errors);
+        let metadata: Map<String, Value> =
+            optional(map, "metadata", "", &mut errors).unwrap_or_default();
+        if content
+            .as_ref()
+            .is_some_and(|c| c.len() > max_content_bytes)
+        {
+            return Err(InputError::TooLarge {
+                field: "content".into(),
+                limit: max_content_bytes,
+            });
+        }
+        if json_len(&metadata) > MAX_METADATA_BYTES {
+            return Err(InputError::TooLarge {
+                field: "metadata".into(),
+                limit: MAX_METADATA_BYTES,
+            });
+        }
+        errors.check()?;
+        match (role, content) {
+            (Some(role), Some(content)) => Ok(Self {
+                role,
+                content,
+                metadata,
+            }),
+            _ => Err(InputError::field("content", "is required")),
+        }
+    }
+}
+
+fn json_len(map: &Map<String, Value>) -> usize {
+    serde_json::to_vec(map)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX)
+}
+
+/// A message to append, with its author (the calling user, or none for a service).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewMessage {
+    pub role: MessageRole,
+    pub content: String,
+    pub metadata: Map<String, Value>,
+    pub author_id: Option<UserId>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConversationStatus {
+    #[default]
+    Active,
+    Archived,
+    All,
+}
+
+/// Who is listing: the access rule of DESIGN.md 3.6 as part of the list query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListViewer {
+    /// A service principal: every conversation of the tenant.
+    Everyone,
+    /// A tenant member: system conversations, their own, and those shared beyond private.
+    User(UserId),
+}
+
+impl ListViewer {
+    /// The same rule the stores express in SQL (for backends that filter in code).
+    pub fn can_see(&self, c: &Conversation) -> bool {
+        match self {
+            Self::Everyone => true,
+            Self::User(me) => match &c.user_id {
+                None => true,
+                Some(owner) => owner == me || c.share_audience != ShareAudience::Private,
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct QueryError(pub String);
+
+/// `GET .../conversations` after validation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConversationQuery {
+    pub tenant_id: TenantId,
+    pub viewer: ListViewer,
+    pub status: ConversationStatus,
+    pub limit: u32,
+    pub after: Option<ListCursor>,
+}
+
+impl ConversationQuery {
+    /// Validates `limit` (1-100, never clamped) and that the cursor belongs to this listing.
+    pub fn new(
+        tenant_id: TenantId,
+        viewer: ListViewer,
+        status: ConversationStatus,
+        limit: Option<u32>,
+        after: Option<ListCursor>,
+    ) -> Result<Self, QueryError> {
+        let limit = limit.unwrap_or(DEFAULT_CONVERSATION_LIMIT);
+        if !(1..=MAX_CONVERSATION_LIMIT).contains(&limit) {
+            return Err(QueryError(format!(
+                "limit must be between 1 and {MAX_CONVERSATION_LIMIT}"
+            )));
+        }
+        Ok(Self {
+            tenant_id,
+            viewer,
+            status,
+            limit,
+            after,
+        })
+    }
+
+    /// Whether `c` comes strictly after the cursor in list order.
+    pub fn is_after_cursor(&self, c: &Conversation) -> bool {
+        match &self.after {
+            None => true,
+            Some(cur) => {
+                (c.last_activity_at().timestamp_micros(), c.id) < (cur.last_activity_micros, cur.id)
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationPage {
+    pub items: Vec<Conversation>,
+    pub next_cursor: Option<String>,
+}
+
+impl ConversationPage {
+    /// Builds a page from `limit + 1` rows in list order: the extra row only says more exist.
+    pub fn from_rows(mut rows: Vec<Conversation>, query: &ConversationQuery) -> Self {
+        let more = rows.len() > query.limit as usize;
+        rows.truncate(query.limit as usize);
+        let next_cursor = match rows.last() {
+            Some(last) if more => Some(ListCursor::after(last, query.status).encode()),
+            _ => None,
+        };
+        Self {
+            items: rows,
+            next_cursor,
+        }
+    }
+}
+
+/// `GET .../messages` after validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageQuery {
+    pub limit: u32,
+    pub before: Option<u64>,
+    pub after: Option<u64>,
+    pub include_deleted: bool,
+}
+
+impl MessageQuery {
+    pub fn new(
+        limit: Option<u32>,
+        before: Option<u64>,
+        after: Option<u64>,
+        include_deleted: bool,
+    ) -> Result<Self, QueryError> {
+        let limit = limit.unwrap_or(DEFAULT_MESSAGE_LIMIT);
+        if !(1..=MAX_MESSAGE_LIMIT).contains(&limit) {
+            return Err(QueryError(format!(
+                "limit must be between 1 and {MAX_MESSAGE_LIMIT}"
+            )));
+        }
+        if before.is_some() && after.is_some() {
+            return Err(QueryError("give either before or after, not both".into()));
+        }
+        Ok(Self {
+            limit,
+            before,
+            after,
+            include_deleted,
+        })
+    }
+
+    /// Newest `limit` messages (default), older than `before`, or oldest after `after`.
+    pub fn latest(limit: u32) -> Self {
+        Self {
+            limit,
+            before: None,
+            after: None,
+            include_deleted: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessagePage {
+    pub items: Vec<Message>,
+    /// The smallest `seq` returned when older messages exist, else `None`.
+    pub next_before: Option<u64>,
+}
+
+/// What an append or a message delete changed: the message and the conversation after it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MessageWrite {
+    pub message: Message,
+    pub conversation: Conversation,
+}

@@ -1,0 +1,170 @@
+//! The conversation-list cursor (DESIGN.md 3.7): opaque, versioned and tamper-evident.
+//!
+//! Layout before base64url: `[format version][status][lastActivityAt µs, i64 BE][id, 16 bytes]`
+//! followed by the first 8 bytes of SHA-256 over a fixed label and those bytes. The tag is not a
+//! secret MAC: it catches truncated, edited or foreign cursors. A forged cursor could only move a
+//! caller within its own visible list, because the access rule is part of the query.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::conversation::{Conversation, ConversationStatus};
+use crate::id::ConversationId;
+
+const FORMAT_V1: u8 = 1;
+const TAG_LABEL: &[u8] = b"copilot-state/list-cursor/v1";
+const BODY_LEN: usize = 1 + 1 + 8 + 16;
+const TAG_LEN: usize = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListCursor {
+    pub status: ConversationStatus,
+    pub last_activity_micros: i64,
+    pub id: ConversationId,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CursorError {
+    #[error("cursor is malformed or was altered")]
+    Malformed,
+    #[error("cursor belongs to a listing with another status")]
+    WrongListing,
+}
+
+impl ListCursor {
+    pub fn after(c: &Conversation, status: ConversationStatus) -> Self {
+        Self {
+            status,
+            last_activity_micros: c.last_activity_at().timestamp_micros(),
+            id: c.id,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut bytes = Vec::with_capacity(BODY_LEN + TAG_LEN);
+        bytes.push(FORMAT_V1);
+        bytes.push(status_byte(self.status));
+        bytes.extend_from_slice(&self.last_activity_micros.to_be_bytes());
+        bytes.extend_from_slice(self.id.as_uuid().as_bytes());
+        let tag = tag(&bytes);
+        bytes.extend_from_slice(&tag);
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// Decodes a cursor and checks it was issued for a listing with `status`.
+    pub fn decode(text: &str, status: ConversationStatus) -> Result<Self, CursorError> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(text)
+            .map_err(|_| CursorError::Malformed)?;
+        if bytes.len() != BODY_LEN + TAG_LEN || bytes[0] != FORMAT_V1 {
+            return Err(CursorError::Malformed);
+        }
+        let (body, given_tag) = bytes.split_at(BODY_LEN);
+        if tag(body) != given_tag {
+            return Err(CursorError::Malformed);
+        }
+        let cursor_status = status_from_byte(body[1]).ok_or(CursorError::Malformed)?;
+        let micros =
+            i64::from_be_bytes(body[2..10].try_into().map_err(|_| CursorError::Malformed)?);
+        let uuid = Uuid::from_slice(&body[10..26]).map_err(|_| CursorError::Malformed)?;
+        if cursor_status != status {
+            return Err(CursorError::WrongListing);
+        }
+        Ok(Self {
+            status: cursor_status,
+            last_activity_micros: micros,
+            id: ConversationId::from_uuid(uuid),
+        })
+    }
+}
+
+fn tag(body: &[u8]) -> [u8; TAG_LEN] {
+    let digest = Sha256::new()
+        .chain_update(TAG_LABEL)
+        .chain_update(body)
+        .finalize();
+    let mut out = [0u8; TAG_LEN];
+    out.copy_from_slice(&digest[..TAG_LEN]);
+    out
+}
+
+fn status_byte(s: ConversationStatus) -> u8 {
+    match s {
+        ConversationStatus::Active => 0,
+        ConversationStatus::Archived => 1,
+        ConversationStatus::All => 2,
+    }
+}
+
+fn status_from_byte(b: u8) -> Option<ConversationStatus> {
+    match b {
+        0 => Some(ConversationStatus::Active),
+        1 => Some(ConversationStatus::Archived),
+        2 => Some(ConversationStatus::All),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ListCursor {
+        ListCursor {
+            status: ConversationStatus::Active,
+            last_activity_micros: 1_700_000_000_123_456,
+            id: ConversationId::new_v7(chrono::Utc::now()),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let c = sample();
+        assert_eq!(
+            ListCursor::decode(&c.encode(), ConversationStatus::Active),
+            Ok(c)
+        );
+    }
+
+    #[test]
+    fn any_altered_character_is_rejected() {
+        let text = sample().encode();
+        for i in 0..text.len() {
+            let mut chars: Vec<char> = text.chars().collect();
+            chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
+            let altered: String = chars.into_iter().collect();
+            if altered != text {
+                assert!(
+                    ListCursor::decode(&altered, ConversationStatus::Active).is_err(),
+                    "position {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_and_wrong_listing_are_rejected() {
+        for bad in [
+            "",
+            "abc",
+            "!!!!",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
+            assert_eq!(
+                ListCursor::decode(bad, ConversationStatus::Active),
+                Err(CursorError::Malformed)
+            );
+        }
+        let text = sample().encode();
+        assert_eq!(
+            ListCursor::decode(&text, ConversationStatus::All),
+            Err(CursorError::WrongListing)
+        );
+        assert_eq!(
+            ListCursor::decode(&text[..text.len() - 1], ConversationStatus::Active),
+            Err(CursorError::Malformed)
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! Helpers to read a JSON object field by field, collecting one error per bad field.
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::error::Errors;
+
+pub(crate) fn path(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+/// Reports every key of `map` not in `known` as an unknown field.
+pub(crate) fn reject_unknown(
+    map: &Map<String, Value>,
+    known: &[&str],
+    prefix: &str,
+    errors: &mut Errors,
+) {
+    for key in map.keys() {
+        if !known.contains(&key.as_str()) {
+            errors.push(path(prefix, key), "unknown field");
+        }
+    }
+}
+
+/// Reads an optional field: absent or `null` is `None`; a value of the wrong type is an error.
+pub(crate) fn optional<T: DeserializeOwned>(
+    map: &Map<String, Value>,
+    key: &str,
+    prefix: &str,
+    errors: &mut Errors,
+) -> Option<T> {
+    match map.get(key) {
+        None | Some(Value::Null) => None,
+        Some(value) => parse_value(value, &path(prefix, key), errors),
+    }
+}
+
+/// Reads a required field.
+pub(crate) fn required<T: DeserializeOwned>(
+    map: &Map<String, Value>,
+    key: &str,
+    prefix: &str,
+    errors: &mut Errors,
+) -> Option<T> {
+    match map.get(key) {
+        None | Some(Value::Null) => {
+            errors.push(path(prefix, key), "is required");
+            None
+        }
+        Some(value) => parse_value(value, &path(prefix, key), errors),
+    }
+}
+
+pub(crate) fn parse_value<T: DeserializeOwned>(
+    value: &Value,
+    field: &str,
+    errors: &mut Errors,
+) -> Option<T> {
+    match T::deserialize(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            errors.push(field, clean_serde_message(&e.to_string()));
+            None
+        }
+    }
+}
+
+/// serde_json appends " at line 1 column 2" to some messages; it means nothing for a `Value`.
+fn clean_serde_message(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// The value must be a JSON object.
+pub(crate) fn as_object<'a>(
+    value: &'a Value,
+    field: &str,
+    errors: &mut Errors,
+) -> Option<&'a Map<String, Value>> {
+    match value {
+        Value::Object(map) => Some(map),
+        _ => {
+            errors.push(
+                if field.is_empty() { "$" } else { field },
+                "must be a JSON object",
+            );
+            None
+        }
+    }
+}
+
+pub(crate) fn char_len_between(s: &str, min: usize, max: usize) -> bool {
+    let n = s.chars().count();
+    n >= min && n <= max
+}

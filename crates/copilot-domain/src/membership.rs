@@ -1,0 +1,76 @@
+//! Tenant memberships (DESIGN.md 6.4): who is a member or admin of a tenant, and whether active.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::Timestamp;
+use crate::access::TenantRole;
+use crate::error::{Errors, InputError};
+use crate::id::{TenantId, UserId};
+use crate::json::{as_object, reject_unknown, required};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MembershipStatus {
+    Active,
+    Suspended,
+}
+
+impl MembershipStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Self::Active),
+            "suspended" => Some(Self::Suspended),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Membership {
+    pub tenant_id: TenantId,
+    pub user_id: UserId,
+    pub role: TenantRole,
+    pub status: MembershipStatus,
+    pub version: u64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl Membership {
+    pub fn is_active(&self) -> bool {
+        self.status == MembershipStatus::Active
+    }
+}
+
+/// The body of `PUT .../members/{u}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MembershipInput {
+    pub role: TenantRole,
+    pub status: MembershipStatus,
+}
+
+impl MembershipInput {
+    pub fn from_json(body: &Value) -> Result<Self, InputError> {
+        let mut errors = Errors::default();
+        let Some(map) = as_object(body, "", &mut errors) else {
+            return Err(errors.into_error());
+        };
+        reject_unknown(map, &["role", "status"], "", &mut errors);
+        let role = required(map, "role", "", &mut errors);
+        let status = required(map, "status", "", &mut errors);
+        errors.check()?;
+        match (role, status) {
+            (Some(role), Some(status)) => Ok(Self { role, status }),
+            _ => Err(InputError::field("role", "is required")),
+        }
+    }
+}
