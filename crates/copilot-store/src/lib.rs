@@ -1,0 +1,18 @@
+//! Storage of copilot-state (DESIGN.md section 4): one trait per store, typed errors, and the
+//! `memory` and `sqlite` backends. The Postgres backend and the caching decorators implement
+//! the same traits and pass the same conformance suite (`conformance` feature).
+
+mod error;
+pub mod memory;
+pub mod sqlite;
+mod traits;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use error::{StoreError, StoreResult};
+pub use memory::MemoryStore;
+pub use sqlite::{SqliteOptions, SqliteStore};
+pub use traits::{
+    ConfigStore, ConversationStore, MembershipStore, PolicyStore, StoreHealth, StoreSet,
+};

@@ -1,0 +1,501 @@
+//! The in-memory backend: for tests and for library users who want no database. All state sits
+//! behind one `std::sync::Mutex` that is never held across an `.await`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use copilot_domain::config::{ConfigLevel, ConfigPatch, StoredPatch};
+use copilot_domain::conversation::{
+    Conversation, ConversationPage, ConversationQuery, ConversationUpdate, Message, MessagePage,
+    MessageQuery, MessageWrite, NewConversation, NewMessage,
+};
+use copilot_domain::membership::{Membership, MembershipInput};
+use copilot_domain::policy::{StoredPolicy, TenantLlmPolicy};
+use copilot_domain::{Clock, ConversationId, MessageId, SystemClock, TenantId, UserId};
+use serde_json::Map;
+
+use crate::error::check_expected;
+use crate::traits::{ConfigStore, ConversationStore, MembershipStore, PolicyStore, StoreHealth};
+use crate::{StoreError, StoreResult};
+
+pub struct MemoryStore {
+    state: Mutex<State>,
+    clock: Arc<dyn Clock>,
+}
+
+#[derive(Default)]
+struct State {
+    last_version: u64,
+    policies: HashMap<TenantId, StoredPolicy>,
+    configs: HashMap<ConfigLevel, StoredPatch>,
+    conversations: HashMap<ConversationId, ConversationRow>,
+    members: BTreeMap<(TenantId, UserId), Membership>,
+}
+
+struct ConversationRow {
+    conversation: Conversation,
+    /// Messages in `seq` order: `messages[i].seq == i + 1`.
+    messages: Vec<Message>,
+}
+
+impl State {
+    fn next_version(&mut self) -> u64 {
+        self.last_version += 1;
+        self.last_version
+    }
+
+    fn conversation_mut(
+        &mut self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> StoreResult<&mut ConversationRow> {
+        match self.conversations.get_mut(id) {
+            Some(row) if &row.conversation.tenant_id == tenant => Ok(row),
+            _ => Err(StoreError::NotFound),
+        }
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new(Arc::new(SystemClock))
+    }
+}
+
+impl MemoryStore {
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            clock,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-applied write: every method
+        // validates before it mutates, so the state stays usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl PolicyStore for MemoryStore {
+    async fn get_policy(&self, tenant: &TenantId) -> StoreResult<Option<StoredPolicy>> {
+        Ok(self.lock().policies.get(tenant).cloned())
+    }
+
+    async fn put_policy(
+        &self,
+        policy: &TenantLlmPolicy,
+        expected_version: Option<u64>,
+        actor: &str,
+    ) -> StoreResult<StoredPolicy> {
+        let mut state = self.lock();
+        let current = state.policies.get(&policy.tenant_id).map(|p| p.version);
+        check_expected(current, expected_version)?;
+        let stored = StoredPolicy {
+            policy: policy.clone(),
+            version: state.next_version(),
+            updated_at: self.clock.now(),
+            updated_by: actor.to_owned(),
+        };
+        state
+            .policies
+            .insert(policy.tenant_id.clone(), stored.clone());
+        Ok(stored)
+    }
+
+    async fn delete_policy(
+        &self,
+        tenant: &TenantId,
+        expected_version: Option<u64>,
+    ) -> StoreResult<u64> {
+        let mut state = self.lock();
+        let current = state
+            .policies
+            .get(tenant)
+            .map(|p| p.version)
+            .ok_or(StoreError::NotFound)?;
+        check_expected(Some(current), expected_version)?;
+        state.policies.remove(tenant);
+        Ok(state.next_version())
+    }
+}
+
+#[async_trait]
+impl ConfigStore for MemoryStore {
+    async fn get_patch(&self, level: &ConfigLevel) -> StoreResult<Option<StoredPatch>> {
+        Ok(self.lock().configs.get(level).cloned())
+    }
+
+    async fn put_patch(
+        &self,
+        level: &ConfigLevel,
+        patch: &ConfigPatch,
+        expected_version: Option<u64>,
+        actor: &str,
+    ) -> StoreResult<StoredPatch> {
+        let mut state = self.lock();
+        let current = state.configs.get(level).map(|p| p.version);
+        check_expected(current, expected_version)?;
+        let stored = StoredPatch {
+            level: level.clone(),
+            patch: patch.clone(),
+            version: state.next_version(),
+            updated_at: self.clock.now(),
+            updated_by: actor.to_owned(),
+        };
+        state.configs.insert(level.clone(), stored.clone());
+        Ok(stored)
+    }
+
+    async fn merge_patch(
+        &self,
+        level: &ConfigLevel,
+        merge_patch: &serde_json::Value,
+        expected_version: Option<u64>,
+        actor: &str,
+    ) -> StoreResult<StoredPatch> {
+        let mut state = self.lock();
+        let current = state.configs.get(level);
+        check_expected(current.map(|p| p.version), expected_version)?;
+        let merged = current
+            .map(|p| p.patch.clone())
+            .unwrap_or_default()
+            .merge(merge_patch)?;
+        let stored = StoredPatch {
+            level: level.clone(),
+            patch: merged,
+            version: state.next_version(),
+            updated_at: self.clock.now(),
+            updated_by: actor.to_owned(),
+        };
+        state.configs.insert(level.clone(), stored.clone());
+        Ok(stored)
+    }
+
+    async fn delete_patch(
+        &self,
+        level: &ConfigLevel,
+        expected_version: Option<u64>,
+    ) -> StoreResult<u64> {
+        let mut state = self.lock();
+        let current = state
+            .configs
+            .get(level)
+            .map(|p| p.version)
+            .ok_or(StoreError::NotFound)?;
+        check_expected(Some(current), expected_version)?;
+        state.configs.remove(level);
+        Ok(state.next_version())
+    }
+}
+
+#[async_trait]
+impl ConversationStore for MemoryStore {
+    async fn create_conversation(&self, new: &NewConversation) -> StoreResult<Conversation> {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        let conversation = Conversation {
+            id: ConversationId::new_v7(now),
+            tenant_id: new.tenant_id.clone(),
+            user_id: new.user_id.clone(),
+            title: new.title.clone(),
+            persona_id: new.persona_id.clone(),
+            jurisdictions: new.jurisdictions.clone(),
+            share_audience: new.share_audience,
+            tenant_access: new.tenant_access,
+            archived_at: None,
+            created_at: now,
+            updated_at: now,
+            last_message_at: None,
+            message_count: 0,
+            version: state.next_version(),
+        };
+        state.conversations.insert(
+            conversation.id,
+            ConversationRow {
+                conversation: conversation.clone(),
+                messages: Vec::new(),
+            },
+        );
+        Ok(conversation)
+    }
+
+    async fn get_conversation(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> StoreResult<Option<Conversation>> {
+        let state = self.lock();
+        Ok(state
+            .conversations
+            .get(id)
+            .map(|r| &r.conversation)
+            .filter(|c| &c.tenant_id == tenant)
+            .cloned())
+    }
+
+    async fn list_conversations(&self, query: &ConversationQuery) -> StoreResult<ConversationPage> {
+        let state = self.lock();
+        let mut rows: Vec<&Conversation> = state
+            .conversations
+            .values()
+            .map(|r| &r.conversation)
+            .filter(|c| {
+                c.tenant_id == query.tenant_id
+                    && query.viewer.can_see(c)
+                    && c.matches_status(query.status)
+                    && query.is_after_cursor(c)
+            })
+            .collect();
+        rows.sort_by_key(|c| std::cmp::Reverse((c.last_activity_at(), c.id)));
+        let rows = rows
+            .into_iter()
+            .take(query.limit as usize + 1)
+            .cloned()
+            .collect();
+        Ok(ConversationPage::from_rows(rows, query))
+    }
+
+    async fn update_conversation(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        update: &ConversationUpdate,
+        expected_version: Option<u64>,
+    ) -> StoreResult<Conversation> {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        let current = state.conversation_mut(tenant, id)?.conversation.version;
+        check_expected(Some(current), expected_version)?;
+        let version = state.next_version();
+        let c = &mut state.conversation_mut(tenant, id)?.conversation;
+        if let Some(title) = &update.title {
+            c.title = title.clone();
+        }
+        if let Some(audience) = update.share_audience {
+            c.share_audience = audience;
+        }
+        if let Some(access) = update.tenant_access {
+            c.tenant_access = access;
+        }
+        match update.archived {
+            Some(true) if c.archived_at.is_none() => c.archived_at = Some(now),
+            Some(false) => c.archived_at = None,
+            _ => {}
+        }
+        c.updated_at = now;
+        c.version = version;
+        Ok(c.clone())
+    }
+
+    async fn delete_conversation(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        expected_version: Option<u64>,
+    ) -> StoreResult<u64> {
+        let mut state = self.lock();
+        let current = state.conversation_mut(tenant, id)?.conversation.version;
+        check_expected(Some(current), expected_version)?;
+        state.conversations.remove(id);
+        Ok(state.next_version())
+    }
+
+    async fn append_message(
+        &self,
+        tenant: &TenantId,
+        conversation: &ConversationId,
+        message: &NewMessage,
+    ) -> StoreResult<MessageWrite> {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        if state
+            .conversation_mut(tenant, conversation)?
+            .conversation
+            .is_archived()
+        {
+            return Err(StoreError::ConversationArchived);
+        }
+        let version = state.next_version();
+        let row = state.conversation_mut(tenant, conversation)?;
+        let stored = Message {
+            id: MessageId::new_v7(now),
+            conversation_id: *conversation,
+            seq: row.messages.len() as u64 + 1,
+            role: message.role,
+            content: Some(message.content.clone()),
+            metadata: message.metadata.clone(),
+            author_id: message.author_id.clone(),
+            created_at: now,
+            deleted_at: None,
+            deleted_by: None,
+        };
+        row.messages.push(stored.clone());
+        let c = &mut row.conversation;
+        c.last_message_at = Some(now);
+        c.updated_at = now;
+        c.message_count += 1;
+        c.version = version;
+        Ok(MessageWrite {
+            message: stored,
+            conversation: c.clone(),
+        })
+    }
+
+    async fn get_message(
+        &self,
+        tenant: &TenantId,
+        conversation: &ConversationId,
+        message: &MessageId,
+    ) -> StoreResult<Option<Message>> {
+        let mut state = self.lock();
+        let row = match state.conversation_mut(tenant, conversation) {
+            Ok(row) => row,
+            Err(StoreError::NotFound) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(row.messages.iter().find(|m| &m.id == message).cloned())
+    }
+
+    async fn list_messages(
+        &self,
+        tenant: &TenantId,
+        conversation: &ConversationId,
+        query: &MessageQuery,
+    ) -> StoreResult<MessagePage> {
+        let mut state = self.lock();
+        let row = state.conversation_mut(tenant, conversation)?;
+        let visible: Vec<&Message> = row
+            .messages
+            .iter()
+            .filter(|m| query.include_deleted || !m.is_deleted())
+            .collect();
+        let items: Vec<Message> = match query.after {
+            Some(after) => visible
+                .iter()
+                .filter(|m| m.seq > after)
+                .take(query.limit as usize)
+                .map(|m| (*m).clone())
+                .collect(),
+            None => {
+                let before = query.before.unwrap_or(u64::MAX);
+                let older: Vec<&&Message> = visible.iter().filter(|m| m.seq < before).collect();
+                let skip = older.len().saturating_sub(query.limit as usize);
+                older.into_iter().skip(skip).map(|m| (*m).clone()).collect()
+            }
+        };
+        let next_before = items
+            .first()
+            .map(|first| first.seq)
+            .filter(|&first| visible.iter().any(|m| m.seq < first));
+        Ok(MessagePage { items, next_before })
+    }
+
+    async fn soft_delete_message(
+        &self,
+        tenant: &TenantId,
+        conversation: &ConversationId,
+        message: &MessageId,
+        deleted_by: &str,
+    ) -> StoreResult<MessageWrite> {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        let row = state.conversation_mut(tenant, conversation)?;
+        if row.conversation.is_archived() {
+            return Err(StoreError::ConversationArchived);
+        }
+        let index = row
+            .messages
+            .iter()
+            .position(|m| &m.id == message)
+            .ok_or(StoreError::NotFound)?;
+        if row.messages[index].is_deleted() {
+            return Ok(MessageWrite {
+                message: row.messages[index].clone(),
+                conversation: row.conversation.clone(),
+            });
+        }
+        let version = state.next_version();
+        let row = state.conversation_mut(tenant, conversation)?;
+        let m = &mut row.messages[index];
+        m.content = None;
+        m.metadata = Map::new();
+        m.deleted_at = Some(now);
+        m.deleted_by = Some(deleted_by.to_owned());
+        let message = m.clone();
+        let c = &mut row.conversation;
+        c.message_count = c.message_count.saturating_sub(1);
+        c.updated_at = now;
+        c.version = version;
+        Ok(MessageWrite {
+            message,
+            conversation: c.clone(),
+        })
+    }
+}
+
+#[async_trait]
+impl MembershipStore for MemoryStore {
+    async fn get_membership(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+    ) -> StoreResult<Option<Membership>> {
+        Ok(self
+            .lock()
+            .members
+            .get(&(tenant.clone(), user.clone()))
+            .cloned())
+    }
+
+    async fn put_membership(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        input: &MembershipInput,
+    ) -> StoreResult<Membership> {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        let key = (tenant.clone(), user.clone());
+        let created_at = state.members.get(&key).map_or(now, |m| m.created_at);
+        let membership = Membership {
+            tenant_id: tenant.clone(),
+            user_id: user.clone(),
+            role: input.role,
+            status: input.status,
+            version: state.next_version(),
+            created_at,
+            updated_at: now,
+        };
+        state.members.insert(key, membership.clone());
+        Ok(membership)
+    }
+
+    async fn delete_membership(&self, tenant: &TenantId, user: &UserId) -> StoreResult<u64> {
+        let mut state = self.lock();
+        state
+            .members
+            .remove(&(tenant.clone(), user.clone()))
+            .ok_or(StoreError::NotFound)?;
+        Ok(state.next_version())
+    }
+
+    async fn list_members(&self, tenant: &TenantId) -> StoreResult<Vec<Membership>> {
+        Ok(self
+            .lock()
+            .members
+            .values()
+            .filter(|m| &m.tenant_id == tenant)
+            .cloned()
+            .collect())
+    }
+}
+
+#[async_trait]
+impl StoreHealth for MemoryStore {
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+}

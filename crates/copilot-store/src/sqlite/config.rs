@@ -1,0 +1,144 @@
+use async_trait::async_trait;
+use copilot_domain::clock::from_micros;
+use copilot_domain::config::{ConfigLevel, ConfigPatch, StoredPatch};
+use sqlx::{Row, SqliteConnection};
+
+use super::{SqliteStore, micros, next_version, to_u64, version_param};
+use crate::error::check_expected;
+use crate::traits::ConfigStore;
+use crate::{StoreError, StoreResult};
+
+/// The row key of a level: '' means "no tenant" / "no user".
+fn key(level: &ConfigLevel) -> (&str, &str) {
+    match level {
+        ConfigLevel::Global => ("", ""),
+        ConfigLevel::Tenant(t) => (t.as_str(), ""),
+        ConfigLevel::User(t, u) => (t.as_str(), u.as_str()),
+    }
+}
+
+async fn read_patch<'e, E>(executor: E, level: &ConfigLevel) -> StoreResult<Option<StoredPatch>>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let (tenant, user) = key(level);
+    let row = sqlx::query(
+        "SELECT patch, version, updated_at, updated_by FROM conversation_configs WHERE tenant_id = ? AND user_id = ?",
+    )
+    .bind(tenant)
+    .bind(user)
+    .fetch_optional(executor)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let text: String = row.try_get("patch")?;
+    let patch: ConfigPatch =
+        serde_json::from_str(&text).map_err(|e| StoreError::corrupt("config patch", e))?;
+    Ok(Some(StoredPatch {
+        level: level.clone(),
+        patch,
+        version: to_u64(row.try_get("version")?, "version")?,
+        updated_at: from_micros(row.try_get("updated_at")?),
+        updated_by: row.try_get("updated_by")?,
+    }))
+}
+
+impl SqliteStore {
+    async fn write_patch(
+        &self,
+        tx: &mut SqliteConnection,
+        level: &ConfigLevel,
+        patch: ConfigPatch,
+        actor: &str,
+    ) -> StoreResult<StoredPatch> {
+        let text =
+            serde_json::to_string(&patch).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let version = next_version(tx).await?;
+        let now = self.now();
+        let (tenant, user) = key(level);
+        sqlx::query(
+            "INSERT INTO conversation_configs (tenant_id, user_id, patch, version, updated_at, updated_by)
+             VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (tenant_id, user_id) DO UPDATE SET patch = excluded.patch, version = excluded.version,
+                 updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+        )
+        .bind(tenant)
+        .bind(user)
+        .bind(&text)
+        .bind(version_param(version)?)
+        .bind(micros(now))
+        .bind(actor)
+        .execute(tx)
+        .await?;
+        Ok(StoredPatch {
+            level: level.clone(),
+            patch,
+            version,
+            updated_at: now,
+            updated_by: actor.to_owned(),
+        })
+    }
+}
+
+#[async_trait]
+impl ConfigStore for SqliteStore {
+    async fn get_patch(&self, level: &ConfigLevel) -> StoreResult<Option<StoredPatch>> {
+        read_patch(&self.reader, level).await
+    }
+
+    async fn put_patch(
+        &self,
+        level: &ConfigLevel,
+        patch: &ConfigPatch,
+        expected_version: Option<u64>,
+        actor: &str,
+    ) -> StoreResult<StoredPatch> {
+        let mut tx = self.begin_write().await?;
+        let current = read_patch(&mut *tx, level).await?;
+        check_expected(current.map(|p| p.version), expected_version)?;
+        let stored = self
+            .write_patch(&mut tx, level, patch.clone(), actor)
+            .await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn merge_patch(
+        &self,
+        level: &ConfigLevel,
+        merge_patch: &serde_json::Value,
+        expected_version: Option<u64>,
+        actor: &str,
+    ) -> StoreResult<StoredPatch> {
+        let mut tx = self.begin_write().await?;
+        let current = read_patch(&mut *tx, level).await?;
+        check_expected(current.as_ref().map(|p| p.version), expected_version)?;
+        let merged = current
+            .map(|p| p.patch)
+            .unwrap_or_default()
+            .merge(merge_patch)?;
+        let stored = self.write_patch(&mut tx, level, merged, actor).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn delete_patch(
+        &self,
+        level: &ConfigLevel,
+        expected_version: Option<u64>,
+    ) -> StoreResult<u64> {
+        let mut tx = self.begin_write().await?;
+        let current = read_patch(&mut *tx, level)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        check_expected(Some(current.version), expected_version)?;
+        let (tenant, user) = key(level);
+        sqlx::query("DELETE FROM conversation_configs WHERE tenant_id = ? AND user_id = ?")
+            .bind(tenant)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        let version = next_version(&mut tx).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+}

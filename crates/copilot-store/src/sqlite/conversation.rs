@@ -1,0 +1,465 @@
+use async_trait::async_trait;
+use copilot_domain::clock::from_micros;
+use copilot_domain::conversation::{
+    Conversation, ConversationPage, ConversationQuery, ConversationStatus, ConversationUpdate,
+    ListViewer, Message, MessagePage, MessageQuery, MessageRole, MessageWrite, NewConversation,
+    NewMessage, ShareAudience, TenantAccess,
+};
+use copilot_domain::{ConversationId, MessageId, TenantId, UserId};
+use serde_json::Map;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+
+use super::{SqliteStore, micros, next_version, opt_time, to_u64, version_param};
+use crate::error::check_expected;
+use crate::traits::ConversationStore;
+use crate::{StoreError, StoreResult};
+
+const CONVERSATION_COLUMNS: &str = "id, tenant_id, user_id, title, persona_id, jurisdictions, share_audience, \
+     tenant_access, archived_at, created_at, updated_at, last_message_at, message_count, version";
+
+const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, role, content, metadata, author_id, created_at, deleted_at, deleted_by";
+
+fn decode_conversation(row: &SqliteRow) -> StoreResult<Conversation> {
+    let id: String = row.try_get("id")?;
+    let tenant: String = row.try_get("tenant_id")?;
+    let user: Option<String> = row.try_get("user_id")?;
+    let jurisdictions: String = row.try_get("jurisdictions")?;
+    let audience: String = row.try_get("share_audience")?;
+    let access: String = row.try_get("tenant_access")?;
+    Ok(Conversation {
+        id: ConversationId::parse(&id).map_err(|e| StoreError::corrupt("conversation id", e))?,
+        tenant_id: TenantId::parse(&tenant).map_err(|e| StoreError::corrupt("tenant_id", e))?,
+        user_id: user
+            .map(|u| UserId::parse(&u))
+            .transpose()
+            .map_err(|e| StoreError::corrupt("user_id", e))?,
+        title: row.try_get("title")?,
+        persona_id: row.try_get("persona_id")?,
+        jurisdictions: serde_json::from_str(&jurisdictions)
+            .map_err(|e| StoreError::corrupt("jurisdictions", e))?,
+        share_audience: ShareAudience::parse(&audience)
+            .ok_or_else(|| StoreError::corrupt("share_audience", &audience))?,
+        tenant_access: TenantAccess::parse(&access)
+            .ok_or_else(|| StoreError::corrupt("tenant_access", &access))?,
+        archived_at: opt_time(row.try_get("archived_at")?),
+        created_at: from_micros(row.try_get("created_at")?),
+        updated_at: from_micros(row.try_get("updated_at")?),
+        last_message_at: opt_time(row.try_get("last_message_at")?),
+        message_count: to_u64(row.try_get("message_count")?, "message_count")?,
+        version: to_u64(row.try_get("version")?, "version")?,
+    })
+}
+
+fn decode_message(row: &SqliteRow) -> StoreResult<Message> {
+    let id: String = row.try_get("id")?;
+    let conversation: String = row.try_get("conversation_id")?;
+    let role: String = row.try_get("role")?;
+    let metadata: String = row.try_get("metadata")?;
+    let author: Option<String> = row.try_get("author_id")?;
+    Ok(Message {
+        id: MessageId::parse(&id).map_err(|e| StoreError::corrupt("message id", e))?,
+        conversation_id: ConversationId::parse(&conversation)
+            .map_err(|e| StoreError::corrupt("conversation id", e))?,
+        seq: to_u64(row.try_get("seq")?, "seq")?,
+        role: MessageRole::parse(&role).ok_or_else(|| StoreError::corrupt("role", &role))?,
+        content: row.try_get("content")?,
+        metadata: serde_json::from_str(&metadata)
+            .map_err(|e| StoreError::corrupt("metadata", e))?,
+        author_id: author
+            .map(|a| UserId::parse(&a))
+            .transpose()
+            .map_err(|e| StoreError::corrupt("author_id", e))?,
+        created_at: from_micros(row.try_get("created_at")?),
+        deleted_at: opt_time(row.try_get("deleted_at")?),
+        deleted_by: row.try_get("deleted_by")?,
+    })
+}
+
+fn json_text<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+/// The conversation's version and archive state, locked by the surrounding write transaction.
+async fn current_state(
+    conn: &mut SqliteConnection,
+    tenant: &TenantId,
+    id: &ConversationId,
+) -> StoreResult<(u64, bool, i64)> {
+    let row = sqlx::query(
+        "SELECT version, archived_at, last_seq FROM conversations WHERE id = ? AND tenant_id = ?",
+    )
+    .bind(id.to_string())
+    .bind(tenant.as_str())
+    .fetch_optional(conn)
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    let archived: Option<i64> = row.try_get("archived_at")?;
+    Ok((
+        to_u64(row.try_get("version")?, "version")?,
+        archived.is_some(),
+        row.try_get("last_seq")?,
+    ))
+}
+
+async fn fetch_conversation(
+    conn: &mut SqliteConnection,
+    id: &ConversationId,
+) -> StoreResult<Conversation> {
+    let row = sqlx::query(&format!(
+        "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?"
+    ))
+    .bind(id.to_string())
+    .fetch_one(conn)
+    .await?;
+    decode_conversation(&row)
+}
+
+#[async_trait]
+impl ConversationStore for SqliteStore {
+    async fn create_conversation(&self, new: &NewConversation) -> StoreResult<Conversation> {
+        let now = self.now();
+        let id = ConversationId::new_v7(now);
+        let mut tx = self.begin_write().await?;
+        let version = next_version(&mut tx).await?;
+        let row = sqlx::query(&format!(
+            "INSERT INTO conversations (id, tenant_id, user_id, title, persona_id, jurisdictions, share_audience,
+                 tenant_access, archived_at, created_at, updated_at, last_message_at, last_activity_at,
+                 message_count, last_seq, version)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, NULL, ?, 0, 0, ?)
+             RETURNING {CONVERSATION_COLUMNS}"
+        ))
+        .bind(id.to_string())
+        .bind(new.tenant_id.as_str())
+        .bind(new.user_id.as_ref().map(UserId::as_str))
+        .bind(new.title.as_deref())
+        .bind(new.persona_id.as_deref())
+        .bind(json_text(&new.jurisdictions)?)
+        .bind(new.share_audience.as_str())
+        .bind(new.tenant_access.as_str())
+        .bind(micros(now))
+        .bind(micros(now))
+        .bind(micros(now))
+        .bind(version_param(version)?)
+        .fetch_one(&mut *tx)
+        .await?;
+        let conversation = decode_conversation(&row)?;
+        tx.commit().await?;
+        Ok(conversation)
+    }
+
+    async fn get_conversation(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> StoreResult<Option<Conversation>> {
+        let row = sqlx::query(&format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ? AND tenant_id = ?"
+        ))
+        .bind(id.to_string())
+        .bind(tenant.as_str())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(decode_conversation).transpose()
+    }
+
+    async fn list_conversations(&self, query: &ConversationQuery) -> StoreResult<ConversationPage> {
+        let mut sql = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = "
+        ));
+        sql.push_bind(query.tenant_id.as_str());
+        // The access rule is part of the query, so every page is full (never filter after LIMIT).
+        if let ListViewer::User(me) = &query.viewer {
+            sql.push(" AND (user_id IS NULL OR user_id = ")
+                .push_bind(me.as_str())
+                .push(" OR share_audience <> 'private')");
+        }
+        match query.status {
+            ConversationStatus::Active => {
+                sql.push(" AND archived_at IS NULL");
+            }
+            ConversationStatus::Archived => {
+                sql.push(" AND archived_at IS NOT NULL");
+            }
+            ConversationStatus::All => {}
+        }
+        if let Some(cursor) = &query.after {
+            sql.push(" AND (last_activity_at, id) < (")
+                .push_bind(cursor.last_activity_micros)
+                .push(", ")
+                .push_bind(cursor.id.to_string())
+                .push(")");
+        }
+        sql.push(" ORDER BY last_activity_at DESC, id DESC LIMIT ")
+            .push_bind(i64::from(query.limit) + 1);
+        let rows = sql.build().fetch_all(&self.reader).await?;
+        let rows = rows
+            .iter()
+            .map(decode_conversation)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(ConversationPage::from_rows(rows, query))
+    }
+
+    async fn update_conversation(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        update: &ConversationUpdate,
+        expected_version: Option<u64>,
+    ) -> StoreResult<Conversation> {
+        let now = micros(self.now());
+        let mut tx = self.begin_write().await?;
+        let (current, _, _) = current_state(&mut tx, tenant, id).await?;
+        check_expected(Some(current), expected_version)?;
+        let version = next_version(&mut tx).await?;
+        let mut sql = QueryBuilder::<Sqlite>::new("UPDATE conversations SET updated_at = ");
+        sql.push_bind(now)
+            .push(", version = ")
+            .push_bind(version_param(version)?);
+        if let Some(title) = &update.title {
+            sql.push(", title = ").push_bind(title.clone());
+        }
+        if let Some(audience) = update.share_audience {
+            sql.push(", share_audience = ").push_bind(audience.as_str());
+        }
+        if let Some(access) = update.tenant_access {
+            sql.push(", tenant_access = ").push_bind(access.as_str());
+        }
+        match update.archived {
+            Some(true) => {
+                sql.push(", archived_at = coalesce(archived_at, ")
+                    .push_bind(now)
+                    .push(")");
+            }
+            Some(false) => {
+                sql.push(", archived_at = NULL");
+            }
+            None => {}
+        }
+        sql.push(" WHERE id = ").push_bind(id.to_string());
+        sql.build().execute(&mut *tx).await?;
+        let conversation = fetch_conversation(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(conversation)
+    }
+
+    async fn delete_conversation(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        expected_version: Option<u64>,
+    ) -> StoreResult<u64> {
+        let mut tx = self.begin_write().await?;
+        let (current, _, _) = current_state(&mut tx, tenant, id).await?;
+        check_expected(Some(current), expected_version)?;
+        sqlx::query("DELETE FROM conversation_messages WHERE conversation_id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM conversations WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let version = next_version(&mut tx).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    async fn append_message(
+        &self,
+        tenant: &TenantId,
+        conversation: &ConversationId,
+        message: &NewMessage,
+    ) -> StoreResult<MessageWrite> {
+        let now = self.now();
+        let metadata = json_text(&message.metadata)?;
+        let mut tx = self.begin_write().await?;
+        let (_, archived, last_seq) = current_state(&mut tx, tenant, conversation).await?;
+        if archived {
+            return Err(StoreError::ConversationArchived);
+        }
+        let version = next_version(&mut tx).await?;
+        let seq = last_seq + 1;
+        let row = sqlx::query(&format!(
+            "INSERT INTO conversation_messages (id, conversation_id, seq, role, content, metadata, author_id, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+             RETURNING {MESSAGE_COLUMNS}"
+        ))
+        .bind(MessageId::new_v7(now).to_string())
+        .bind(conversation.to_string())
+        .bind(seq)
+        .bind(message.role.as_str())
+        .bind(&message.content)
+        .bind(&metadata)
+        .bind(message.author_id.as_ref().map(UserId::as_str))
+        .bind(micros(now))
+        .fetch_one(&mut *tx)
+        .await?;
+        let stored = decode_message(&row)?;
+        let row = sqlx::query(&format!(
+            "UPDATE conversations SET last_seq = ?, last_message_at = ?, last_activity_at = ?, updated_at = ?,
+                 message_count = message_count + 1, version = ?
+             WHERE id = ? RETURNING {CONVERSATION_COLUMNS}"
+        ))
+        .bind(seq)
+        .bind(micros(now))
+        .bind(micros(now))
+        .bind(micros(now))
+        .bind(version_param(version)?)
+        .bind(conversation.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        let updated = decode_conversation(&row)?;
+        tx.commit().await?;
+        Ok(MessageWrite {
+            message: stored,
+            conversation: updated,
+        })
+    }
+
+    async fn get_message(
+        &self,
+        tenant: &TenantId,
+        conversation: &ConversationId,
+        message: &MessageId,
+    ) -> StoreResult<Option<Message>> {
+        let row = sqlx::query(&format!(
+            "SELECT m.{} FROM conversation_messages m JOIN conversations c ON c.id = m.conversation_id
+             WHERE m.id = ? AND m.conversation_id = ? AND c.tenant_id = ?",
+            MESSAGE_COLUMNS.replace(", ", ", m.")
+        ))
+        .bind(message.to_string())
+        .bind(conversation.to_string())
+        .bind(tenant.as_str())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(decode_message).transpose()
+    }
+
+    async fn list_messages(
+        &self,
+        tenant: &TenantId,
+        conversation: &ConversationId,
+        query: &MessageQuery,
+    ) -> StoreResult<MessagePage> {
+        // One read transaction: the page and "older messages exist" come from one snapshot.
+        let mut tx = self.reader.begin().await?;
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM conversations WHERE id = ? AND tenant_id = ?")
+                .bind(conversation.to_string())
+                .bind(tenant.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let visible = if query.include_deleted {
+            ""
+        } else {
+            " AND deleted_at IS NULL"
+        };
+        let limit = i64::from(query.limit);
+        let mut items = match query.after {
+            Some(after) => {
+                sqlx::query(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM conversation_messages
+                     WHERE conversation_id = ? AND seq > ?{visible} ORDER BY seq ASC LIMIT ?"
+                ))
+                .bind(conversation.to_string())
+                .bind(version_param(after)?)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM conversation_messages
+                     WHERE conversation_id = ? AND seq < ?{visible} ORDER BY seq DESC LIMIT ?"
+                ))
+                .bind(conversation.to_string())
+                .bind(query.before.map_or(Ok(i64::MAX), version_param)?)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?
+            }
+        }
+        .iter()
+        .map(decode_message)
+        .collect::<StoreResult<Vec<_>>>()?;
+        items.sort_by_key(|m| m.seq);
+        let next_before = match items.first() {
+            Some(first) => {
+                let older: Option<i64> = sqlx::query_scalar(&format!(
+                    "SELECT 1 FROM conversation_messages WHERE conversation_id = ? AND seq < ?{visible} LIMIT 1"
+                ))
+                .bind(conversation.to_string())
+                .bind(version_param(first.seq)?)
+                .fetch_optional(&mut *tx)
+                .await?;
+                older.map(|_| first.seq)
+            }
+            None => None,
+        };
+        tx.commit().await?;
+        Ok(MessagePage { items, next_before })
+    }
+
+    async fn soft_delete_message(
+        &self,
+        tenant: &TenantId,
+        conversation: &ConversationId,
+        message: &MessageId,
+        deleted_by: &str,
+    ) -> StoreResult<MessageWrite> {
+        let now = micros(self.now());
+        let mut tx = self.begin_write().await?;
+        let (_, archived, _) = current_state(&mut tx, tenant, conversation).await?;
+        if archived {
+            return Err(StoreError::ConversationArchived);
+        }
+        let row = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM conversation_messages WHERE id = ? AND conversation_id = ?"
+        ))
+        .bind(message.to_string())
+        .bind(conversation.to_string())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let existing = decode_message(&row)?;
+        if existing.is_deleted() {
+            let current = fetch_conversation(&mut tx, conversation).await?;
+            tx.commit().await?;
+            return Ok(MessageWrite {
+                message: existing,
+                conversation: current,
+            });
+        }
+        let version = next_version(&mut tx).await?;
+        let row = sqlx::query(&format!(
+            "UPDATE conversation_messages SET content = NULL, metadata = ?, deleted_at = ?, deleted_by = ?
+             WHERE id = ? RETURNING {MESSAGE_COLUMNS}"
+        ))
+        .bind(json_text(&Map::new())?)
+        .bind(now)
+        .bind(deleted_by)
+        .bind(message.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        let deleted = decode_message(&row)?;
+        let row = sqlx::query(&format!(
+            "UPDATE conversations SET message_count = max(message_count - 1, 0), updated_at = ?, version = ?
+             WHERE id = ? RETURNING {CONVERSATION_COLUMNS}"
+        ))
+        .bind(now)
+        .bind(version_param(version)?)
+        .bind(conversation.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        let updated = decode_conversation(&row)?;
+        tx.commit().await?;
+        Ok(MessageWrite {
+            message: deleted,
+            conversation: updated,
+        })
+    }
+}

@@ -1,0 +1,103 @@
+use async_trait::async_trait;
+use copilot_domain::access::TenantRole;
+use copilot_domain::clock::from_micros;
+use copilot_domain::membership::{Membership, MembershipInput, MembershipStatus};
+use copilot_domain::{TenantId, UserId};
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use super::{SqliteStore, micros, next_version, to_u64, version_param};
+use crate::traits::MembershipStore;
+use crate::{StoreError, StoreResult};
+
+const COLUMNS: &str = "tenant_id, user_id, role, status, version, created_at, updated_at";
+
+fn decode(row: &SqliteRow) -> StoreResult<Membership> {
+    let text = |col: &str| -> StoreResult<String> { Ok(row.try_get::<String, _>(col)?) };
+    Ok(Membership {
+        tenant_id: TenantId::parse(&text("tenant_id")?)
+            .map_err(|e| StoreError::corrupt("tenant_id", e))?,
+        user_id: UserId::parse(&text("user_id")?).map_err(|e| StoreError::corrupt("user_id", e))?,
+        role: TenantRole::parse(&text("role")?)
+            .ok_or_else(|| StoreError::corrupt("role", "unknown"))?,
+        status: MembershipStatus::parse(&text("status")?)
+            .ok_or_else(|| StoreError::corrupt("status", "unknown"))?,
+        version: to_u64(row.try_get("version")?, "version")?,
+        created_at: from_micros(row.try_get("created_at")?),
+        updated_at: from_micros(row.try_get("updated_at")?),
+    })
+}
+
+#[async_trait]
+impl MembershipStore for SqliteStore {
+    async fn get_membership(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+    ) -> StoreResult<Option<Membership>> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM tenant_memberships WHERE tenant_id = ? AND user_id = ?"
+        ))
+        .bind(tenant.as_str())
+        .bind(user.as_str())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    async fn put_membership(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        input: &MembershipInput,
+    ) -> StoreResult<Membership> {
+        let mut tx = self.begin_write().await?;
+        let version = next_version(&mut tx).await?;
+        let now = micros(self.now());
+        let row = sqlx::query(&format!(
+            "INSERT INTO tenant_memberships (tenant_id, user_id, role, status, version, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (tenant_id, user_id) DO UPDATE SET role = excluded.role, status = excluded.status,
+                 version = excluded.version, updated_at = excluded.updated_at
+             RETURNING {COLUMNS}"
+        ))
+        .bind(tenant.as_str())
+        .bind(user.as_str())
+        .bind(input.role.as_str())
+        .bind(input.status.as_str())
+        .bind(version_param(version)?)
+        .bind(now)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let membership = decode(&row)?;
+        tx.commit().await?;
+        Ok(membership)
+    }
+
+    async fn delete_membership(&self, tenant: &TenantId, user: &UserId) -> StoreResult<u64> {
+        let mut tx = self.begin_write().await?;
+        let deleted =
+            sqlx::query("DELETE FROM tenant_memberships WHERE tenant_id = ? AND user_id = ?")
+                .bind(tenant.as_str())
+                .bind(user.as_str())
+                .execute(&mut *tx)
+                .await?;
+        if deleted.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let version = next_version(&mut tx).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    async fn list_members(&self, tenant: &TenantId) -> StoreResult<Vec<Membership>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM tenant_memberships WHERE tenant_id = ? ORDER BY user_id"
+        ))
+        .bind(tenant.as_str())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+}
