@@ -492,3 +492,62 @@ pub struct MessageWrite {
     pub message: Message,
     pub conversation: Conversation,
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn create_request_defaults_and_owner_forms() {
+        let r = CreateConversationRequest::from_json(&json!({})).unwrap();
+        assert_eq!((r.user_id.clone(), r.share_audience, r.tenant_access), (None, ShareAudience::Private, TenantAccess::View));
+        let r = CreateConversationRequest::from_json(&json!({"userId": null})).unwrap();
+        assert_eq!(r.user_id, Some(None));
+        let r = CreateConversationRequest::from_json(&json!({"userId": "bob", "shareAudience": "public"})).unwrap();
+        assert_eq!(r.user_id, Some(Some(UserId::parse("bob").unwrap())));
+    }
+
+    #[test]
+    fn create_request_reports_each_bad_field() {
+        let err = CreateConversationRequest::from_json(&json!({
+            "userId": "no spaces", "title": "x".repeat(201), "jurisdictions": ["EU", "x".repeat(17)],
+            "shareAudience": "everyone", "tenantAccess": "write", "color": "red"
+        }))
+        .unwrap_err();
+        let mut fields: Vec<_> = err.field_errors().iter().map(|e| e.field.as_str()).collect();
+        fields.sort();
+        assert_eq!(fields, ["color", "jurisdictions[1]", "shareAudience", "tenantAccess", "title", "userId"]);
+    }
+
+    #[test]
+    fn update_distinguishes_absent_and_null_title() {
+        let u = ConversationUpdate::from_json(&json!({"archived": true})).unwrap();
+        assert_eq!((u.title.clone(), u.archived), (None, Some(true)));
+        let u = ConversationUpdate::from_json(&json!({"title": null})).unwrap();
+        assert_eq!(u.title, Some(None));
+        assert!(ConversationUpdate::from_json(&json!({"archived": "yes"})).is_err());
+        assert!(ConversationUpdate::from_json(&json!({"userId": "x"})).is_err());
+    }
+
+    #[test]
+    fn message_input_limits() {
+        let m = MessageInput::from_json(&json!({"role": "user", "content": "hi"}), 10).unwrap();
+        assert!(m.metadata.is_empty());
+        let err = MessageInput::from_json(&json!({"role": "user", "content": "x".repeat(11)}), 10).unwrap_err();
+        assert!(matches!(err, InputError::TooLarge { ref field, limit: 10 } if field == "content"));
+        let big = json!({"role": "user", "content": "", "metadata": {"k": "x".repeat(MAX_METADATA_BYTES)}});
+        assert!(matches!(MessageInput::from_json(&big, 10).unwrap_err(), InputError::TooLarge { .. }));
+        let err = MessageInput::from_json(&json!({"role": "robot", "metadata": []}), 10).unwrap_err();
+        assert_eq!(err.field_errors().len(), 3);
+    }
+
+    #[test]
+    fn query_limits_are_validated() {
+        assert!(MessageQuery::new(Some(500), None, None, false).is_ok());
+        assert!(MessageQuery::new(Some(501), None, None, false).is_err());
+        assert!(MessageQuery::new(None, Some(3), Some(1), false).is_err());
+        assert_eq!(MessageQuery::new(None, None, None, false).unwrap().limit, DEFAULT_MESSAGE_LIMIT);
+    }
+}
