@@ -1,15 +1,16 @@
 //! The conversation-configuration hierarchy (DESIGN.md 3.4): sparse patches at three levels,
 //! merged field by field over the defaults: defaults <- global <- tenant <- user.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::Timestamp;
 use crate::error::{Errors, InputError};
 use crate::id::{TenantId, UserId};
 use crate::json::{as_object, parse_value};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum MergeCompressionStrategy {
     None,
@@ -19,6 +20,7 @@ pub enum MergeCompressionStrategy {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PathCompressionStrategy {
     None,
@@ -47,6 +49,7 @@ impl ConfigLevel {
 
 /// Which level an effective value came from. Ordered from least to most specific.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ConfigSource {
     Default,
@@ -83,6 +86,7 @@ macro_rules! config_fields {
     ($( $name:ident : $ty:ty = $json:literal, default $default:expr, check $check:expr; )+) => {
         /// One level's stored fields: absent means "inherit from the level below".
         #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(rename_all = "camelCase", deny_unknown_fields)]
         pub struct ConfigPatch {
             $( #[serde(default, skip_serializing_if = "Option::is_none")] pub $name: Option<$ty>, )+
@@ -90,6 +94,7 @@ macro_rules! config_fields {
 
         /// Every field, resolved.
         #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(rename_all = "camelCase")]
         pub struct ConfigValues {
             $( pub $name: $ty, )+
@@ -97,6 +102,7 @@ macro_rules! config_fields {
 
         /// For every field, the level its effective value came from.
         #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(rename_all = "camelCase")]
         pub struct ConfigSources {
             $( pub $name: ConfigSource, )+
@@ -241,33 +247,35 @@ pub struct StoredPatch {
     pub level: ConfigLevel,
     pub patch: ConfigPatch,
     pub version: u64,
-    pub updated_at: Timestamp,
+    pub updated_at: DateTime<Utc>,
     pub updated_by: String,
 }
 
 /// The JSON of `GET` on a level: stored fields at the top level plus version and audit fields.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
-pub struct StoredPatchView<'a> {
+pub struct StoredPatchView {
     #[serde(flatten)]
-    pub patch: &'a ConfigPatch,
+    pub patch: ConfigPatch,
     pub version: u64,
-    pub updated_at: Timestamp,
-    pub updated_by: &'a str,
+    pub updated_at: DateTime<Utc>,
+    pub updated_by: String,
 }
 
 impl StoredPatch {
-    pub fn view(&self) -> StoredPatchView<'_> {
+    pub fn view(&self) -> StoredPatchView {
         StoredPatchView {
-            patch: &self.patch,
+            patch: self.patch.clone(),
             version: self.version,
             updated_at: self.updated_at,
-            updated_by: &self.updated_by,
+            updated_by: self.updated_by.clone(),
         }
     }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LevelVersions {
     pub global: Option<u64>,
     pub tenant: Option<u64>,
@@ -276,6 +284,7 @@ pub struct LevelVersions {
 
 /// The effective configuration of a user (or of a tenant when no user is given).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EffectiveConfig {
     pub tenant_id: TenantId,
@@ -286,7 +295,7 @@ pub struct EffectiveConfig {
     /// The most specific level that has a stored patch (`default` when none has).
     pub config_level: ConfigSource,
     /// Of the newest patch that contributed a value; `None` when only defaults apply.
-    pub updated_at: Option<Timestamp>,
+    pub updated_at: Option<DateTime<Utc>>,
     pub updated_by: Option<String>,
     pub versions: LevelVersions,
 }

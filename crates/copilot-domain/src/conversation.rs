@@ -1,5 +1,6 @@
 //! Conversations and messages (DESIGN.md 3.5), their input documents and list queries (3.7).
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -22,6 +23,7 @@ pub const DEFAULT_MESSAGE_LIMIT: u32 = 50;
 pub const MAX_MESSAGE_LIMIT: u32 = 500;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ShareAudience {
     #[default]
@@ -31,6 +33,7 @@ pub enum ShareAudience {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum TenantAccess {
     #[default]
@@ -39,6 +42,7 @@ pub enum TenantAccess {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum MessageRole {
     User,
@@ -65,6 +69,7 @@ wire_enum!(MessageRole { User = "user", Assistant = "assistant", System = "syste
 wire_enum!(ConversationStatus { Active = "active", Archived = "archived", All = "all" });
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Conversation {
     pub id: ConversationId,
@@ -76,10 +81,10 @@ pub struct Conversation {
     pub jurisdictions: Vec<String>,
     pub share_audience: ShareAudience,
     pub tenant_access: TenantAccess,
-    pub archived_at: Option<Timestamp>,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
-    pub last_message_at: Option<Timestamp>,
+    pub archived_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_message_at: Option<DateTime<Utc>>,
     pub message_count: u64,
     pub version: u64,
 }
@@ -249,6 +254,7 @@ impl ConversationUpdate {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
     pub id: MessageId,
@@ -257,10 +263,11 @@ pub struct Message {
     pub role: MessageRole,
     /// `None` for a soft-deleted message (a tombstone).
     pub content: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: Map<String, Value>,
     pub author_id: Option<UserId>,
-    pub created_at: Timestamp,
-    pub deleted_at: Option<Timestamp>,
+    pub created_at: DateTime<Utc>,
+    pub deleted_at: Option<DateTime<Utc>>,
     pub deleted_by: Option<String>,
 }
 
@@ -332,6 +339,7 @@ pub struct NewMessage {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ConversationStatus {
     #[default]
@@ -412,6 +420,7 @@ impl ConversationQuery {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ConversationPage {
     pub items: Vec<Conversation>,
@@ -479,6 +488,7 @@ impl MessageQuery {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct MessagePage {
     pub items: Vec<Message>,
@@ -502,10 +512,16 @@ mod tests {
     #[test]
     fn create_request_defaults_and_owner_forms() {
         let r = CreateConversationRequest::from_json(&json!({})).unwrap();
-        assert_eq!((r.user_id.clone(), r.share_audience, r.tenant_access), (None, ShareAudience::Private, TenantAccess::View));
+        assert_eq!(
+            (r.user_id.clone(), r.share_audience, r.tenant_access),
+            (None, ShareAudience::Private, TenantAccess::View)
+        );
         let r = CreateConversationRequest::from_json(&json!({"userId": null})).unwrap();
         assert_eq!(r.user_id, Some(None));
-        let r = CreateConversationRequest::from_json(&json!({"userId": "bob", "shareAudience": "public"})).unwrap();
+        let r = CreateConversationRequest::from_json(
+            &json!({"userId": "bob", "shareAudience": "public"}),
+        )
+        .unwrap();
         assert_eq!(r.user_id, Some(Some(UserId::parse("bob").unwrap())));
     }
 
@@ -516,9 +532,23 @@ mod tests {
             "shareAudience": "everyone", "tenantAccess": "write", "color": "red"
         }))
         .unwrap_err();
-        let mut fields: Vec<_> = err.field_errors().iter().map(|e| e.field.as_str()).collect();
+        let mut fields: Vec<_> = err
+            .field_errors()
+            .iter()
+            .map(|e| e.field.as_str())
+            .collect();
         fields.sort();
-        assert_eq!(fields, ["color", "jurisdictions[1]", "shareAudience", "tenantAccess", "title", "userId"]);
+        assert_eq!(
+            fields,
+            [
+                "color",
+                "jurisdictions[1]",
+                "shareAudience",
+                "tenantAccess",
+                "title",
+                "userId"
+            ]
+        );
     }
 
     #[test]
@@ -535,11 +565,16 @@ mod tests {
     fn message_input_limits() {
         let m = MessageInput::from_json(&json!({"role": "user", "content": "hi"}), 10).unwrap();
         assert!(m.metadata.is_empty());
-        let err = MessageInput::from_json(&json!({"role": "user", "content": "x".repeat(11)}), 10).unwrap_err();
+        let err = MessageInput::from_json(&json!({"role": "user", "content": "x".repeat(11)}), 10)
+            .unwrap_err();
         assert!(matches!(err, InputError::TooLarge { ref field, limit: 10 } if field == "content"));
         let big = json!({"role": "user", "content": "", "metadata": {"k": "x".repeat(MAX_METADATA_BYTES)}});
-        assert!(matches!(MessageInput::from_json(&big, 10).unwrap_err(), InputError::TooLarge { .. }));
-        let err = MessageInput::from_json(&json!({"role": "robot", "metadata": []}), 10).unwrap_err();
+        assert!(matches!(
+            MessageInput::from_json(&big, 10).unwrap_err(),
+            InputError::TooLarge { .. }
+        ));
+        let err =
+            MessageInput::from_json(&json!({"role": "robot", "metadata": []}), 10).unwrap_err();
         assert_eq!(err.field_errors().len(), 3);
     }
 
@@ -548,6 +583,9 @@ mod tests {
         assert!(MessageQuery::new(Some(500), None, None, false).is_ok());
         assert!(MessageQuery::new(Some(501), None, None, false).is_err());
         assert!(MessageQuery::new(None, Some(3), Some(1), false).is_err());
-        assert_eq!(MessageQuery::new(None, None, None, false).unwrap().limit, DEFAULT_MESSAGE_LIMIT);
+        assert_eq!(
+            MessageQuery::new(None, None, None, false).unwrap().limit,
+            DEFAULT_MESSAGE_LIMIT
+        );
     }
 }

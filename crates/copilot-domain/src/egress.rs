@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// `report-only` is accepted on input as a synonym of `audit` (older clients send it); output
 /// is always `audit` (DESIGN.md section 9, item 7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum EgressMode {
     Off,

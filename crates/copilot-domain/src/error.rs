@@ -4,6 +4,7 @@ use serde::Serialize;
 
 /// One bad field in an input document. `field` is a JSON path such as `tasks[2].model`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FieldError {
     pub field: String,
     pub message: String,

@@ -1,15 +1,16 @@
 //! Tenant memberships (DESIGN.md 6.4): who is a member or admin of a tenant, and whether active.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::Timestamp;
 use crate::access::TenantRole;
 use crate::error::{Errors, InputError};
 use crate::id::{TenantId, UserId};
 use crate::json::{as_object, reject_unknown, required};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum MembershipStatus {
     Active,
@@ -34,6 +35,7 @@ impl MembershipStatus {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Membership {
     pub tenant_id: TenantId,
@@ -41,8 +43,8 @@ pub struct Membership {
     pub role: TenantRole,
     pub status: MembershipStatus,
     pub version: u64,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 impl Membership {

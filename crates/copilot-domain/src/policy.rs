@@ -1,11 +1,11 @@
 //! The tenant LLM routing policy (DESIGN.md 3.2) and its validation.
 
+use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::Timestamp;
 use crate::egress::EgressMode;
 use crate::error::{Errors, InputError};
 use crate::id::{TenantId, UserId, is_valid_external_id};
@@ -19,6 +19,7 @@ pub const MAX_USER_POLICIES: usize = 10_000;
 /// One policy per tenant: which model and provider to use, per task, and how strictly
 /// outbound data is guarded.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TenantLlmPolicy {
     pub tenant_id: TenantId,
@@ -35,6 +36,7 @@ pub struct TenantLlmPolicy {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LlmTaskPolicy {
     pub task: String,
@@ -47,6 +49,7 @@ pub struct LlmTaskPolicy {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct UserEgressPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -57,12 +60,13 @@ pub struct UserEgressPolicy {
 
 /// A policy as stored: the document plus the fields the store sets on every write.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StoredPolicy {
     #[serde(flatten)]
     pub policy: TenantLlmPolicy,
     pub version: u64,
-    pub updated_at: Timestamp,
+    pub updated_at: DateTime<Utc>,
     pub updated_by: String,
 }
 

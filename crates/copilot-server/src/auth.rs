@@ -1,0 +1,407 @@
+//! Bearer JWT authentication (DESIGN.md 6.4): HS256 with a shared secret (Supabase's legacy JWT
+//! secret works), RS256/ES256 with keys from a JWKS file. `exp` is required; `aud`/`iss` are
+//! checked when configured.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use copilot_domain::{Principal, TenantId, TenantRole, UserId};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{
+    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::settings::JwtSettings;
+use crate::state::AppState;
+
+pub const SERVICE_ROLE: &str = "service_role";
+pub const AUTHENTICATED_ROLE: &str = "authenticated";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    #[error("COPILOT_JWKS_FILE {path}: {message}")]
+    Jwks { path: String, message: String },
+    #[error("no JWT key configured: set COPILOT_JWT_SECRET or COPILOT_JWKS_FILE")]
+    NoKey,
+}
+
+struct AsymmetricKey {
+    kid: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+/// Verifies bearer tokens and turns their claims into a [`Principal`].
+pub struct Authenticator {
+    hs256: Option<DecodingKey>,
+    asymmetric: Vec<AsymmetricKey>,
+    audience: Option<String>,
+    issuer: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    role: Option<String>,
+    tenant_id: Option<String>,
+    app_metadata: Option<AppMetadata>,
+    tenant_role: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AppMetadata {
+    tenant_id: Option<String>,
+}
+
+impl Authenticator {
+    /// `secret` is the HS256 secret in force (configured or generated).
+    pub fn new(jwt: &JwtSettings, secret: Option<&str>) -> Result<Self, AuthSetupError> {
+        let mut asymmetric = Vec::new();
+        if let Some(path) = &jwt.jwks_file {
+            let jwks_error = |message: String| AuthSetupError::Jwks {
+                path: path.display().to_string(),
+                message,
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| jwks_error(e.to_string()))?;
+            let set: JwkSet = serde_json::from_str(&text).map_err(|e| jwks_error(e.to_string()))?;
+            for jwk in &set.keys {
+                let algorithm = match jwk.common.key_algorithm.map(|a| a.to_string()).as_deref() {
+                    Some("RS256") => Algorithm::RS256,
+                    Some("ES256") => Algorithm::ES256,
+                    None => match &jwk.algorithm {
+                        jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                        jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => {
+                            Algorithm::ES256
+                        }
+                        _ => continue,
+                    },
+                    Some(_) => continue,
+                };
+                let key = DecodingKey::from_jwk(jwk).map_err(|e| jwks_error(e.to_string()))?;
+                asymmetric.push(AsymmetricKey {
+                    kid: jwk.common.key_id.clone(),
+                    algorithm,
+                    key,
+                });
+            }
+            if asymmetric.is_empty() {
+                return Err(jwks_error("no RS256 or ES256 key in the set".into()));
+            }
+        }
+        let hs256 = secret.map(|s| DecodingKey::from_secret(s.as_bytes()));
+        if hs256.is_none() && asymmetric.is_empty() {
+            return Err(AuthSetupError::NoKey);
+        }
+        Ok(Self {
+            hs256,
+            asymmetric,
+            audience: jwt.audience.clone(),
+            issuer: jwt.issuer.clone(),
+        })
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
+        let unauthenticated = |m: &str| ApiError::Unauthenticated(m.to_owned());
+        let header = decode_header(token).map_err(|_| unauthenticated("malformed bearer token"))?;
+        let key = match header.alg {
+            Algorithm::HS256 => self.hs256.as_ref(),
+            alg @ (Algorithm::RS256 | Algorithm::ES256) => self
+                .asymmetric
+                .iter()
+                .filter(|k| k.algorithm == alg)
+                .find(|k| header.kid.is_none() || k.kid == header.kid)
+                .map(|k| &k.key),
+            _ => None,
+        }
+        .ok_or_else(|| unauthenticated("token algorithm or key is not accepted"))?;
+        let mut validation = Validation::new(header.alg);
+        validation.set_required_spec_claims(&["exp"]);
+        validation.leeway = 30;
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &self.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        let claims = decode::<Claims>(token, key, &validation)
+            .map_err(|e| ApiError::Unauthenticated(format!("invalid token: {e}")))?
+            .claims;
+        principal_from(claims)
+    }
+}
+
+fn principal_from(claims: Claims) -> Result<Principal, ApiError> {
+    let unauthenticated = |m: &str| ApiError::Unauthenticated(m.to_owned());
+    match claims.role.as_deref() {
+        Some(SERVICE_ROLE) => Ok(Principal::service(
+            claims.sub.unwrap_or_else(|| SERVICE_ROLE.to_owned()),
+        )),
+        Some(AUTHENTICATED_ROLE) => {
+            let sub = claims
+                .sub
+                .ok_or_else(|| unauthenticated("token has no sub"))?;
+            let user = UserId::parse(&sub)
+                .map_err(|_| unauthenticated("token sub is not a valid user id"))?;
+            let tenant = claims
+                .tenant_id
+                .or_else(|| claims.app_metadata.and_then(|m| m.tenant_id))
+                .ok_or_else(|| unauthenticated("token has no tenant_id"))?;
+            let tenant = TenantId::parse(&tenant)
+                .map_err(|_| unauthenticated("token tenant_id is not a valid id"))?;
+            let role = match claims.tenant_role.as_deref() {
+                Some("admin") => TenantRole::Admin,
+                _ => TenantRole::Member,
+            };
+            Ok(Principal::user(&tenant, &user, role))
+        }
+        _ => Err(unauthenticated(
+            "token role must be authenticated or service_role",
+        )),
+    }
+}
+
+/// The verified principal of a request; with memberships required, a user must also have an
+/// active membership (its `admin` role counts as the token's `tenant_role`).
+pub struct Auth(pub Principal);
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or_else(|| ApiError::Unauthenticated("missing bearer token".into()))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::Unauthenticated("Authorization must be 'Bearer <token>'".into())
+            })?;
+        let principal = state.auth.verify(token)?;
+        let principal = match principal {
+            Principal::User(mut user) if state.service.require_membership => {
+                let membership = state
+                    .stores
+                    .members
+                    .get_membership(&user.tenant_id, &user.user_id)
+                    .await?;
+                match membership {
+                    Some(m) if m.is_active() => {
+                        if m.role == TenantRole::Admin {
+                            user.role = TenantRole::Admin;
+                        }
+                        Principal::User(user)
+                    }
+                    _ => return Err(ApiError::Forbidden),
+                }
+            }
+            other => other,
+        };
+        Ok(Self(principal))
+    }
+}
+
+/// The role a minted token carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TokenRole {
+    Member,
+    Admin,
+    Service,
+}
+
+#[derive(Serialize)]
+struct MintClaims<'a> {
+    sub: &'a str,
+    role: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant_role: Option<&'a str>,
+    iat: u64,
+    exp: u64,
+}
+
+/// Signs an HS256 token (the `token` command, the start-up banner, tests).
+pub fn issue_token(
+    secret: &str,
+    tenant: Option<&TenantId>,
+    user: &str,
+    role: TokenRole,
+    ttl_seconds: u64,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let claims = MintClaims {
+        sub: user,
+        role: if role == TokenRole::Service {
+            SERVICE_ROLE
+        } else {
+            AUTHENTICATED_ROLE
+        },
+        tenant_id: tenant.map(TenantId::as_str),
+        tenant_role: match role {
+            TokenRole::Admin => Some("admin"),
+            TokenRole::Member => Some("member"),
+            TokenRole::Service => None,
+        },
+        iat: now,
+        exp: now + ttl_seconds,
+    };
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authenticator(secret: &str) -> Authenticator {
+        Authenticator::new(&JwtSettings::default(), Some(secret)).unwrap()
+    }
+
+    #[test]
+    fn issued_tokens_verify_into_principals() {
+        let a = authenticator("s3cret");
+        let t = TenantId::parse("acme").unwrap();
+        let token = issue_token("s3cret", Some(&t), "alice", TokenRole::Admin, 60).unwrap();
+        assert_eq!(
+            a.verify(&token).unwrap(),
+            Principal::user(&t, &UserId::parse("alice").unwrap(), TenantRole::Admin)
+        );
+        let token = issue_token("s3cret", None, "backend", TokenRole::Service, 60).unwrap();
+        assert_eq!(a.verify(&token).unwrap(), Principal::service("backend"));
+    }
+
+    #[test]
+    fn bad_tokens_are_unauthenticated() {
+        let a = authenticator("s3cret");
+        let t = TenantId::parse("acme").unwrap();
+        let wrong_key = issue_token("other", Some(&t), "alice", TokenRole::Member, 60).unwrap();
+        assert!(matches!(
+            a.verify(&wrong_key),
+            Err(ApiError::Unauthenticated(_))
+        ));
+        let no_tenant = issue_token("s3cret", None, "alice", TokenRole::Member, 60).unwrap();
+        assert!(matches!(
+            a.verify(&no_tenant),
+            Err(ApiError::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            a.verify("not-a-jwt"),
+            Err(ApiError::Unauthenticated(_))
+        ));
+        // Expired beyond the leeway.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = serde_json::json!({"sub": "a", "role": "authenticated", "tenant_id": "acme", "exp": now - 3600});
+        let expired = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
+        assert!(matches!(
+            a.verify(&expired),
+            Err(ApiError::Unauthenticated(_))
+        ));
+        // No exp at all.
+        let claims = serde_json::json!({"sub": "a", "role": "authenticated", "tenant_id": "acme"});
+        let no_exp = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
+        assert!(matches!(
+            a.verify(&no_exp),
+            Err(ApiError::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
+    fn supabase_style_app_metadata_tenant() {
+        let a = authenticator("s3cret");
+        let exp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 60;
+        let claims = serde_json::json!({"sub": "u1", "role": "authenticated", "exp": exp, "app_metadata": {"tenant_id": "acme"}});
+        let token = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
+        assert!(
+            a.verify(&token)
+                .unwrap()
+                .is_member_of(&TenantId::parse("acme").unwrap())
+        );
+        let anon =
+            serde_json::json!({"sub": "u1", "role": "anon", "exp": exp, "tenant_id": "acme"});
+        let token = encode(
+            &Header::new(Algorithm::HS256),
+            &anon,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
+        assert!(a.verify(&token).is_err());
+    }
+
+    #[test]
+    fn audience_and_issuer_are_checked_when_configured() {
+        let jwt = JwtSettings {
+            audience: Some("copilot".into()),
+            issuer: Some("https://idp".into()),
+            ..Default::default()
+        };
+        let a = Authenticator::new(&jwt, Some("s3cret")).unwrap();
+        let exp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 60;
+        let sign = |claims: serde_json::Value| {
+            encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(b"s3cret"),
+            )
+            .unwrap()
+        };
+        let good = sign(
+            serde_json::json!({"sub": "s", "role": "service_role", "exp": exp, "aud": "copilot", "iss": "https://idp"}),
+        );
+        assert!(a.verify(&good).is_ok());
+        let bad_aud = sign(
+            serde_json::json!({"sub": "s", "role": "service_role", "exp": exp, "aud": "x", "iss": "https://idp"}),
+        );
+        assert!(a.verify(&bad_aud).is_err());
+        let bad_iss = sign(
+            serde_json::json!({"sub": "s", "role": "service_role", "exp": exp, "aud": "copilot", "iss": "x"}),
+        );
+        assert!(a.verify(&bad_iss).is_err());
+    }
+}

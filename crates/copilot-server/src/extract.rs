@@ -1,0 +1,128 @@
+//! Request extractors whose every rejection is a problem document with a stable `code`.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::{CONTENT_LENGTH, ETAG, IF_MATCH};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use copilot_domain::{ConversationId, MessageId, TenantId, UserId};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// Request bodies over this are refused before parsing.
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// A JSON body, read whatever its content type (`application/json`,
+/// `application/merge-patch+json`, ...). Too large: 413; malformed: 400.
+pub struct JsonBody(pub Value, pub usize);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let too_large =
+            || ApiError::PayloadTooLarge(format!("request body exceeds {MAX_BODY_BYTES} bytes"));
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+            return Err(too_large());
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+            .await
+            .map_err(|_| too_large())?;
+        if bytes.is_empty() {
+            return Err(ApiError::InvalidRequest("a JSON body is required".into()));
+        }
+        let value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::InvalidRequest(format!("malformed JSON: {e}")))?;
+        Ok(Self(value, bytes.len()))
+    }
+}
+
+/// Query parameters; a bad one is 400 `invalid_request`.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
+            .map_err(|e| ApiError::InvalidRequest(e.body_text()))
+    }
+}
+
+/// Raw path segments; turned into typed ids by the helpers below (400 `invalid_id`).
+pub struct PathParams<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Self(p.0))
+            .map_err(|e| ApiError::InvalidId(e.body_text()))
+    }
+}
+
+pub fn tenant_id(s: &str) -> Result<TenantId, ApiError> {
+    TenantId::parse(s).map_err(|e| ApiError::InvalidId(format!("tenant id {e}")))
+}
+
+pub fn user_id(s: &str) -> Result<UserId, ApiError> {
+    UserId::parse(s).map_err(|e| ApiError::InvalidId(format!("user id {e}")))
+}
+
+pub fn conversation_id(s: &str) -> Result<ConversationId, ApiError> {
+    ConversationId::parse(s).map_err(|e| ApiError::InvalidId(format!("conversation id {e}")))
+}
+
+pub fn message_id(s: &str) -> Result<MessageId, ApiError> {
+    MessageId::parse(s).map_err(|e| ApiError::InvalidId(format!("message id {e}")))
+}
+
+/// `If-Match: "<version>"` (also `W/"<version>"`, a bare number, or `*` for "any").
+/// A value that is no version can never match: 412.
+pub struct IfMatch(pub Option<u64>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get(IF_MATCH) else {
+            return Ok(Self(None));
+        };
+        let text = value
+            .to_str()
+            .map_err(|_| ApiError::PreconditionFailed)?
+            .trim();
+        if text == "*" {
+            return Ok(Self(None));
+        }
+        let text = text.strip_prefix("W/").unwrap_or(text);
+        let text = text
+            .strip_prefix('"')
+            .and_then(|t| t.strip_suffix('"'))
+            .unwrap_or(text);
+        text.parse::<u64>()
+            .map(|v| Self(Some(v)))
+            .map_err(|_| ApiError::PreconditionFailed)
+    }
+}
+
+/// A JSON response with `ETag: "<version>"`.
+pub fn with_etag<T: Serialize>(status: StatusCode, version: u64, body: &T) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(ETAG, v);
+    }
+    response
+}

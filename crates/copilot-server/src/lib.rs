@@ -1,0 +1,46 @@
+//! The copilot-state HTTP service (DESIGN.md section 6) and the pieces of its command line.
+
+pub mod app;
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod routes;
+pub mod secret;
+pub mod settings;
+pub mod state;
+pub mod telemetry;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use copilot_store::{SqliteOptions, SqliteStore, StoreError, StoreSet};
+use tokio::net::TcpListener;
+
+use crate::settings::Settings;
+
+/// Opens the configured store (migrating it unless told not to).
+pub async fn open_stores(settings: &Settings) -> Result<StoreSet, StoreError> {
+    if settings.is_sqlite() {
+        let store = SqliteStore::connect(SqliteOptions::new(&settings.database_url)).await?;
+        if settings.migrate {
+            store.migrate().await?;
+        }
+        Ok(StoreSet::from_backend(Arc::new(store)))
+    } else {
+        Err(StoreError::Unavailable(
+            "PostgreSQL is not supported by this build yet; use a sqlite: DATABASE_URL".into(),
+        ))
+    }
+}
+
+/// Serves `state` on `listener` until `shutdown` completes, then drains in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: state::AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

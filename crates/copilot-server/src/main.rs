@@ -1,0 +1,342 @@
+//! `copilot-state`: serve, migrate, token, doctor (DESIGN.md section 7).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use copilot_domain::TenantId;
+use copilot_server::auth::{Authenticator, TokenRole, issue_token};
+use copilot_server::settings::{Overrides, Settings};
+use copilot_server::state::{AppState, ServiceSettings};
+use copilot_server::{open_stores, secret, serve, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "copilot-state",
+    version,
+    about = "Shared state layer of a multi-tenant LLM copilot"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP service.
+    Serve {
+        /// Address to listen on [env: COPILOT_BIND] [default: 127.0.0.1:8080].
+        #[arg(long)]
+        bind: Option<SocketAddr>,
+        /// sqlite:// or postgres:// URL [env: DATABASE_URL] [default: sqlite://./copilot-state.db].
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Redis URL [env: REDIS_URL].
+        #[arg(long)]
+        redis_url: Option<String>,
+        /// Do not apply pending migrations at start.
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate {
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+    /// Print a signed bearer token (HS256, with the secret `serve` would use).
+    Token {
+        #[arg(long)]
+        tenant: String,
+        /// The token's `sub` [default: "admin" for admin, "service" for service, else "user"].
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, value_enum, default_value = "member")]
+        role: TokenRole,
+        /// Lifetime, e.g. 30s, 15m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+    /// Check configuration, database and Redis; print what is active and why.
+    Doctor {
+        #[arg(long)]
+        database_url: Option<String>,
+        #[arg(long)]
+        redis_url: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Serve {
+            bind,
+            database_url,
+            redis_url,
+            no_migrate,
+        } => {
+            run_serve(Settings::from_env(Overrides {
+                bind,
+                database_url,
+                redis_url,
+                no_migrate,
+            })?)
+            .await
+        }
+        Command::Migrate { database_url } => {
+            let settings = Settings::from_env(Overrides {
+                database_url,
+                ..Default::default()
+            })?;
+            open_stores(&settings).await.context("migration failed")?;
+            println!("migrations applied to {}", redact(&settings.database_url));
+            Ok(())
+        }
+        Command::Token {
+            tenant,
+            user,
+            role,
+            ttl,
+            database_url,
+        } => {
+            let settings = Settings::from_env(Overrides {
+                database_url,
+                no_migrate: true,
+                ..Default::default()
+            })?;
+            let tenant = TenantId::parse(&tenant).map_err(|e| anyhow::anyhow!("--tenant {e}"))?;
+            let user = user.unwrap_or_else(|| match role {
+                TokenRole::Admin => "admin".into(),
+                TokenRole::Service => "service".into(),
+                TokenRole::Member => "user".into(),
+            });
+            let (secret, _) = jwt_secret(&settings)?;
+            let tenant_claim = (role != TokenRole::Service).then_some(&tenant);
+            println!(
+                "{}",
+                issue_token(&secret, tenant_claim, &user, role, parse_ttl(&ttl)?)?
+            );
+            Ok(())
+        }
+        Command::Doctor {
+            database_url,
+            redis_url,
+        } => {
+            doctor(Settings::from_env(Overrides {
+                database_url,
+                redis_url,
+                no_migrate: true,
+                ..Default::default()
+            })?)
+            .await
+        }
+    }
+}
+
+/// The HS256 secret in force: `COPILOT_JWT_SECRET`, else the generated file beside the database.
+/// With only a JWKS file configured there is none.
+fn jwt_secret(settings: &Settings) -> Result<(String, bool)> {
+    if let Some(secret) = &settings.jwt.secret {
+        return Ok((secret.clone(), false));
+    }
+    let path = settings.secret_file();
+    secret::load_or_create(&path)
+        .with_context(|| format!("cannot read or create the JWT secret {}", path.display()))
+}
+
+async fn run_serve(settings: Settings) -> Result<()> {
+    let stores = open_stores(&settings)
+        .await
+        .context("cannot open the store")?;
+    let secret = if settings.jwt.secret.is_none() && settings.jwt.jwks_file.is_some() {
+        None
+    } else {
+        Some(jwt_secret(&settings)?)
+    };
+    let auth = Authenticator::new(&settings.jwt, secret.as_ref().map(|(s, _)| s.as_str()))?;
+    let state = AppState {
+        stores,
+        auth: Arc::new(auth),
+        service: Arc::new(ServiceSettings {
+            router: settings.router.clone(),
+            max_message_bytes: settings.max_message_bytes,
+            require_membership: settings.require_membership,
+        }),
+        metrics: telemetry::prometheus(),
+    };
+    let listener = tokio::net::TcpListener::bind(settings.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.bind))?;
+    let address = listener.local_addr()?;
+    print_banner(&settings, address, secret.as_ref());
+    serve(listener, state, shutdown_signal()).await?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+fn print_banner(settings: &Settings, address: SocketAddr, secret: Option<&(String, bool)>) {
+    println!("copilot-state listening on http://{address}");
+    println!("  store: {}", redact(&settings.database_url));
+    println!("  cache: in-process only (Redis caching arrives with the cache tier)");
+    println!("  memberships required: {}", settings.require_membership);
+    if let (Some((secret, created)), None) = (secret, &settings.jwt.secret) {
+        if *created {
+            println!(
+                "  generated a JWT secret in {} (mode 0600)",
+                settings.secret_file().display()
+            );
+        } else {
+            println!("  JWT secret: {}", settings.secret_file().display());
+        }
+        let demo = TenantId::parse("demo").ok();
+        if let Ok(token) = issue_token(secret, None, "admin", TokenRole::Service, 24 * 3600) {
+            println!("\nAdmin (service) token, valid 24 h:\n\n  export TOKEN={token}\n");
+            println!(
+                "Try it:\n\n  curl -s -H \"Authorization: Bearer $TOKEN\" http://{address}/v1/tenants/demo/config/effective\n"
+            );
+        }
+        if let Some(token) = demo
+            .and_then(|t| issue_token(secret, Some(&t), "alice", TokenRole::Admin, 24 * 3600).ok())
+        {
+            println!(
+                "A tenant-admin token for user alice in tenant demo:\n\n  export ALICE={token}\n"
+            );
+        }
+    }
+}
+
+async fn doctor(settings: Settings) -> Result<()> {
+    println!("configuration: ok");
+    println!("  DATABASE_URL: {}", redact(&settings.database_url));
+    println!("  bind: {}", settings.bind);
+    println!(
+        "  memberships required: {} (default: true on Postgres, false on SQLite)",
+        settings.require_membership
+    );
+    println!(
+        "  router defaults: provider {}, model {}, local provider {}, base egress {}",
+        settings.router.provider,
+        settings.router.model,
+        settings.router.local_provider,
+        settings.router.base_egress_mode
+    );
+    match (&settings.jwt.secret, &settings.jwt.jwks_file) {
+        (Some(_), _) => println!("  JWT: HS256 from COPILOT_JWT_SECRET"),
+        (None, Some(path)) => println!("  JWT: RS256/ES256 from {}", path.display()),
+        (None, None) => println!(
+            "  JWT: HS256 from the generated secret {}",
+            settings.secret_file().display()
+        ),
+    }
+    if let Some(path) = &settings.jwt.jwks_file {
+        Authenticator::new(&settings.jwt, settings.jwt.secret.as_deref()).context("JWKS file")?;
+        println!("  JWKS file {}: ok", path.display());
+    }
+    let started = std::time::Instant::now();
+    let stores = open_stores(&settings)
+        .await
+        .context("database: cannot open")?;
+    stores
+        .health
+        .ping()
+        .await
+        .context("database: does not answer")?;
+    println!("database: ok ({} ms)", started.elapsed().as_millis());
+    match &settings.redis_url {
+        None => println!("redis: disabled (REDIS_URL is not set)"),
+        Some(url) => println!(
+            "redis: {} configured, but this build does not use Redis yet",
+            redact(url)
+        ),
+    }
+    if settings.redis_url.is_some() && settings.is_sqlite() {
+        bail!("REDIS_URL is set but this build has no Redis cache tier yet");
+    }
+    Ok(())
+}
+
+/// Hides a password in a URL before it is printed.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn parse_ttl(text: &str) -> Result<u64> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("--ttl '{text}': expected e.g. 30s, 15m, 1h, 7d"))?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => bail!("--ttl '{text}': unit must be s, m, h or d"),
+    };
+    if seconds == 0 {
+        bail!("--ttl must be positive");
+    }
+    Ok(seconds)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received, draining in-flight requests");
+}

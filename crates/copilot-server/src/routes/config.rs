@@ -1,0 +1,297 @@
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use copilot_domain::access::{authorize_config_read, authorize_config_write};
+use copilot_domain::config::{ConfigLevel, ConfigPatch, EffectiveConfig, StoredPatchView};
+use copilot_domain::{Principal, UserId};
+use serde::Deserialize;
+
+use super::timed;
+use crate::auth::Auth;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{IfMatch, JsonBody, PathParams, Query, tenant_id, user_id, with_etag};
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EffectiveParams {
+    user_id: Option<String>,
+}
+
+/// The effective configuration of a user: defaults <- global <- tenant <- user, field by field.
+#[utoipa::path(get, path = "/v1/tenants/{t}/config/effective", tag = "config",
+    params(("t" = String, Path, description = "Tenant id"),
+           ("userId" = Option<String>, Query, description = "Defaults to the caller; another user's: admins and services")),
+    responses((status = 200, description = "Effective configuration with sources and versions", body = EffectiveConfig)))]
+pub async fn effective(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams(t): PathParams<String>,
+    Query(params): Query<EffectiveParams>,
+) -> ApiResult<Response> {
+    let tenant = tenant_id(&t)?;
+    let user: Option<UserId> = match &params.user_id {
+        Some(u) => Some(user_id(u)?),
+        None => principal.user_id().cloned(),
+    };
+    let level = match &user {
+        Some(u) => ConfigLevel::User(tenant.clone(), u.clone()),
+        None => ConfigLevel::Tenant(tenant.clone()),
+    };
+    authorize_config_read(&principal, &level)?;
+    let effective = timed(
+        "get_effective",
+        state.stores.configs.get_effective(&tenant, user.as_ref()),
+    )
+    .await?;
+    Ok(axum::Json(effective).into_response())
+}
+
+async fn get_level(
+    state: &AppState,
+    principal: &Principal,
+    level: ConfigLevel,
+) -> ApiResult<Response> {
+    authorize_config_read(principal, &level)?;
+    let stored = timed("get_patch", state.stores.configs.get_patch(&level))
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(with_etag(StatusCode::OK, stored.version, &stored.view()))
+}
+
+async fn put_level(
+    state: &AppState,
+    principal: &Principal,
+    level: ConfigLevel,
+    expected: Option<u64>,
+    body: &serde_json::Value,
+) -> ApiResult<Response> {
+    authorize_config_write(principal, &level)?;
+    let patch = ConfigPatch::from_json(body)?;
+    let stored = timed(
+        "put_patch",
+        state
+            .stores
+            .configs
+            .put_patch(&level, &patch, expected, principal.actor()),
+    )
+    .await?;
+    Ok(with_etag(StatusCode::OK, stored.version, &stored.view()))
+}
+
+async fn patch_level(
+    state: &AppState,
+    principal: &Principal,
+    level: ConfigLevel,
+    expected: Option<u64>,
+    body: &serde_json::Value,
+) -> ApiResult<Response> {
+    authorize_config_write(principal, &level)?;
+    let stored = timed(
+        "merge_patch",
+        state
+            .stores
+            .configs
+            .merge_patch(&level, body, expected, principal.actor()),
+    )
+    .await?;
+    Ok(with_etag(StatusCode::OK, stored.version, &stored.view()))
+}
+
+async fn delete_level(
+    state: &AppState,
+    principal: &Principal,
+    level: ConfigLevel,
+    expected: Option<u64>,
+) -> ApiResult<Response> {
+    authorize_config_write(principal, &level)?;
+    timed(
+        "delete_patch",
+        state.stores.configs.delete_patch(&level, expected),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn tenant_level(t: &str) -> ApiResult<ConfigLevel> {
+    Ok(ConfigLevel::Tenant(tenant_id(t)?))
+}
+
+fn user_level(t: &str, u: &str) -> ApiResult<ConfigLevel> {
+    Ok(ConfigLevel::User(tenant_id(t)?, user_id(u)?))
+}
+
+/// The global level's stored patch (anyone authenticated).
+#[utoipa::path(get, path = "/v1/config/global", tag = "config",
+    responses((status = 200, description = "Stored fields, version, updatedAt, updatedBy", body = StoredPatchView,
+        headers(("ETag" = String, description = "\"<version>\"")))))]
+pub async fn get_global(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+) -> ApiResult<Response> {
+    get_level(&state, &principal, ConfigLevel::Global).await
+}
+
+/// Replaces the global level's patch (services).
+#[utoipa::path(put, path = "/v1/config/global", tag = "config",
+    params(("If-Match" = Option<String>, Header, description = "Expected version")),
+    request_body = ConfigPatch,
+    responses((status = 200, description = "The stored patch", body = StoredPatchView,
+        headers(("ETag" = String, description = "\"<version>\"")))))]
+pub async fn put_global(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    IfMatch(expected): IfMatch,
+    JsonBody(body, _): JsonBody,
+) -> ApiResult<Response> {
+    put_level(&state, &principal, ConfigLevel::Global, expected, &body).await
+}
+
+/// JSON merge patch (RFC 7396) on the global level (services).
+#[utoipa::path(patch, path = "/v1/config/global", tag = "config",
+    params(("If-Match" = Option<String>, Header, description = "Expected version")),
+    request_body(content = ConfigPatch, content_type = "application/merge-patch+json"),
+    responses((status = 200, description = "The stored patch", body = StoredPatchView,
+        headers(("ETag" = String, description = "\"<version>\"")))))]
+pub async fn patch_global(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    IfMatch(expected): IfMatch,
+    JsonBody(body, _): JsonBody,
+) -> ApiResult<Response> {
+    patch_level(&state, &principal, ConfigLevel::Global, expected, &body).await
+}
+
+/// Removes the global level's patch (services).
+#[utoipa::path(delete, path = "/v1/config/global", tag = "config",
+    params(("If-Match" = Option<String>, Header, description = "Expected version")),
+    responses((status = 204, description = "Deleted")))]
+pub async fn delete_global(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    IfMatch(expected): IfMatch,
+) -> ApiResult<Response> {
+    delete_level(&state, &principal, ConfigLevel::Global, expected).await
+}
+
+/// The tenant level's stored patch (tenant members).
+#[utoipa::path(get, path = "/v1/tenants/{t}/config", tag = "config",
+    params(("t" = String, Path, description = "Tenant id")),
+    responses((status = 200, description = "Stored fields, version, updatedAt, updatedBy", body = StoredPatchView,
+        headers(("ETag" = String, description = "\"<version>\"")))))]
+pub async fn get_tenant(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams(t): PathParams<String>,
+) -> ApiResult<Response> {
+    get_level(&state, &principal, tenant_level(&t)?).await
+}
+
+/// Replaces the tenant level's patch (tenant admins and services).
+#[utoipa::path(put, path = "/v1/tenants/{t}/config", tag = "config",
+    params(("t" = String, Path, description = "Tenant id"),
+           ("If-Match" = Option<String>, Header, description = "Expected version")),
+    request_body = ConfigPatch,
+    responses((status = 200, description = "The stored patch", body = StoredPatchView,
+        headers(("ETag" = String, description = "\"<version>\"")))))]
+pub async fn put_tenant(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams(t): PathParams<String>,
+    IfMatch(expected): IfMatch,
+    JsonBody(body, _): JsonBody,
+) -> ApiResult<Response> {
+    put_level(&state, &principal, tenant_level(&t)?, expected, &body).await
+}
+
+/// JSON merge patch on the tenant level (tenant admins and services).
+#[utoipa::path(patch, path = "/v1/tenants/{t}/config", tag = "config",
+    params(("t" = String, Path, description = "Tenant id"),
+           ("If-Match" = Option<String>, Header, description = "Expected version")),
+    request_body(content = ConfigPatch, content_type = "application/merge-patch+json"),
+    responses((status = 200, description = "The stored patch", body = StoredPatchView,
+        headers(("ETag" = String, description = "\"<version>\"")))))]
+pub async fn patch_tenant(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams(t): PathParams<String>,
+    IfMatch(expected): IfMatch,
+    JsonBody(body, _): JsonBody,
+) -> ApiResult<Response> {
+    patch_level(&state, &principal, tenant_level(&t)?, expected, &body).await
+}
+
+/// Removes the tenant level's patch (tenant admins and services).
+#[utoipa::path(delete, path = "/v1/tenants/{t}/config", tag = "config",
+    params(("t" = String, Path, description = "Tenant id"),
+           ("If-Match" = Option<String>, Header, description = "Expected version")),
+    responses((status = 204, description = "Deleted")))]
+pub async fn delete_tenant(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams(t): PathParams<String>,
+    IfMatch(expected): IfMatch,
+) -> ApiResult<Response> {
+    delete_level(&state, &principal, tenant_level(&t)?, expected).await
+}
+
+/// A user level's stored patch (that user, tenant admins, services).
+#[utoipa::path(get, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
+    params(("t" = String, Path, description = "Tenant id"), ("u" = String, Path, description = "User id")),
+    responses((status = 200, description = "Stored fields, version, updatedAt, updatedBy", body = StoredPatchView,
+        headers(("ETag" = String, description = "\"<version>\"")))))]
+pub async fn get_user(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams((t, u)): PathParams<(String, String)>,
+) -> ApiResult<Response> {
+    get_level(&state, &principal, user_level(&t, &u)?).await
+}
+
+/// Replaces a user level's patch (that user, tenant admins, services).
+#[utoipa::path(put, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
+    params(("t" = String, Path, description = "Tenant id"), ("u" = String, Path, description = "User id"),
+           ("If-Match" = Option<String>, Header, description = "Expected version")),
+    request_body = ConfigPatch,
+    responses((status = 200, description = "The stored patch", body = StoredPatchView,
+        headers(("ETag" = String, description = "\"<version>\"")))))]
+pub async fn put_user(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams((t, u)): PathParams<(String, String)>,
+    IfMatch(expected): IfMatch,
+    JsonBody(body, _): JsonBody,
+) -> ApiResult<Response> {
+    put_level(&state, &principal, user_level(&t, &u)?, expected, &body).await
+}
+
+/// JSON merge patch on a user level (that user, tenant admins, services).
+#[utoipa::path(patch, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
+    params(("t" = String, Path, description = "Tenant id"), ("u" = String, Path, description = "User id"),
+           ("If-Match" = Option<String>, Header, description = "Expected version")),
+    request_body(content = ConfigPatch, content_type = "application/merge-patch+json"),
+    responses((status = 200, description = "The stored patch", body = StoredPatchView,
+        headers(("ETag" = String, description = "\"<version>\"")))))]
+pub async fn patch_user(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams((t, u)): PathParams<(String, String)>,
+    IfMatch(expected): IfMatch,
+    JsonBody(body, _): JsonBody,
+) -> ApiResult<Response> {
+    patch_level(&state, &principal, user_level(&t, &u)?, expected, &body).await
+}
+
+/// Removes a user level's patch (that user, tenant admins, services).
+#[utoipa::path(delete, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
+    params(("t" = String, Path, description = "Tenant id"), ("u" = String, Path, description = "User id"),
+           ("If-Match" = Option<String>, Header, description = "Expected version")),
+    responses((status = 204, description = "Deleted")))]
+pub async fn delete_user(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams((t, u)): PathParams<(String, String)>,
+    IfMatch(expected): IfMatch,
+) -> ApiResult<Response> {
+    delete_level(&state, &principal, user_level(&t, &u)?, expected).await
+}

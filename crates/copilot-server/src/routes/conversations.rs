@@ -1,0 +1,314 @@
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use copilot_domain::access::{
+    authorize_append, authorize_create, authorize_delete_message, authorize_manage, authorize_read,
+    list_viewer,
+};
+use copilot_domain::conversation::{
+    Conversation, ConversationPage, ConversationQuery, ConversationStatus, ConversationUpdate,
+    CreateConversationRequest, Message, MessageInput, MessagePage, MessageQuery, NewConversation,
+    NewMessage,
+};
+use copilot_domain::cursor::ListCursor;
+use copilot_domain::{ConversationId, Principal, TenantId};
+use serde::Deserialize;
+
+use super::timed;
+use crate::auth::Auth;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{
+    IfMatch, JsonBody, PathParams, Query, conversation_id, message_id, tenant_id, with_etag,
+};
+use crate::openapi::{ConversationCreateInput, ConversationUpdateInput, MessageCreateInput};
+use crate::state::AppState;
+
+/// Loads a conversation the principal may read; anything else is 404 (no existence oracle).
+async fn readable(
+    state: &AppState,
+    principal: &Principal,
+    tenant: &TenantId,
+    id: &ConversationId,
+) -> ApiResult<Conversation> {
+    let conversation = timed(
+        "get_conversation",
+        state.stores.conversations.get_conversation(tenant, id),
+    )
+    .await?
+    .ok_or(ApiError::NotFound)?;
+    authorize_read(principal, &conversation)?;
+    Ok(conversation)
+}
+
+fn parse_number<T: std::str::FromStr>(name: &str, value: Option<&str>) -> ApiResult<Option<T>> {
+    value
+        .map(|v| {
+            v.parse::<T>().map_err(|_| {
+                ApiError::InvalidRequest(format!("{name} must be a non-negative integer"))
+            })
+        })
+        .transpose()
+}
+
+/// Creates a conversation. Members create their own; only services set `userId` (another
+/// user, or `null` for a system conversation).
+#[utoipa::path(post, path = "/v1/tenants/{t}/conversations", tag = "conversations",
+    params(("t" = String, Path, description = "Tenant id")),
+    request_body = ConversationCreateInput,
+    responses((status = 201, description = "The new conversation", body = Conversation,
+        headers(("ETag" = String, description = "\"<version>\"")))))]
+pub async fn create(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams(t): PathParams<String>,
+    JsonBody(body, _): JsonBody,
+) -> ApiResult<Response> {
+    let tenant = tenant_id(&t)?;
+    copilot_domain::access::authorize_tenant(&principal, &tenant)?;
+    let request = CreateConversationRequest::from_json(&body)?;
+    let owner = authorize_create(&principal, &tenant, &request)?;
+    let new = NewConversation {
+        tenant_id: tenant,
+        user_id: owner,
+        title: request.title,
+        persona_id: request.persona_id,
+        jurisdictions: request.jurisdictions,
+        share_audience: request.share_audience,
+        tenant_access: request.tenant_access,
+    };
+    let created = timed(
+        "create_conversation",
+        state.stores.conversations.create_conversation(&new),
+    )
+    .await?;
+    Ok(with_etag(StatusCode::CREATED, created.version, &created))
+}
+
+#[derive(Deserialize)]
+pub struct ListParams {
+    status: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// Conversations the caller may read, newest activity first, keyset-paginated.
+#[utoipa::path(get, path = "/v1/tenants/{t}/conversations", tag = "conversations",
+    params(("t" = String, Path, description = "Tenant id"),
+           ("status" = Option<String>, Query, description = "active (default), archived or all"),
+           ("limit" = Option<u32>, Query, description = "1-100, default 20"),
+           ("cursor" = Option<String>, Query, description = "nextCursor of the previous page")),
+    responses((status = 200, description = "One page", body = ConversationPage)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams(t): PathParams<String>,
+    Query(params): Query<ListParams>,
+) -> ApiResult<Response> {
+    let tenant = tenant_id(&t)?;
+    let viewer = list_viewer(&principal, &tenant)?;
+    let status = match params.status.as_deref() {
+        None => ConversationStatus::Active,
+        Some(s) => ConversationStatus::parse(s).ok_or_else(|| {
+            ApiError::InvalidRequest("status must be active, archived or all".into())
+        })?,
+    };
+    let limit = parse_number::<u32>("limit", params.limit.as_deref())?;
+    let after = params
+        .cursor
+        .as_deref()
+        .map(|c| ListCursor::decode(c, status))
+        .transpose()?;
+    let query = ConversationQuery::new(tenant, viewer, status, limit, after)?;
+    let page = timed(
+        "list_conversations",
+        state.stores.conversations.list_conversations(&query),
+    )
+    .await?;
+    Ok(axum::Json(page).into_response())
+}
+
+/// One conversation. A `public` one is readable by any authenticated principal by id.
+#[utoipa::path(get, path = "/v1/tenants/{t}/conversations/{id}", tag = "conversations",
+    params(("t" = String, Path, description = "Tenant id"), ("id" = String, Path, description = "Conversation id")),
+    responses((status = 200, description = "The conversation", body = Conversation,
+        headers(("ETag" = String, description = "\"<version>\"")))))]
+pub async fn get(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams((t, id)): PathParams<(String, String)>,
+) -> ApiResult<Response> {
+    let (tenant, id) = (tenant_id(&t)?, conversation_id(&id)?);
+    let conversation = readable(&state, &principal, &tenant, &id).await?;
+    Ok(with_etag(
+        StatusCode::OK,
+        conversation.version,
+        &conversation,
+    ))
+}
+
+/// Changes title, sharing and archive state in one atomic update.
+#[utoipa::path(patch, path = "/v1/tenants/{t}/conversations/{id}", tag = "conversations",
+    params(("t" = String, Path, description = "Tenant id"), ("id" = String, Path, description = "Conversation id"),
+           ("If-Match" = Option<String>, Header, description = "Expected version")),
+    request_body = ConversationUpdateInput,
+    responses((status = 200, description = "The updated conversation", body = Conversation,
+        headers(("ETag" = String, description = "\"<version>\"")))))]
+pub async fn update(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams((t, id)): PathParams<(String, String)>,
+    IfMatch(expected): IfMatch,
+    JsonBody(body, _): JsonBody,
+) -> ApiResult<Response> {
+    let (tenant, id) = (tenant_id(&t)?, conversation_id(&id)?);
+    let update = ConversationUpdate::from_json(&body)?;
+    let conversation = readable(&state, &principal, &tenant, &id).await?;
+    authorize_manage(&principal, &conversation)?;
+    let updated = timed(
+        "update_conversation",
+        state
+            .stores
+            .conversations
+            .update_conversation(&tenant, &id, &update, expected),
+    )
+    .await?;
+    Ok(with_etag(StatusCode::OK, updated.version, &updated))
+}
+
+/// Deletes a conversation and its messages.
+#[utoipa::path(delete, path = "/v1/tenants/{t}/conversations/{id}", tag = "conversations",
+    params(("t" = String, Path, description = "Tenant id"), ("id" = String, Path, description = "Conversation id"),
+           ("If-Match" = Option<String>, Header, description = "Expected version")),
+    responses((status = 204, description = "Deleted")))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams((t, id)): PathParams<(String, String)>,
+    IfMatch(expected): IfMatch,
+) -> ApiResult<Response> {
+    let (tenant, id) = (tenant_id(&t)?, conversation_id(&id)?);
+    let conversation = readable(&state, &principal, &tenant, &id).await?;
+    authorize_manage(&principal, &conversation)?;
+    timed(
+        "delete_conversation",
+        state
+            .stores
+            .conversations
+            .delete_conversation(&tenant, &id, expected),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Appends a message with the next `seq`. `assistant` and `system` messages: services only.
+#[utoipa::path(post, path = "/v1/tenants/{t}/conversations/{id}/messages", tag = "messages",
+    params(("t" = String, Path, description = "Tenant id"), ("id" = String, Path, description = "Conversation id")),
+    request_body = MessageCreateInput,
+    responses((status = 201, description = "The stored message", body = Message)))]
+pub async fn append(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams((t, id)): PathParams<(String, String)>,
+    JsonBody(body, _): JsonBody,
+) -> ApiResult<Response> {
+    let (tenant, id) = (tenant_id(&t)?, conversation_id(&id)?);
+    let input = MessageInput::from_json(&body, state.service.max_message_bytes)?;
+    let conversation = readable(&state, &principal, &tenant, &id).await?;
+    authorize_append(&principal, &conversation, input.role)?;
+    let message = NewMessage {
+        role: input.role,
+        content: input.content,
+        metadata: input.metadata,
+        author_id: principal.user_id().cloned(),
+    };
+    let written = timed(
+        "append_message",
+        state
+            .stores
+            .conversations
+            .append_message(&tenant, &id, &message),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, axum::Json(written.message)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageParams {
+    limit: Option<String>,
+    before: Option<String>,
+    after: Option<String>,
+    include_deleted: Option<String>,
+}
+
+/// Messages in ascending `seq`: the newest `limit` by default; `before`/`after` page.
+#[utoipa::path(get, path = "/v1/tenants/{t}/conversations/{id}/messages", tag = "messages",
+    params(("t" = String, Path, description = "Tenant id"), ("id" = String, Path, description = "Conversation id"),
+           ("limit" = Option<u32>, Query, description = "1-500, default 50"),
+           ("before" = Option<u64>, Query, description = "Only messages with a smaller seq"),
+           ("after" = Option<u64>, Query, description = "Only messages with a larger seq (oldest first)"),
+           ("includeDeleted" = Option<bool>, Query, description = "Include tombstones (content null)")),
+    responses((status = 200, description = "One page", body = MessagePage)))]
+pub async fn messages(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams((t, id)): PathParams<(String, String)>,
+    Query(params): Query<MessageParams>,
+) -> ApiResult<Response> {
+    let (tenant, id) = (tenant_id(&t)?, conversation_id(&id)?);
+    let include_deleted = match params.include_deleted.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(ApiError::InvalidRequest(
+                "includeDeleted must be true or false".into(),
+            ));
+        }
+    };
+    let query = MessageQuery::new(
+        parse_number("limit", params.limit.as_deref())?,
+        parse_number("before", params.before.as_deref())?,
+        parse_number("after", params.after.as_deref())?,
+        include_deleted,
+    )?;
+    readable(&state, &principal, &tenant, &id).await?;
+    let page = timed(
+        "list_messages",
+        state
+            .stores
+            .conversations
+            .list_messages(&tenant, &id, &query),
+    )
+    .await?;
+    Ok(axum::Json(page).into_response())
+}
+
+/// Soft-deletes a message (idempotent).
+#[utoipa::path(delete, path = "/v1/tenants/{t}/conversations/{id}/messages/{mid}", tag = "messages",
+    params(("t" = String, Path, description = "Tenant id"), ("id" = String, Path, description = "Conversation id"),
+           ("mid" = String, Path, description = "Message id")),
+    responses((status = 204, description = "Deleted (or already deleted)")))]
+pub async fn delete_message(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams((t, id, mid)): PathParams<(String, String, String)>,
+) -> ApiResult<Response> {
+    let (tenant, id, mid) = (tenant_id(&t)?, conversation_id(&id)?, message_id(&mid)?);
+    let conversation = readable(&state, &principal, &tenant, &id).await?;
+    let message = timed(
+        "get_message",
+        state.stores.conversations.get_message(&tenant, &id, &mid),
+    )
+    .await?
+    .ok_or(ApiError::NotFound)?;
+    authorize_delete_message(&principal, &conversation, &message)?;
+    timed(
+        "soft_delete_message",
+        state
+            .stores
+            .conversations
+            .soft_delete_message(&tenant, &id, &mid, principal.actor()),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

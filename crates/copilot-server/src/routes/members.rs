@@ -1,0 +1,75 @@
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use copilot_domain::access::authorize_tenant_admin;
+use copilot_domain::membership::{Membership, MembershipInput};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::timed;
+use crate::auth::Auth;
+use crate::error::ApiResult;
+use crate::extract::{JsonBody, PathParams, tenant_id, user_id};
+use crate::openapi::MembershipPutInput;
+use crate::state::AppState;
+
+#[derive(Serialize, ToSchema)]
+pub struct MemberList {
+    pub items: Vec<Membership>,
+}
+
+/// Every membership of the tenant, ordered by user id (tenant admins and services).
+#[utoipa::path(get, path = "/v1/tenants/{t}/members", tag = "members",
+    params(("t" = String, Path, description = "Tenant id")),
+    responses((status = 200, description = "Memberships", body = MemberList)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams(t): PathParams<String>,
+) -> ApiResult<Response> {
+    let tenant = tenant_id(&t)?;
+    authorize_tenant_admin(&principal, &tenant)?;
+    let items = timed("list_members", state.stores.members.list_members(&tenant)).await?;
+    Ok(axum::Json(MemberList { items }).into_response())
+}
+
+/// Creates or changes a membership (tenant admins and services).
+#[utoipa::path(put, path = "/v1/tenants/{t}/members/{u}", tag = "members",
+    params(("t" = String, Path, description = "Tenant id"), ("u" = String, Path, description = "User id")),
+    request_body = MembershipPutInput,
+    responses((status = 200, description = "The membership", body = Membership)))]
+pub async fn put(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams((t, u)): PathParams<(String, String)>,
+    JsonBody(body, _): JsonBody,
+) -> ApiResult<Response> {
+    let (tenant, user) = (tenant_id(&t)?, user_id(&u)?);
+    authorize_tenant_admin(&principal, &tenant)?;
+    let input = MembershipInput::from_json(&body)?;
+    let membership = timed(
+        "put_membership",
+        state.stores.members.put_membership(&tenant, &user, &input),
+    )
+    .await?;
+    Ok(axum::Json(membership).into_response())
+}
+
+/// Removes a membership (tenant admins and services).
+#[utoipa::path(delete, path = "/v1/tenants/{t}/members/{u}", tag = "members",
+    params(("t" = String, Path, description = "Tenant id"), ("u" = String, Path, description = "User id")),
+    responses((status = 204, description = "Deleted")))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams((t, u)): PathParams<(String, String)>,
+) -> ApiResult<Response> {
+    let (tenant, user) = (tenant_id(&t)?, user_id(&u)?);
+    authorize_tenant_admin(&principal, &tenant)?;
+    timed(
+        "delete_membership",
+        state.stores.members.delete_membership(&tenant, &user),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

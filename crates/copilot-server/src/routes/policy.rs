@@ -1,0 +1,114 @@
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use copilot_domain::access::{authorize_tenant, authorize_tenant_admin};
+use copilot_domain::policy::{MAX_POLICY_BYTES, StoredPolicy, TenantLlmPolicy};
+use copilot_domain::route::{Route, RouteRequest, resolve_route};
+
+use super::timed;
+use crate::auth::Auth;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{IfMatch, JsonBody, PathParams, tenant_id, with_etag};
+use crate::openapi::{PolicyInput, RouteRequestInput};
+use crate::state::AppState;
+
+/// The tenant's LLM routing policy.
+#[utoipa::path(get, path = "/v1/tenants/{t}/llm-policy", tag = "policy",
+    params(("t" = String, Path, description = "Tenant id")),
+    responses((status = 200, description = "The policy", body = StoredPolicy,
+        headers(("ETag" = String, description = "\"<version>\"")))))]
+pub async fn get_policy(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams(t): PathParams<String>,
+) -> ApiResult<Response> {
+    let tenant = tenant_id(&t)?;
+    authorize_tenant(&principal, &tenant)?;
+    let policy = timed("get_policy", state.stores.policies.get_policy(&tenant))
+        .await?
+        .ok_or(ApiError::PolicyNotFound)?;
+    Ok(with_etag(StatusCode::OK, policy.version, &policy))
+}
+
+/// Creates or replaces the tenant's policy (tenant admins and services).
+#[utoipa::path(put, path = "/v1/tenants/{t}/llm-policy", tag = "policy",
+    params(("t" = String, Path, description = "Tenant id"),
+           ("If-Match" = Option<String>, Header, description = "Expected version, \"<version>\"")),
+    request_body = PolicyInput,
+    responses((status = 200, description = "The stored policy with its new version", body = StoredPolicy,
+        headers(("ETag" = String, description = "\"<version>\"")))))]
+pub async fn put_policy(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams(t): PathParams<String>,
+    IfMatch(expected): IfMatch,
+    JsonBody(body, len): JsonBody,
+) -> ApiResult<Response> {
+    let tenant = tenant_id(&t)?;
+    authorize_tenant_admin(&principal, &tenant)?;
+    if len > MAX_POLICY_BYTES {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "a policy document is at most {MAX_POLICY_BYTES} bytes"
+        )));
+    }
+    let policy = TenantLlmPolicy::from_json(&body, &tenant)?;
+    let stored = timed(
+        "put_policy",
+        state
+            .stores
+            .policies
+            .put_policy(&policy, expected, principal.actor()),
+    )
+    .await?;
+    Ok(with_etag(StatusCode::OK, stored.version, &stored))
+}
+
+/// Deletes the tenant's policy (tenant admins and services).
+#[utoipa::path(delete, path = "/v1/tenants/{t}/llm-policy", tag = "policy",
+    params(("t" = String, Path, description = "Tenant id"),
+           ("If-Match" = Option<String>, Header, description = "Expected version")),
+    responses((status = 204, description = "Deleted")))]
+pub async fn delete_policy(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams(t): PathParams<String>,
+    IfMatch(expected): IfMatch,
+) -> ApiResult<Response> {
+    let tenant = tenant_id(&t)?;
+    authorize_tenant_admin(&principal, &tenant)?;
+    match timed(
+        "delete_policy",
+        state.stores.policies.delete_policy(&tenant, expected),
+    )
+    .await
+    {
+        Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(copilot_store::StoreError::NotFound) => Err(ApiError::PolicyNotFound),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Resolves the route (provider, model, egress) one call must use (DESIGN.md 3.3).
+#[utoipa::path(post, path = "/v1/tenants/{t}/llm-route", tag = "policy",
+    params(("t" = String, Path, description = "Tenant id")),
+    request_body = RouteRequestInput,
+    responses((status = 200, description = "The route", body = Route)))]
+pub async fn resolve(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    PathParams(t): PathParams<String>,
+    JsonBody(body, _): JsonBody,
+) -> ApiResult<Response> {
+    let tenant = tenant_id(&t)?;
+    authorize_tenant(&principal, &tenant)?;
+    let request = RouteRequest::from_json(&body)?;
+    let policy = timed("get_policy", state.stores.policies.get_policy(&tenant)).await?;
+    let route = resolve_route(
+        policy.as_ref(),
+        &state.service.router,
+        &request,
+        &principal,
+        &tenant,
+    )?;
+    Ok(axum::Json(route).into_response())
+}

@@ -1,0 +1,279 @@
+//! Configuration: flags override environment variables, which override defaults (DESIGN.md 7).
+//! Every variable is read through one lookup function so tests can supply their own.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use copilot_domain::conversation::DEFAULT_MAX_MESSAGE_BYTES;
+use copilot_domain::egress::EgressMode;
+use copilot_domain::policy::is_valid_provider;
+use copilot_domain::route::RouterDefaults;
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://./copilot-state.db";
+pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
+
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct SettingsError {
+    pub variable: String,
+    pub message: String,
+}
+
+fn invalid(variable: &str, message: impl Into<String>) -> SettingsError {
+    SettingsError {
+        variable: variable.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Strict booleans: `true/false/1/0/yes/no/on/off` in any case; anything else is an error that
+/// names the variable (the original design silently accepted only lowercase `false`).
+pub fn parse_bool(variable: &str, value: &str) -> Result<bool, SettingsError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(invalid(
+            variable,
+            format!("'{value}' is not a boolean (use true/false, 1/0, yes/no, on/off)"),
+        )),
+    }
+}
+
+/// What the JWT verifier needs.
+#[derive(Clone, Debug, Default)]
+pub struct JwtSettings {
+    /// `COPILOT_JWT_SECRET` (HS256). When unset, `serve` generates one beside the database.
+    pub secret: Option<String>,
+    /// `COPILOT_JWKS_FILE`: RS256/ES256 public keys.
+    pub jwks_file: Option<PathBuf>,
+    /// `COPILOT_JWT_AUDIENCE`, `COPILOT_JWT_ISSUER`: checked when set.
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+}
+
+/// Flags of `serve` (and `migrate`), each overriding its variable.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub bind: Option<SocketAddr>,
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
+    pub no_migrate: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    pub database_url: String,
+    pub redis_url: Option<String>,
+    pub migrate: bool,
+    pub jwt: JwtSettings,
+    pub router: RouterDefaults,
+    pub max_message_bytes: usize,
+    pub require_membership: bool,
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env(overrides: Overrides) -> Result<Self, SettingsError> {
+        Self::load(|name| std::env::var(name).ok(), overrides)
+    }
+
+    pub fn load(
+        env: impl Fn(&str) -> Option<String>,
+        overrides: Overrides,
+    ) -> Result<Self, SettingsError> {
+        let var = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        let bind = match (overrides.bind, var("COPILOT_BIND")) {
+            (Some(b), _) => b,
+            (None, Some(v)) => v
+                .parse()
+                .map_err(|_| invalid("COPILOT_BIND", format!("'{v}' is not host:port")))?,
+            (None, None) => DEFAULT_BIND
+                .parse()
+                .map_err(|_| invalid("COPILOT_BIND", "bad default"))?,
+        };
+        let database_url = overrides
+            .database_url
+            .or_else(|| var("DATABASE_URL"))
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+        if !is_sqlite(&database_url) && !is_postgres(&database_url) {
+            return Err(invalid(
+                "DATABASE_URL",
+                "must start with sqlite: or postgres://",
+            ));
+        }
+        let redis_url = overrides.redis_url.or_else(|| var("REDIS_URL"));
+        if let Some(url) = &redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(invalid(
+                "REDIS_URL",
+                "must start with redis:// or rediss://",
+            ));
+        }
+        let bool_var = |name: &str, default: bool| -> Result<bool, SettingsError> {
+            var(name).map_or(Ok(default), |v| parse_bool(name, &v))
+        };
+        let provider_var = |name: &str, default: &str| -> Result<String, SettingsError> {
+            let value = var(name).unwrap_or_else(|| default.to_owned());
+            if is_valid_provider(&value) {
+                Ok(value)
+            } else {
+                Err(invalid(name, "must match [a-z0-9_-]{1,64}"))
+            }
+        };
+        let local_provider = provider_var("COPILOT_LOCAL_PROVIDER", "local")?;
+        let router = RouterDefaults {
+            provider: provider_var("COPILOT_DEFAULT_PROVIDER", &local_provider)?,
+            model: var("COPILOT_DEFAULT_MODEL").unwrap_or_else(|| "default".to_owned()),
+            local_provider,
+            base_egress_mode: match var("COPILOT_BASE_EGRESS_MODE") {
+                None => EgressMode::Enforce,
+                Some(v) => EgressMode::parse(&v.to_ascii_lowercase()).ok_or_else(|| {
+                    invalid("COPILOT_BASE_EGRESS_MODE", "must be off, audit or enforce")
+                })?,
+            },
+        };
+        let max_message_bytes = match var("COPILOT_MAX_MESSAGE_BYTES") {
+            None => DEFAULT_MAX_MESSAGE_BYTES,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1_048_576).contains(n))
+                .ok_or_else(|| {
+                    invalid(
+                        "COPILOT_MAX_MESSAGE_BYTES",
+                        "must be an integer from 1 to 1048576",
+                    )
+                })?,
+        };
+        Ok(Self {
+            bind,
+            migrate: !overrides.no_migrate,
+            require_membership: bool_var("COPILOT_REQUIRE_MEMBERSHIP", is_postgres(&database_url))?,
+            database_url,
+            redis_url,
+            jwt: JwtSettings {
+                secret: var("COPILOT_JWT_SECRET"),
+                jwks_file: var("COPILOT_JWKS_FILE").map(PathBuf::from),
+                audience: var("COPILOT_JWT_AUDIENCE"),
+                issuer: var("COPILOT_JWT_ISSUER"),
+            },
+            router,
+            max_message_bytes,
+        })
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        is_sqlite(&self.database_url)
+    }
+
+    /// Where a generated JWT secret lives: beside the SQLite file, else in the working directory.
+    pub fn secret_file(&self) -> PathBuf {
+        match sqlite_path(&self.database_url) {
+            Some(path) => PathBuf::from(format!("{path}.jwt-secret")),
+            None => PathBuf::from("copilot-state.jwt-secret"),
+        }
+    }
+}
+
+pub fn is_sqlite(url: &str) -> bool {
+    url.starts_with("sqlite:")
+}
+
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// The file of a `sqlite:` URL, or `None` for an in-memory database.
+fn sqlite_path(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && !path.contains(":memory:")).then_some(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn load(vars: &[(&str, &str)], overrides: Overrides) -> Result<Settings, SettingsError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load(|k| map.get(k).cloned(), overrides)
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_service() {
+        let s = load(&[], Overrides::default()).unwrap();
+        assert_eq!(s.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(s.bind.to_string(), DEFAULT_BIND);
+        assert!(s.migrate && !s.require_membership);
+        assert_eq!(
+            s.secret_file(),
+            PathBuf::from("./copilot-state.db.jwt-secret")
+        );
+        assert_eq!(s.router.base_egress_mode, EgressMode::Enforce);
+    }
+
+    #[test]
+    fn flags_override_environment() {
+        let s = load(
+            &[
+                ("DATABASE_URL", "sqlite://env.db"),
+                ("COPILOT_BIND", "127.0.0.1:1"),
+            ],
+            Overrides {
+                database_url: Some("sqlite://flag.db".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.database_url, "sqlite://flag.db");
+        assert_eq!(s.bind.port(), 1);
+    }
+
+    #[test]
+    fn postgres_requires_membership_by_default() {
+        let s = load(&[("DATABASE_URL", "postgres://x/y")], Overrides::default()).unwrap();
+        assert!(s.require_membership);
+        let s = load(
+            &[
+                ("DATABASE_URL", "postgres://x/y"),
+                ("COPILOT_REQUIRE_MEMBERSHIP", "OFF"),
+            ],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(!s.require_membership);
+    }
+
+    #[test]
+    fn booleans_are_strict_and_errors_name_the_variable() {
+        for yes in ["true", "TRUE", "1", "Yes", "on"] {
+            assert!(parse_bool("X", yes).unwrap());
+        }
+        for no in ["false", "False", "0", "NO", "off"] {
+            assert!(!parse_bool("X", no).unwrap());
+        }
+        let err = load(
+            &[("COPILOT_REQUIRE_MEMBERSHIP", "maybe")],
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.variable, "COPILOT_REQUIRE_MEMBERSHIP");
+        assert!(err.to_string().contains("maybe"));
+        let err = load(
+            &[("COPILOT_BASE_EGRESS_MODE", "loose")],
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.variable, "COPILOT_BASE_EGRESS_MODE");
+        assert!(load(&[("DATABASE_URL", "mysql://x")], Overrides::default()).is_err());
+    }
+}
