@@ -1,0 +1,181 @@
+//! The `copilot-state` binary as a new user runs it.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_copilot-state");
+
+/// A free loopback port (bound then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn command(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir);
+    for var in [
+        "DATABASE_URL",
+        "COPILOT_JWT_SECRET",
+        "COPILOT_JWKS_FILE",
+        "REDIS_URL",
+        "COPILOT_BIND",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Starts `serve` with no configuration; returns the child and its banner lines.
+fn serve(dir: &std::path::Path, port: u16) -> (Child, Vec<String>) {
+    let mut child = command(dir)
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        let done = line.contains("export ALICE=");
+        lines.push(line);
+        if done || Instant::now() > deadline {
+            break;
+        }
+    }
+    (child, lines)
+}
+
+fn token_from(lines: &[String], var: &str) -> String {
+    let prefix = format!("export {var}=");
+    lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix(&prefix).map(str::to_owned))
+        .expect("token in banner")
+}
+
+fn stop(mut child: Child) -> std::process::ExitStatus {
+    // SIGTERM by PID, then wait: shutdown drains and exits 0.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_no_configuration_then_restart_and_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (child, banner) = serve(dir.path(), port);
+    let text = banner.join("\n");
+    assert!(
+        text.contains(&format!("listening on http://127.0.0.1:{port}")),
+        "{text}"
+    );
+    assert!(text.contains("curl"), "{text}");
+    let secret = dir.path().join("copilot-state.db.jwt-secret");
+    assert_eq!(
+        std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(dir.path().join("copilot-state.db").exists());
+    let token = token_from(&banner, "TOKEN");
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/v1/config/global");
+    let r = client
+        .put(&url)
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"mergeMaxMessages": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(stop(child).success(), "SIGTERM exits 0");
+
+    // Second start: the same secret (the old token still works) and the same data.
+    let (child, _) = serve(dir.path(), port);
+    let r = client.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["mergeMaxMessages"],
+        5
+    );
+
+    // `token` signs with the same secret.
+    let out = command(dir.path())
+        .args([
+            "token", "--tenant", "acme", "--user", "zoe", "--role", "admin", "--ttl", "5m",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let zoe = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let r = client
+        .put(format!("http://127.0.0.1:{port}/v1/tenants/acme/config"))
+        .bearer_auth(&zoe)
+        .json(&serde_json::json!({"pathMaxMessages": 9}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["updatedBy"],
+        "zoe"
+    );
+    assert!(stop(child).success());
+}
+
+#[test]
+fn migrate_doctor_and_bad_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = command(dir.path())
+        .args(["migrate", "--database-url", "sqlite://./m.db"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("m.db").exists());
+    let out = command(dir.path())
+        .args(["doctor", "--database-url", "sqlite://./m.db"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("database: ok") && text.contains("redis: disabled"),
+        "{text}"
+    );
+    // A bad boolean stops start-up naming the variable.
+    let out = command(dir.path())
+        .env("COPILOT_REQUIRE_MEMBERSHIP", "maybe")
+        .args(["doctor"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("COPILOT_REQUIRE_MEMBERSHIP"));
+    let out = command(dir.path())
+        .args(["token", "--tenant", "bad tenant"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

@@ -1,0 +1,276 @@
+//! HTTP tests against the real server on a real TCP port over a real SQLite file.
+
+mod access_table;
+mod cli;
+mod config;
+mod conversations;
+mod members;
+mod operations;
+mod policy;
+
+use std::sync::Arc;
+
+use copilot_domain::TenantId;
+use copilot_domain::route::RouterDefaults;
+use copilot_server::auth::{Authenticator, TokenRole, issue_token};
+use copilot_server::settings::JwtSettings;
+use copilot_server::state::{AppState, ServiceSettings};
+use copilot_store::{SqliteOptions, SqliteStore, StoreSet};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+pub const SECRET: &str = "test-secret-of-enough-length";
+pub const TENANT: &str = "acme";
+pub const OTHER_TENANT: &str = "globex";
+
+/// The principals the tests act as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Who {
+    /// alice, member of acme: owns the conversations under test.
+    Owner,
+    /// bob, member of acme.
+    Colleague,
+    /// carol, admin of acme.
+    Admin,
+    /// dave, admin of globex.
+    Stranger,
+    /// a service principal.
+    Service,
+    /// no token at all.
+    Nobody,
+}
+
+impl Who {
+    pub fn user(self) -> &'static str {
+        match self {
+            Who::Owner => "alice",
+            Who::Colleague => "bob",
+            Who::Admin => "carol",
+            Who::Stranger => "dave",
+            Who::Service => "backend",
+            Who::Nobody => "",
+        }
+    }
+
+    pub fn token(self) -> Option<String> {
+        let acme = TenantId::parse(TENANT).ok();
+        let globex = TenantId::parse(OTHER_TENANT).ok();
+        let (tenant, role) = match self {
+            Who::Owner | Who::Colleague => (acme, TokenRole::Member),
+            Who::Admin => (acme, TokenRole::Admin),
+            Who::Stranger => (globex, TokenRole::Admin),
+            Who::Service => (None, TokenRole::Service),
+            Who::Nobody => return None,
+        };
+        Some(issue_token(SECRET, tenant.as_ref(), self.user(), role, 3600).expect("token"))
+    }
+}
+
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Response {
+    /// Asserts a problem document with this status and code.
+    #[track_caller]
+    pub fn problem(&self, status: u16, code: &str) -> &Self {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        assert_eq!(self.body["code"], code, "body: {}", self.body);
+        assert_eq!(self.body["status"], status);
+        let ct = self
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert_eq!(ct, "application/problem+json");
+        self
+    }
+
+    #[track_caller]
+    pub fn ok(&self, status: u16) -> &Value {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        &self.body
+    }
+
+    pub fn etag(&self) -> Option<String> {
+        self.headers
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+}
+
+pub struct TestServer {
+    pub base: String,
+    client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    pub async fn start_with(require_membership: bool) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/api.db", dir.path().display());
+        let store = SqliteStore::open(SqliteOptions::new(url))
+            .await
+            .expect("sqlite");
+        let state = AppState {
+            stores: StoreSet::from_backend(Arc::new(store)),
+            auth: Arc::new(
+                Authenticator::new(&JwtSettings::default(), Some(SECRET)).expect("auth"),
+            ),
+            service: Arc::new(ServiceSettings {
+                router: RouterDefaults {
+                    provider: "openai".into(),
+                    model: "router-model".into(),
+                    local_provider: "local".into(),
+                    base_egress_mode: copilot_domain::egress::EgressMode::Enforce,
+                },
+                max_message_bytes: 1024,
+                require_membership,
+            }),
+            metrics: copilot_server::telemetry::prometheus(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(copilot_server::serve(listener, state, async {
+            let _ = rx.await;
+        }));
+        Self {
+            base,
+            client: reqwest::Client::new(),
+            shutdown: Some(tx),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        who: Who,
+        body: Option<Value>,
+    ) -> Response {
+        self.send(method, path, who, body, &[]).await
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        who: Who,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base, path));
+        if let Some(token) = who.token() {
+            req = req.bearer_auth(token);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.expect("body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        Response {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        who: Who,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Response {
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base, path))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(token) = who.token() {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.expect("body");
+        Response {
+            status,
+            headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    pub async fn get(&self, path: &str, who: Who) -> Response {
+        self.call(Method::GET, path, who, None).await
+    }
+
+    pub async fn post(&self, path: &str, who: Who, body: Value) -> Response {
+        self.call(Method::POST, path, who, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, who: Who, body: Value) -> Response {
+        self.call(Method::PUT, path, who, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, who: Who, body: Value) -> Response {
+        self.call(Method::PATCH, path, who, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, who: Who) -> Response {
+        self.call(Method::DELETE, path, who, None).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Creates a conversation in acme as `who` and returns its id.
+pub async fn conversation(server: &TestServer, who: Who, body: Value) -> String {
+    let r = server
+        .post(&format!("/v1/tenants/{TENANT}/conversations"), who, body)
+        .await;
+    r.ok(201)["id"].as_str().expect("id").to_owned()
+}

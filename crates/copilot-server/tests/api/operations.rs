@@ -1,0 +1,160 @@
+use reqwest::Method;
+use serde_json::json;
+
+use crate::{TENANT, TestServer, Who};
+
+#[tokio::test]
+async fn health_readiness_metrics_and_openapi() {
+    let s = TestServer::start().await;
+    assert_eq!(s.get("/healthz", Who::Nobody).await.ok(200)["status"], "ok");
+    let ready = s.get("/readyz", Who::Nobody).await;
+    assert_eq!(ready.ok(200)["redis"], "disabled");
+    assert_eq!(ready.body["store"], "ok");
+
+    s.get(
+        &format!("/v1/tenants/{TENANT}/config/effective"),
+        Who::Owner,
+    )
+    .await
+    .ok(200);
+    let metrics = reqwest::get(format!("{}/metrics", s.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("copilot_http_requests_total"), "{metrics}");
+    assert!(metrics.contains("route=\"/v1/tenants/{t}/config/effective\""));
+    assert!(metrics.contains("copilot_http_request_duration_seconds"));
+    assert!(metrics.contains("copilot_store_duration_seconds"));
+
+    let doc = s.get("/openapi.json", Who::Nobody).await;
+    let doc = doc.ok(200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/v1/tenants/{t}/llm-policy",
+        "/v1/tenants/{t}/llm-route",
+        "/v1/tenants/{t}/config/effective",
+        "/v1/config/global",
+        "/v1/tenants/{t}/config",
+        "/v1/tenants/{t}/users/{u}/config",
+        "/v1/tenants/{t}/conversations",
+        "/v1/tenants/{t}/conversations/{id}",
+        "/v1/tenants/{t}/conversations/{id}/messages",
+        "/v1/tenants/{t}/conversations/{id}/messages/{mid}",
+        "/v1/tenants/{t}/members",
+        "/v1/tenants/{t}/members/{u}",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    assert_eq!(
+        doc["paths"]["/v1/tenants/{t}/llm-policy"]["get"]["responses"]["404"]["content"]["application/problem+json"]
+            ["schema"]["$ref"],
+        "#/components/schemas/Problem"
+    );
+}
+
+#[tokio::test]
+async fn authentication_errors_are_401_problems() {
+    let s = TestServer::start().await;
+    let path = format!("/v1/tenants/{TENANT}/llm-policy");
+    s.get(&path, Who::Nobody)
+        .await
+        .problem(401, "unauthenticated");
+    let r = s
+        .send(
+            Method::GET,
+            &path,
+            Who::Nobody,
+            None,
+            &[("authorization", "Bearer nope")],
+        )
+        .await;
+    r.problem(401, "unauthenticated");
+    assert_eq!(r.headers.get("www-authenticate").unwrap(), "Bearer");
+    let r = s
+        .send(
+            Method::GET,
+            &path,
+            Who::Nobody,
+            None,
+            &[("authorization", "Basic abc")],
+        )
+        .await;
+    r.problem(401, "unauthenticated");
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let s = TestServer::start().await;
+    let r = s.get("/healthz", Who::Nobody).await;
+    assert!(!r.headers.get("x-request-id").unwrap().is_empty());
+    let r = s
+        .send(
+            Method::GET,
+            "/nope",
+            Who::Nobody,
+            None,
+            &[("x-request-id", "abc-123")],
+        )
+        .await;
+    assert_eq!(r.headers.get("x-request-id").unwrap(), "abc-123");
+    r.problem(404, "not_found");
+    let r = s
+        .send(
+            Method::GET,
+            "/v1/tenants/acme/llm-policy",
+            Who::Nobody,
+            None,
+            &[("x-request-id", "req-9")],
+        )
+        .await;
+    assert_eq!(r.headers.get("x-request-id").unwrap(), "req-9");
+}
+
+#[tokio::test]
+async fn malformed_oversized_and_wrong_method_requests() {
+    let s = TestServer::start().await;
+    let path = format!("/v1/tenants/{TENANT}/conversations");
+    s.raw(
+        Method::POST,
+        &path,
+        Who::Owner,
+        b"{not json".to_vec(),
+        "application/json",
+    )
+    .await
+    .problem(400, "invalid_request");
+    s.raw(
+        Method::POST,
+        &path,
+        Who::Owner,
+        Vec::new(),
+        "application/json",
+    )
+    .await
+    .problem(400, "invalid_request");
+    let huge = format!("{{\"title\":\"{}\"}}", "x".repeat(2 * 1024 * 1024 + 10));
+    s.raw(
+        Method::POST,
+        &path,
+        Who::Owner,
+        huge.into_bytes(),
+        "application/json",
+    )
+    .await
+    .problem(413, "payload_too_large");
+    s.call(Method::PUT, &path, Who::Owner, Some(json!({})))
+        .await
+        .problem(405, "method_not_allowed");
+    s.get("/v1/tenants/bad%20tenant/conversations", Who::Owner)
+        .await
+        .problem(400, "invalid_id");
+}
