@@ -33,9 +33,59 @@ else
   RUNNER=(cargo test --workspace --no-fail-fast)
 fi
 
-# --- tests -----------------------------------------------------------------------------------
+# Schemathesis (from PyPI) fuzzes the HTTP API from its own OpenAPI document.
+if ! python3 -c 'import schemathesis' 2>/dev/null; then
+  log "installing schemathesis"
+  python3 -m pip install --quiet --disable-pip-version-check 'schemathesis>=4,<5'
+fi
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Waits until $1 answers or $2 seconds pass.
+wait_for_http() {
+  local url=$1 deadline=$((SECONDS + $2))
+  until curl -fsS -o /dev/null "$url" 2>/dev/null; do
+    [ "$SECONDS" -lt "$deadline" ] || { echo "timed out waiting for $url" >&2; return 1; }
+    sleep 0.1
+  done
+}
+
+# --- build (one build shared by every test binary and the fuzz run) --------------------------
 log "build"
 cargo build --workspace --all-targets
 
+# --- API fuzz: schemathesis against the embedded server ---------------------------------------
+log "API fuzz (schemathesis) against copilot-state serve on the embedded default"
+FUZZ_DIR="$WORK_DIR/fuzz"
+mkdir -p "$FUZZ_DIR"
+FUZZ_PORT=$(free_port)
+BIN="$PWD/target/debug/copilot-state"
+(cd "$FUZZ_DIR" && env -u DATABASE_URL -u COPILOT_JWT_SECRET -u REDIS_URL \
+  "$BIN" serve --bind "127.0.0.1:$FUZZ_PORT" >"$FUZZ_DIR/serve.out" 2>"$FUZZ_DIR/serve.err") &
+SERVE_PID=$!
+PIDS+=("$SERVE_PID")
+wait_for_http "http://127.0.0.1:$FUZZ_PORT/healthz" 30
+TOKEN=$(sed -n 's/.*export TOKEN=//p' "$FUZZ_DIR/serve.out")
+set +e
+python3 -c 'import sys; from schemathesis.cli import schemathesis; sys.argv[0] = "schemathesis"; sys.exit(schemathesis())' \
+  run "http://127.0.0.1:$FUZZ_PORT/openapi.json" \
+  --header "Authorization: Bearer $TOKEN" \
+  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
+  --phases examples,coverage,fuzzing --max-examples 30 --seed 1 --no-color \
+  >"$FUZZ_DIR/schemathesis.log" 2>&1
+FUZZ_STATUS=$?
+set -e
+kill "$SERVE_PID" 2>/dev/null || true
+wait "$SERVE_PID" 2>/dev/null || true
+sed -n '/= SUMMARY =/,$p' "$FUZZ_DIR/schemathesis.log"
+if [ "$FUZZ_STATUS" -ne 0 ]; then
+  cat "$FUZZ_DIR/schemathesis.log"
+  echo "schemathesis found problems (exit $FUZZ_STATUS)" >&2
+  exit "$FUZZ_STATUS"
+fi
+
+# --- every Rust test (last, so its summary closes the run) ------------------------------------
 log "tests: ${RUNNER[*]}"
 "${RUNNER[@]}"

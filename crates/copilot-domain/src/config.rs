@@ -87,7 +87,7 @@ macro_rules! config_fields {
         /// One level's stored fields: absent means "inherit from the level below".
         #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
         #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        #[serde(rename_all = "camelCase")]
         pub struct ConfigPatch {
             $( #[serde(default, skip_serializing_if = "Option::is_none")] pub $name: Option<$ty>, )+
         }

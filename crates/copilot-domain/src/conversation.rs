@@ -465,6 +465,12 @@ impl MessageQuery {
                 "limit must be between 1 and {MAX_MESSAGE_LIMIT}"
             )));
         }
+        if before.or(after).is_some_and(|n| n > i64::MAX as u64) {
+            return Err(QueryError(format!(
+                "before and after must be at most {}",
+                i64::MAX
+            )));
+        }
         if before.is_some() && after.is_some() {
             return Err(QueryError("give either before or after, not both".into()));
         }

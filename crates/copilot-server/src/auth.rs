@@ -404,4 +404,76 @@ mod tests {
         );
         assert!(a.verify(&bad_iss).is_err());
     }
+
+    /// RS256 and ES256 keys from a JWKS file, chosen by `kid`.
+    #[test]
+    fn jwks_file_with_rs256_and_es256_keys() {
+        use jsonwebtoken::jwk::Jwk;
+        let rsa = EncodingKey::from_rsa_pem(include_bytes!("../tests/fixtures/rs256-test-key.pem"))
+            .unwrap();
+        let ec = EncodingKey::from_ec_pem(include_bytes!("../tests/fixtures/es256-test-key.pem"))
+            .unwrap();
+        let mut rsa_jwk = Jwk::from_encoding_key(&rsa, Algorithm::RS256).unwrap();
+        rsa_jwk.common.key_id = Some("rsa-1".into());
+        let mut ec_jwk = Jwk::from_encoding_key(&ec, Algorithm::ES256).unwrap();
+        ec_jwk.common.key_id = Some("ec-1".into());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(
+            &path,
+            serde_json::to_string(&JwkSet {
+                keys: vec![rsa_jwk, ec_jwk],
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        let a = Authenticator::new(
+            &JwtSettings {
+                jwks_file: Some(path),
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+
+        let exp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 60;
+        let claims = serde_json::json!({"sub": "u1", "role": "authenticated", "tenant_id": "acme", "exp": exp});
+        let sign = |alg, kid: &str, key: &EncodingKey| {
+            let mut header = Header::new(alg);
+            header.kid = Some(kid.into());
+            encode(&header, &claims, key).unwrap()
+        };
+        assert!(a.verify(&sign(Algorithm::RS256, "rsa-1", &rsa)).is_ok());
+        assert!(a.verify(&sign(Algorithm::ES256, "ec-1", &ec)).is_ok());
+        // Wrong kid, or a key signing under another key's id: refused.
+        assert!(a.verify(&sign(Algorithm::RS256, "rsa-2", &rsa)).is_err());
+        assert!(a.verify(&sign(Algorithm::ES256, "rsa-1", &ec)).is_err());
+        // No HS256 secret configured: HS256 tokens are refused.
+        let hs = issue_token(
+            "whatever",
+            Some(&TenantId::parse("acme").unwrap()),
+            "u1",
+            TokenRole::Member,
+            60,
+        )
+        .unwrap();
+        assert!(a.verify(&hs).is_err());
+        // A broken JWKS file stops start-up.
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, "{").unwrap();
+        assert!(
+            Authenticator::new(
+                &JwtSettings {
+                    jwks_file: Some(bad),
+                    ..Default::default()
+                },
+                None
+            )
+            .is_err()
+        );
+    }
 }

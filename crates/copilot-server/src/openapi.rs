@@ -22,7 +22,7 @@ use copilot_domain::route::{EgressDecision, Route, RouteSource};
 use serde::Deserialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use crate::error::Problem;
 use crate::routes;
@@ -122,6 +122,74 @@ pub struct MembershipPutInput {
     status: MembershipStatus,
 }
 
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TenantPath {
+    /// Tenant id
+    #[param(pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
+    t: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TenantUserPath {
+    /// Tenant id
+    #[param(pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
+    t: String,
+    /// User id
+    #[param(pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
+    u: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ConversationPath {
+    /// Tenant id
+    #[param(pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
+    t: String,
+    /// Conversation id (UUIDv7)
+    #[param(value_type = String, format = Uuid)]
+    id: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct MessagePath {
+    /// Tenant id
+    #[param(pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
+    t: String,
+    /// Conversation id (UUIDv7)
+    #[param(value_type = String, format = Uuid)]
+    id: String,
+    /// Message id (UUIDv7)
+    #[param(value_type = String, format = Uuid)]
+    mid: String,
+}
+
+/// A config level's fields: absent inherits from the level below; in a merge patch, `null`
+/// clears a field. `version`, `updatedAt` and `updatedBy` are read-only and ignored.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigPatchInput {
+    merge_compression_strategy: Option<MergeCompressionStrategy>,
+    #[schema(minimum = 1, maximum = 100000)]
+    merge_max_messages: Option<u32>,
+    merge_preserve_pinned: Option<bool>,
+    path_compression_strategy: Option<PathCompressionStrategy>,
+    #[schema(minimum = 1, maximum = 100000)]
+    path_max_messages: Option<u32>,
+    #[schema(minimum = 1, maximum = 10000)]
+    path_sliding_window_size: Option<u32>,
+    #[schema(minimum = 0, maximum = 1)]
+    path_compression_threshold: Option<f64>,
+    auto_compact_enabled: Option<bool>,
+    #[schema(minimum = 1, maximum = 10080)]
+    compaction_interval_minutes: Option<u32>,
+    version: Option<u64>,
+    updated_at: Option<String>,
+    updated_by: Option<String>,
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "copilot-state", description = "Shared state layer of a multi-tenant LLM copilot: \
@@ -140,7 +208,7 @@ pub struct MembershipPutInput {
     ),
     components(schemas(
         Problem, FieldError, EgressMode, EgressModeInput, StoredPolicy, LlmTaskPolicy, UserEgressPolicy, Route,
-        RouteSource, EgressDecision, ConfigPatch, ConfigValues, ConfigSources, ConfigSource, LevelVersions,
+        RouteSource, EgressDecision, ConfigPatch, ConfigPatchInput, ConfigValues, ConfigSources, ConfigSource, LevelVersions,
         EffectiveConfig, StoredPatchView, MergeCompressionStrategy, PathCompressionStrategy, Conversation,
         ConversationPage, Message, MessagePage, MessageRole, ShareAudience, TenantAccess, Membership,
         MembershipStatus, TenantRole,

@@ -10,6 +10,7 @@ use super::timed;
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{IfMatch, JsonBody, PathParams, Query, tenant_id, user_id, with_etag};
+use crate::openapi::{ConfigPatchInput, TenantPath, TenantUserPath};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -20,7 +21,7 @@ pub struct EffectiveParams {
 
 /// The effective configuration of a user: defaults <- global <- tenant <- user, field by field.
 #[utoipa::path(get, path = "/v1/tenants/{t}/config/effective", tag = "config",
-    params(("t" = String, Path, description = "Tenant id"),
+    params(TenantPath,
            ("userId" = Option<String>, Query, description = "Defaults to the caller; another user's: admins and services")),
     responses((status = 200, description = "Effective configuration with sources and versions", body = EffectiveConfig)))]
 pub async fn effective(
@@ -135,7 +136,7 @@ pub async fn get_global(
 /// Replaces the global level's patch (services).
 #[utoipa::path(put, path = "/v1/config/global", tag = "config",
     params(("If-Match" = Option<String>, Header, description = "Expected version")),
-    request_body = ConfigPatch,
+    request_body = ConfigPatchInput,
     responses((status = 200, description = "The stored patch", body = StoredPatchView,
         headers(("ETag" = String, description = "\"<version>\"")))))]
 pub async fn put_global(
@@ -150,7 +151,7 @@ pub async fn put_global(
 /// JSON merge patch (RFC 7396) on the global level (services).
 #[utoipa::path(patch, path = "/v1/config/global", tag = "config",
     params(("If-Match" = Option<String>, Header, description = "Expected version")),
-    request_body(content = ConfigPatch, content_type = "application/merge-patch+json"),
+    request_body(content = ConfigPatchInput, content_type = "application/merge-patch+json"),
     responses((status = 200, description = "The stored patch", body = StoredPatchView,
         headers(("ETag" = String, description = "\"<version>\"")))))]
 pub async fn patch_global(
@@ -176,7 +177,7 @@ pub async fn delete_global(
 
 /// The tenant level's stored patch (tenant members).
 #[utoipa::path(get, path = "/v1/tenants/{t}/config", tag = "config",
-    params(("t" = String, Path, description = "Tenant id")),
+    params(TenantPath),
     responses((status = 200, description = "Stored fields, version, updatedAt, updatedBy", body = StoredPatchView,
         headers(("ETag" = String, description = "\"<version>\"")))))]
 pub async fn get_tenant(
@@ -189,9 +190,9 @@ pub async fn get_tenant(
 
 /// Replaces the tenant level's patch (tenant admins and services).
 #[utoipa::path(put, path = "/v1/tenants/{t}/config", tag = "config",
-    params(("t" = String, Path, description = "Tenant id"),
+    params(TenantPath,
            ("If-Match" = Option<String>, Header, description = "Expected version")),
-    request_body = ConfigPatch,
+    request_body = ConfigPatchInput,
     responses((status = 200, description = "The stored patch", body = StoredPatchView,
         headers(("ETag" = String, description = "\"<version>\"")))))]
 pub async fn put_tenant(
@@ -206,9 +207,9 @@ pub async fn put_tenant(
 
 /// JSON merge patch on the tenant level (tenant admins and services).
 #[utoipa::path(patch, path = "/v1/tenants/{t}/config", tag = "config",
-    params(("t" = String, Path, description = "Tenant id"),
+    params(TenantPath,
            ("If-Match" = Option<String>, Header, description = "Expected version")),
-    request_body(content = ConfigPatch, content_type = "application/merge-patch+json"),
+    request_body(content = ConfigPatchInput, content_type = "application/merge-patch+json"),
     responses((status = 200, description = "The stored patch", body = StoredPatchView,
         headers(("ETag" = String, description = "\"<version>\"")))))]
 pub async fn patch_tenant(
@@ -223,7 +224,7 @@ pub async fn patch_tenant(
 
 /// Removes the tenant level's patch (tenant admins and services).
 #[utoipa::path(delete, path = "/v1/tenants/{t}/config", tag = "config",
-    params(("t" = String, Path, description = "Tenant id"),
+    params(TenantPath,
            ("If-Match" = Option<String>, Header, description = "Expected version")),
     responses((status = 204, description = "Deleted")))]
 pub async fn delete_tenant(
@@ -237,7 +238,7 @@ pub async fn delete_tenant(
 
 /// A user level's stored patch (that user, tenant admins, services).
 #[utoipa::path(get, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
-    params(("t" = String, Path, description = "Tenant id"), ("u" = String, Path, description = "User id")),
+    params(TenantUserPath),
     responses((status = 200, description = "Stored fields, version, updatedAt, updatedBy", body = StoredPatchView,
         headers(("ETag" = String, description = "\"<version>\"")))))]
 pub async fn get_user(
@@ -250,9 +251,9 @@ pub async fn get_user(
 
 /// Replaces a user level's patch (that user, tenant admins, services).
 #[utoipa::path(put, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
-    params(("t" = String, Path, description = "Tenant id"), ("u" = String, Path, description = "User id"),
+    params(TenantUserPath,
            ("If-Match" = Option<String>, Header, description = "Expected version")),
-    request_body = ConfigPatch,
+    request_body = ConfigPatchInput,
     responses((status = 200, description = "The stored patch", body = StoredPatchView,
         headers(("ETag" = String, description = "\"<version>\"")))))]
 pub async fn put_user(
@@ -267,9 +268,9 @@ pub async fn put_user(
 
 /// JSON merge patch on a user level (that user, tenant admins, services).
 #[utoipa::path(patch, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
-    params(("t" = String, Path, description = "Tenant id"), ("u" = String, Path, description = "User id"),
+    params(TenantUserPath,
            ("If-Match" = Option<String>, Header, description = "Expected version")),
-    request_body(content = ConfigPatch, content_type = "application/merge-patch+json"),
+    request_body(content = ConfigPatchInput, content_type = "application/merge-patch+json"),
     responses((status = 200, description = "The stored patch", body = StoredPatchView,
         headers(("ETag" = String, description = "\"<version>\"")))))]
 pub async fn patch_user(
@@ -284,7 +285,7 @@ pub async fn patch_user(
 
 /// Removes a user level's patch (that user, tenant admins, services).
 #[utoipa::path(delete, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
-    params(("t" = String, Path, description = "Tenant id"), ("u" = String, Path, description = "User id"),
+    params(TenantUserPath,
            ("If-Match" = Option<String>, Header, description = "Expected version")),
     responses((status = 204, description = "Deleted")))]
 pub async fn delete_user(

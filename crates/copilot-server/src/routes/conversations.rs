@@ -21,6 +21,7 @@ use crate::extract::{
     IfMatch, JsonBody, PathParams, Query, conversation_id, message_id, tenant_id, with_etag,
 };
 use crate::openapi::{ConversationCreateInput, ConversationUpdateInput, MessageCreateInput};
+use crate::openapi::{ConversationPath, MessagePath, TenantPath};
 use crate::state::AppState;
 
 /// Loads a conversation the principal may read; anything else is 404 (no existence oracle).
@@ -53,7 +54,7 @@ fn parse_number<T: std::str::FromStr>(name: &str, value: Option<&str>) -> ApiRes
 /// Creates a conversation. Members create their own; only services set `userId` (another
 /// user, or `null` for a system conversation).
 #[utoipa::path(post, path = "/v1/tenants/{t}/conversations", tag = "conversations",
-    params(("t" = String, Path, description = "Tenant id")),
+    params(TenantPath),
     request_body = ConversationCreateInput,
     responses((status = 201, description = "The new conversation", body = Conversation,
         headers(("ETag" = String, description = "\"<version>\"")))))]
@@ -93,8 +94,8 @@ pub struct ListParams {
 
 /// Conversations the caller may read, newest activity first, keyset-paginated.
 #[utoipa::path(get, path = "/v1/tenants/{t}/conversations", tag = "conversations",
-    params(("t" = String, Path, description = "Tenant id"),
-           ("status" = Option<String>, Query, description = "active (default), archived or all"),
+    params(TenantPath,
+           ("status" = Option<ConversationStatus>, Query, description = "active (default), archived or all"),
            ("limit" = Option<u32>, Query, description = "1-100, default 20"),
            ("cursor" = Option<String>, Query, description = "nextCursor of the previous page")),
     responses((status = 200, description = "One page", body = ConversationPage)))]
@@ -129,7 +130,7 @@ pub async fn list(
 
 /// One conversation. A `public` one is readable by any authenticated principal by id.
 #[utoipa::path(get, path = "/v1/tenants/{t}/conversations/{id}", tag = "conversations",
-    params(("t" = String, Path, description = "Tenant id"), ("id" = String, Path, description = "Conversation id")),
+    params(ConversationPath),
     responses((status = 200, description = "The conversation", body = Conversation,
         headers(("ETag" = String, description = "\"<version>\"")))))]
 pub async fn get(
@@ -148,7 +149,7 @@ pub async fn get(
 
 /// Changes title, sharing and archive state in one atomic update.
 #[utoipa::path(patch, path = "/v1/tenants/{t}/conversations/{id}", tag = "conversations",
-    params(("t" = String, Path, description = "Tenant id"), ("id" = String, Path, description = "Conversation id"),
+    params(ConversationPath,
            ("If-Match" = Option<String>, Header, description = "Expected version")),
     request_body = ConversationUpdateInput,
     responses((status = 200, description = "The updated conversation", body = Conversation,
@@ -177,7 +178,7 @@ pub async fn update(
 
 /// Deletes a conversation and its messages.
 #[utoipa::path(delete, path = "/v1/tenants/{t}/conversations/{id}", tag = "conversations",
-    params(("t" = String, Path, description = "Tenant id"), ("id" = String, Path, description = "Conversation id"),
+    params(ConversationPath,
            ("If-Match" = Option<String>, Header, description = "Expected version")),
     responses((status = 204, description = "Deleted")))]
 pub async fn delete(
@@ -202,7 +203,7 @@ pub async fn delete(
 
 /// Appends a message with the next `seq`. `assistant` and `system` messages: services only.
 #[utoipa::path(post, path = "/v1/tenants/{t}/conversations/{id}/messages", tag = "messages",
-    params(("t" = String, Path, description = "Tenant id"), ("id" = String, Path, description = "Conversation id")),
+    params(ConversationPath),
     request_body = MessageCreateInput,
     responses((status = 201, description = "The stored message", body = Message)))]
 pub async fn append(
@@ -243,7 +244,7 @@ pub struct MessageParams {
 
 /// Messages in ascending `seq`: the newest `limit` by default; `before`/`after` page.
 #[utoipa::path(get, path = "/v1/tenants/{t}/conversations/{id}/messages", tag = "messages",
-    params(("t" = String, Path, description = "Tenant id"), ("id" = String, Path, description = "Conversation id"),
+    params(ConversationPath,
            ("limit" = Option<u32>, Query, description = "1-500, default 50"),
            ("before" = Option<u64>, Query, description = "Only messages with a smaller seq"),
            ("after" = Option<u64>, Query, description = "Only messages with a larger seq (oldest first)"),
@@ -285,8 +286,7 @@ pub async fn messages(
 
 /// Soft-deletes a message (idempotent).
 #[utoipa::path(delete, path = "/v1/tenants/{t}/conversations/{id}/messages/{mid}", tag = "messages",
-    params(("t" = String, Path, description = "Tenant id"), ("id" = String, Path, description = "Conversation id"),
-           ("mid" = String, Path, description = "Message id")),
+    params(MessagePath),
     responses((status = 204, description = "Deleted (or already deleted)")))]
 pub async fn delete_message(
     State(state): State<AppState>,

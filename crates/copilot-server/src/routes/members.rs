@@ -11,6 +11,7 @@ use crate::auth::Auth;
 use crate::error::ApiResult;
 use crate::extract::{JsonBody, PathParams, tenant_id, user_id};
 use crate::openapi::MembershipPutInput;
+use crate::openapi::{TenantPath, TenantUserPath};
 use crate::state::AppState;
 
 #[derive(Serialize, ToSchema)]
@@ -20,7 +21,7 @@ pub struct MemberList {
 
 /// Every membership of the tenant, ordered by user id (tenant admins and services).
 #[utoipa::path(get, path = "/v1/tenants/{t}/members", tag = "members",
-    params(("t" = String, Path, description = "Tenant id")),
+    params(TenantPath),
     responses((status = 200, description = "Memberships", body = MemberList)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -35,7 +36,7 @@ pub async fn list(
 
 /// Creates or changes a membership (tenant admins and services).
 #[utoipa::path(put, path = "/v1/tenants/{t}/members/{u}", tag = "members",
-    params(("t" = String, Path, description = "Tenant id"), ("u" = String, Path, description = "User id")),
+    params(TenantUserPath),
     request_body = MembershipPutInput,
     responses((status = 200, description = "The membership", body = Membership)))]
 pub async fn put(
@@ -57,7 +58,7 @@ pub async fn put(
 
 /// Removes a membership (tenant admins and services).
 #[utoipa::path(delete, path = "/v1/tenants/{t}/members/{u}", tag = "members",
-    params(("t" = String, Path, description = "Tenant id"), ("u" = String, Path, description = "User id")),
+    params(TenantUserPath),
     responses((status = 204, description = "Deleted")))]
 pub async fn delete(
     State(state): State<AppState>,

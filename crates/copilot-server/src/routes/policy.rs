@@ -9,12 +9,13 @@ use super::timed;
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{IfMatch, JsonBody, PathParams, tenant_id, with_etag};
+use crate::openapi::TenantPath;
 use crate::openapi::{PolicyInput, RouteRequestInput};
 use crate::state::AppState;
 
 /// The tenant's LLM routing policy.
 #[utoipa::path(get, path = "/v1/tenants/{t}/llm-policy", tag = "policy",
-    params(("t" = String, Path, description = "Tenant id")),
+    params(TenantPath),
     responses((status = 200, description = "The policy", body = StoredPolicy,
         headers(("ETag" = String, description = "\"<version>\"")))))]
 pub async fn get_policy(
@@ -32,7 +33,7 @@ pub async fn get_policy(
 
 /// Creates or replaces the tenant's policy (tenant admins and services).
 #[utoipa::path(put, path = "/v1/tenants/{t}/llm-policy", tag = "policy",
-    params(("t" = String, Path, description = "Tenant id"),
+    params(TenantPath,
            ("If-Match" = Option<String>, Header, description = "Expected version, \"<version>\"")),
     request_body = PolicyInput,
     responses((status = 200, description = "The stored policy with its new version", body = StoredPolicy,
@@ -65,7 +66,7 @@ pub async fn put_policy(
 
 /// Deletes the tenant's policy (tenant admins and services).
 #[utoipa::path(delete, path = "/v1/tenants/{t}/llm-policy", tag = "policy",
-    params(("t" = String, Path, description = "Tenant id"),
+    params(TenantPath,
            ("If-Match" = Option<String>, Header, description = "Expected version")),
     responses((status = 204, description = "Deleted")))]
 pub async fn delete_policy(
@@ -90,7 +91,7 @@ pub async fn delete_policy(
 
 /// Resolves the route (provider, model, egress) one call must use (DESIGN.md 3.3).
 #[utoipa::path(post, path = "/v1/tenants/{t}/llm-route", tag = "policy",
-    params(("t" = String, Path, description = "Tenant id")),
+    params(TenantPath),
     request_body = RouteRequestInput,
     responses((status = 200, description = "The route", body = Route)))]
 pub async fn resolve(
