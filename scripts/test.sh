@@ -57,7 +57,7 @@ log "build"
 cargo build --workspace --all-targets
 
 # --- API fuzz: schemathesis against the embedded server ---------------------------------------
-log "API fuzz (schemathesis) against copilot-state serve on the embedded default"
+log "copilot-state serve on the embedded default"
 FUZZ_DIR="$WORK_DIR/fuzz"
 mkdir -p "$FUZZ_DIR"
 FUZZ_PORT=$(free_port)
@@ -68,6 +68,13 @@ SERVE_PID=$!
 PIDS+=("$SERVE_PID")
 wait_for_http "http://127.0.0.1:$FUZZ_PORT/healthz" 30
 TOKEN=$(sed -n 's/.*export TOKEN=//p' "$FUZZ_DIR/serve.out")
+ALICE=$(sed -n 's/.*export ALICE=//p' "$FUZZ_DIR/serve.out")
+
+log "README tour, as printed, against the fresh server"
+sed -n '/<!-- tour:begin/,/<!-- tour:end -->/p' README.md | sed '/^```/d; /^<!--/d' >"$FUZZ_DIR/tour.sh"
+API="http://127.0.0.1:$FUZZ_PORT" TOKEN="$TOKEN" ALICE="$ALICE" bash -euo pipefail "$FUZZ_DIR/tour.sh" >"$FUZZ_DIR/tour.out"
+echo "tour: every command answered 2xx"
+log "API fuzz (schemathesis) from /openapi.json"
 set +e
 python3 -c 'import sys; from schemathesis.cli import schemathesis; sys.argv[0] = "schemathesis"; sys.exit(schemathesis())' \
   run "http://127.0.0.1:$FUZZ_PORT/openapi.json" \

@@ -105,6 +105,7 @@ impl Response {
 
 pub struct TestServer {
     pub base: String,
+    pub store: Arc<SqliteStore>,
     client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -119,11 +120,13 @@ impl TestServer {
     pub async fn start_with(require_membership: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}/api.db", dir.path().display());
-        let store = SqliteStore::open(SqliteOptions::new(url))
-            .await
-            .expect("sqlite");
+        let store = Arc::new(
+            SqliteStore::open(SqliteOptions::new(url))
+                .await
+                .expect("sqlite"),
+        );
         let state = AppState {
-            stores: StoreSet::from_backend(Arc::new(store)),
+            stores: StoreSet::from_backend(store.clone()),
             auth: Arc::new(
                 Authenticator::new(&JwtSettings::default(), Some(SECRET)).expect("auth"),
             ),
@@ -149,6 +152,7 @@ impl TestServer {
         }));
         Self {
             base,
+            store,
             client: reqwest::Client::new(),
             shutdown: Some(tx),
             task: Some(task),

@@ -158,3 +158,25 @@ async fn malformed_oversized_and_wrong_method_requests() {
         .await
         .problem(400, "invalid_id");
 }
+
+#[tokio::test]
+async fn store_down_means_not_ready_and_503_store_unavailable() {
+    let s = TestServer::start().await;
+    s.get("/readyz", Who::Nobody).await.ok(200);
+    s.store.close().await;
+    s.get("/readyz", Who::Nobody)
+        .await
+        .problem(503, "store_unavailable");
+    s.get(&format!("/v1/tenants/{TENANT}/conversations"), Who::Owner)
+        .await
+        .problem(503, "store_unavailable");
+    s.put(
+        "/v1/config/global",
+        Who::Service,
+        json!({"mergeMaxMessages": 3}),
+    )
+    .await
+    .problem(503, "store_unavailable");
+    // Liveness does not depend on the store.
+    s.get("/healthz", Who::Nobody).await.ok(200);
+}
