@@ -14,6 +14,9 @@ chmod 755 "$WORK_DIR"
 PIDS=()
 cleanup() {
   local status=$?
+  if [ -n "${PG_DATA:-}" ] && [ -f "$PG_DATA/postmaster.pid" ]; then
+    as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" stop -m immediate >/dev/null 2>&1 || true
+  fi
   for pid in "${PIDS[@]:-}"; do
     [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
   done
@@ -32,6 +35,21 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   RUNNER=(cargo test --workspace --no-fail-fast)
 fi
+
+# PostgreSQL (Debian packages; the image may already have the binaries).
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/pg_ctl" ]; then
+  log "installing postgresql"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+fi
+for pkg in pgbouncer curl; do
+  if ! command -v "$pkg" >/dev/null; then
+    log "installing $pkg"
+    [ -n "${APT_UPDATED:-}" ] || { apt-get update -qq; APT_UPDATED=1; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null
+  fi
+done
 
 # Schemathesis (from PyPI) fuzzes the HTTP API from its own OpenAPI document.
 if ! python3 -c 'import schemathesis' 2>/dev/null; then
@@ -52,9 +70,35 @@ wait_for_http() {
   done
 }
 
+# PostgreSQL refuses to run as root: the cluster belongs to the postgres OS user.
+as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+start_postgres() {
+  PG_PORT=$(free_port)
+  PG_DATA="$WORK_DIR/pg/data"
+  mkdir -p "$WORK_DIR/pg"
+  [ "$(id -u)" = 0 ] && chown postgres "$WORK_DIR/pg"
+  as_postgres "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 >/dev/null
+  as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$WORK_DIR/pg/log" -w \
+    -o "-p $PG_PORT -k $WORK_DIR/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null
+  PG_PID=$(head -1 "$PG_DATA/postmaster.pid")
+  PIDS+=("$PG_PID")
+  export COPILOT_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+  export COPILOT_TEST_PG_BIN="$PG_BIN"
+}
+
 # --- build (one build shared by every test binary and the fuzz run) --------------------------
 log "build"
 cargo build --workspace --all-targets
+
+# --- services ---------------------------------------------------------------------------------
+log "starting PostgreSQL"
+start_postgres
+# A migrated template: each test creates its own database from it in ~60 ms.
+"$PG_BIN/psql" -q -d "$COPILOT_TEST_POSTGRES_URL" -c 'CREATE DATABASE copilot_template'
+./target/debug/copilot-state migrate --database-url "${COPILOT_TEST_POSTGRES_URL%/postgres}/copilot_template" >/dev/null
+export COPILOT_TEST_REQUIRE_SERVICES=1
+echo "PostgreSQL on 127.0.0.1:$PG_PORT (pid $PG_PID)"
 
 # --- API fuzz: schemathesis against the embedded server ---------------------------------------
 log "copilot-state serve on the embedded default"

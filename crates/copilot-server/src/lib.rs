@@ -14,7 +14,9 @@ pub mod telemetry;
 use std::future::Future;
 use std::sync::Arc;
 
-use copilot_store::{SqliteOptions, SqliteStore, StoreError, StoreSet};
+use copilot_store::{
+    PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, StoreError, StoreSet,
+};
 use tokio::net::TcpListener;
 
 use crate::settings::Settings;
@@ -28,9 +30,15 @@ pub async fn open_stores(settings: &Settings) -> Result<StoreSet, StoreError> {
         }
         Ok(StoreSet::from_backend(Arc::new(store)))
     } else {
-        Err(StoreError::Unavailable(
-            "PostgreSQL is not supported by this build yet; use a sqlite: DATABASE_URL".into(),
-        ))
+        let mut options = PostgresOptions::new(&settings.database_url);
+        options.max_connections = settings.postgres.pool_size;
+        options.acquire_timeout = settings.postgres.acquire_timeout;
+        options.transaction_pooler = settings.postgres.transaction_pooler;
+        let store = PostgresStore::connect_lazy(options)?;
+        if settings.migrate {
+            store.migrate().await?;
+        }
+        Ok(StoreSet::from_backend(Arc::new(store)))
     }
 }
 

@@ -185,6 +185,7 @@ async fn run_serve(settings: Settings) -> Result<()> {
             router: settings.router.clone(),
             max_message_bytes: settings.max_message_bytes,
             require_membership: settings.require_membership,
+            store_timeout: settings.store_timeout,
         }),
         metrics: telemetry::prometheus(),
     };

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use copilot_domain::conversation::DEFAULT_MAX_MESSAGE_BYTES;
 use copilot_domain::egress::EgressMode;
@@ -70,6 +71,20 @@ pub struct Settings {
     pub router: RouterDefaults,
     pub max_message_bytes: usize,
     pub require_membership: bool,
+    /// Deadline of every store call made by a request (`COPILOT_STORE_TIMEOUT_MS`).
+    pub store_timeout: Duration,
+    pub postgres: PostgresSettings,
+}
+
+/// Connection settings used when `DATABASE_URL` is `postgres://`.
+#[derive(Clone, Debug)]
+pub struct PostgresSettings {
+    /// `COPILOT_PG_POOL_SIZE`, default 10.
+    pub pool_size: u32,
+    /// `COPILOT_PG_ACQUIRE_TIMEOUT_MS`, default 500.
+    pub acquire_timeout: Duration,
+    /// `COPILOT_PG_TRANSACTION_POOLER`: true behind PgBouncer/Supavisor in transaction mode.
+    pub transaction_pooler: bool,
 }
 
 impl Settings {
@@ -147,7 +162,42 @@ impl Settings {
                     )
                 })?,
         };
+        let number_var = |name: &str,
+                          default: u64,
+                          range: std::ops::RangeInclusive<u64>|
+         -> Result<u64, SettingsError> {
+            match var(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| range.contains(n))
+                    .ok_or_else(|| {
+                        invalid(
+                            name,
+                            format!(
+                                "'{v}' must be an integer from {} to {}",
+                                range.start(),
+                                range.end()
+                            ),
+                        )
+                    }),
+            }
+        };
+        let store_timeout =
+            Duration::from_millis(number_var("COPILOT_STORE_TIMEOUT_MS", 5_000, 10..=600_000)?);
+        let postgres = PostgresSettings {
+            pool_size: number_var("COPILOT_PG_POOL_SIZE", 10, 1..=1_000)? as u32,
+            acquire_timeout: Duration::from_millis(number_var(
+                "COPILOT_PG_ACQUIRE_TIMEOUT_MS",
+                500,
+                10..=600_000,
+            )?),
+            transaction_pooler: bool_var("COPILOT_PG_TRANSACTION_POOLER", false)?,
+        };
         Ok(Self {
+            store_timeout,
+            postgres,
             bind,
             migrate: !overrides.no_migrate,
             require_membership: bool_var("COPILOT_REQUIRE_MEMBERSHIP", is_postgres(&database_url))?,

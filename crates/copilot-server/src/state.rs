@@ -1,10 +1,13 @@
+use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use copilot_domain::route::RouterDefaults;
-use copilot_store::StoreSet;
+use copilot_store::{StoreResult, StoreSet};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::auth::Authenticator;
+use crate::error::{ApiError, ApiResult};
 
 /// What the handlers need besides the stores.
 #[derive(Clone, Debug)]
@@ -12,6 +15,8 @@ pub struct ServiceSettings {
     pub router: RouterDefaults,
     pub max_message_bytes: usize,
     pub require_membership: bool,
+    /// Deadline of each store call: past it the request answers 503 `store_unavailable`.
+    pub store_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -20,4 +25,27 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub service: Arc<ServiceSettings>,
     pub metrics: Option<PrometheusHandle>,
+}
+
+impl AppState {
+    /// Runs one store call under the store deadline and records its latency
+    /// (`copilot_store_duration_seconds{op}`); a call past the deadline is `store_unavailable`.
+    pub async fn store<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = StoreResult<T>>,
+    ) -> ApiResult<T> {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(self.service.store_timeout, call).await;
+        metrics::histogram!("copilot_store_duration_seconds", "op" => op)
+            .record(started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(result) => result.map_err(ApiError::from),
+            Err(_) => {
+                metrics::counter!("copilot_store_timeouts_total", "op" => op).increment(1);
+                tracing::warn!(op, "store call exceeded its deadline");
+                Err(ApiError::StoreUnavailable)
+            }
+        }
+    }
 }

@@ -1,9 +1,10 @@
 //! Storage of copilot-state (DESIGN.md section 4): one trait per store, typed errors, and the
-//! `memory` and `sqlite` backends. The Postgres backend and the caching decorators implement
-//! the same traits and pass the same conformance suite (`conformance` feature).
+//! `memory`, `sqlite` and `postgres` backends. Caching decorators implement the same traits and
+//! pass the same conformance suite (`conformance` feature).
 
 mod error;
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 mod traits;
 
@@ -12,6 +13,7 @@ pub mod conformance;
 
 pub use error::{StoreError, StoreResult};
 pub use memory::MemoryStore;
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use traits::{
     ConfigStore, ConversationStore, MembershipStore, PolicyStore, StoreHealth, StoreSet,

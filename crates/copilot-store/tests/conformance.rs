@@ -31,6 +31,24 @@ mod sqlite {
     copilot_store::conformance_suite!(make);
 }
 
+mod postgres {
+    use std::sync::Arc;
+
+    use copilot_store::conformance::fresh_postgres_database;
+    use copilot_store::{PostgresOptions, PostgresStore, StoreSet};
+
+    /// A fresh database per test, from the migrated template (`None`: PostgreSQL not configured).
+    async fn make() -> Option<StoreSet> {
+        let url = fresh_postgres_database().await?;
+        let store = PostgresStore::open(PostgresOptions::new(url))
+            .await
+            .expect("open postgres");
+        Some(StoreSet::from_backend(Arc::new(store)))
+    }
+
+    copilot_store::conformance_suite!(optional make);
+}
+
 /// What only the SQLite backend can show: rows on disk, query plans, two handles on one file.
 mod sqlite_specific {
     use std::sync::Arc;

@@ -6,7 +6,6 @@ use copilot_domain::config::{ConfigLevel, ConfigPatch, EffectiveConfig, StoredPa
 use copilot_domain::{Principal, UserId};
 use serde::Deserialize;
 
-use super::timed;
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{IfMatch, JsonBody, PathParams, Query, tenant_id, user_id, with_etag};
@@ -40,11 +39,12 @@ pub async fn effective(
         None => ConfigLevel::Tenant(tenant.clone()),
     };
     authorize_config_read(&principal, &level)?;
-    let effective = timed(
-        "get_effective",
-        state.stores.configs.get_effective(&tenant, user.as_ref()),
-    )
-    .await?;
+    let effective = state
+        .store(
+            "get_effective",
+            state.stores.configs.get_effective(&tenant, user.as_ref()),
+        )
+        .await?;
     Ok(axum::Json(effective).into_response())
 }
 
@@ -54,7 +54,8 @@ async fn get_level(
     level: ConfigLevel,
 ) -> ApiResult<Response> {
     authorize_config_read(principal, &level)?;
-    let stored = timed("get_patch", state.stores.configs.get_patch(&level))
+    let stored = state
+        .store("get_patch", state.stores.configs.get_patch(&level))
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(with_etag(StatusCode::OK, stored.version, &stored.view()))
@@ -69,14 +70,15 @@ async fn put_level(
 ) -> ApiResult<Response> {
     authorize_config_write(principal, &level)?;
     let patch = ConfigPatch::from_json(body)?;
-    let stored = timed(
-        "put_patch",
-        state
-            .stores
-            .configs
-            .put_patch(&level, &patch, expected, principal.actor()),
-    )
-    .await?;
+    let stored = state
+        .store(
+            "put_patch",
+            state
+                .stores
+                .configs
+                .put_patch(&level, &patch, expected, principal.actor()),
+        )
+        .await?;
     Ok(with_etag(StatusCode::OK, stored.version, &stored.view()))
 }
 
@@ -88,14 +90,15 @@ async fn patch_level(
     body: &serde_json::Value,
 ) -> ApiResult<Response> {
     authorize_config_write(principal, &level)?;
-    let stored = timed(
-        "merge_patch",
-        state
-            .stores
-            .configs
-            .merge_patch(&level, body, expected, principal.actor()),
-    )
-    .await?;
+    let stored = state
+        .store(
+            "merge_patch",
+            state
+                .stores
+                .configs
+                .merge_patch(&level, body, expected, principal.actor()),
+        )
+        .await?;
     Ok(with_etag(StatusCode::OK, stored.version, &stored.view()))
 }
 
@@ -106,11 +109,12 @@ async fn delete_level(
     expected: Option<u64>,
 ) -> ApiResult<Response> {
     authorize_config_write(principal, &level)?;
-    timed(
-        "delete_patch",
-        state.stores.configs.delete_patch(&level, expected),
-    )
-    .await?;
+    state
+        .store(
+            "delete_patch",
+            state.stores.configs.delete_patch(&level, expected),
+        )
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -14,7 +14,6 @@ use copilot_domain::cursor::ListCursor;
 use copilot_domain::{ConversationId, Principal, TenantId};
 use serde::Deserialize;
 
-use super::timed;
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{
@@ -31,12 +30,13 @@ async fn readable(
     tenant: &TenantId,
     id: &ConversationId,
 ) -> ApiResult<Conversation> {
-    let conversation = timed(
-        "get_conversation",
-        state.stores.conversations.get_conversation(tenant, id),
-    )
-    .await?
-    .ok_or(ApiError::NotFound)?;
+    let conversation = state
+        .store(
+            "get_conversation",
+            state.stores.conversations.get_conversation(tenant, id),
+        )
+        .await?
+        .ok_or(ApiError::NotFound)?;
     authorize_read(principal, &conversation)?;
     Ok(conversation)
 }
@@ -77,11 +77,12 @@ pub async fn create(
         share_audience: request.share_audience,
         tenant_access: request.tenant_access,
     };
-    let created = timed(
-        "create_conversation",
-        state.stores.conversations.create_conversation(&new),
-    )
-    .await?;
+    let created = state
+        .store(
+            "create_conversation",
+            state.stores.conversations.create_conversation(&new),
+        )
+        .await?;
     Ok(with_etag(StatusCode::CREATED, created.version, &created))
 }
 
@@ -120,11 +121,12 @@ pub async fn list(
         .map(|c| ListCursor::decode(c, status))
         .transpose()?;
     let query = ConversationQuery::new(tenant, viewer, status, limit, after)?;
-    let page = timed(
-        "list_conversations",
-        state.stores.conversations.list_conversations(&query),
-    )
-    .await?;
+    let page = state
+        .store(
+            "list_conversations",
+            state.stores.conversations.list_conversations(&query),
+        )
+        .await?;
     Ok(axum::Json(page).into_response())
 }
 
@@ -165,14 +167,15 @@ pub async fn update(
     let update = ConversationUpdate::from_json(&body)?;
     let conversation = readable(&state, &principal, &tenant, &id).await?;
     authorize_manage(&principal, &conversation)?;
-    let updated = timed(
-        "update_conversation",
-        state
-            .stores
-            .conversations
-            .update_conversation(&tenant, &id, &update, expected),
-    )
-    .await?;
+    let updated = state
+        .store(
+            "update_conversation",
+            state
+                .stores
+                .conversations
+                .update_conversation(&tenant, &id, &update, expected),
+        )
+        .await?;
     Ok(with_etag(StatusCode::OK, updated.version, &updated))
 }
 
@@ -190,14 +193,15 @@ pub async fn delete(
     let (tenant, id) = (tenant_id(&t)?, conversation_id(&id)?);
     let conversation = readable(&state, &principal, &tenant, &id).await?;
     authorize_manage(&principal, &conversation)?;
-    timed(
-        "delete_conversation",
-        state
-            .stores
-            .conversations
-            .delete_conversation(&tenant, &id, expected),
-    )
-    .await?;
+    state
+        .store(
+            "delete_conversation",
+            state
+                .stores
+                .conversations
+                .delete_conversation(&tenant, &id, expected),
+        )
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -222,14 +226,15 @@ pub async fn append(
         metadata: input.metadata,
         author_id: principal.user_id().cloned(),
     };
-    let written = timed(
-        "append_message",
-        state
-            .stores
-            .conversations
-            .append_message(&tenant, &id, &message),
-    )
-    .await?;
+    let written = state
+        .store(
+            "append_message",
+            state
+                .stores
+                .conversations
+                .append_message(&tenant, &id, &message),
+        )
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(written.message)).into_response())
 }
 
@@ -273,14 +278,15 @@ pub async fn messages(
         include_deleted,
     )?;
     readable(&state, &principal, &tenant, &id).await?;
-    let page = timed(
-        "list_messages",
-        state
-            .stores
-            .conversations
-            .list_messages(&tenant, &id, &query),
-    )
-    .await?;
+    let page = state
+        .store(
+            "list_messages",
+            state
+                .stores
+                .conversations
+                .list_messages(&tenant, &id, &query),
+        )
+        .await?;
     Ok(axum::Json(page).into_response())
 }
 
@@ -295,20 +301,22 @@ pub async fn delete_message(
 ) -> ApiResult<Response> {
     let (tenant, id, mid) = (tenant_id(&t)?, conversation_id(&id)?, message_id(&mid)?);
     let conversation = readable(&state, &principal, &tenant, &id).await?;
-    let message = timed(
-        "get_message",
-        state.stores.conversations.get_message(&tenant, &id, &mid),
-    )
-    .await?
-    .ok_or(ApiError::NotFound)?;
+    let message = state
+        .store(
+            "get_message",
+            state.stores.conversations.get_message(&tenant, &id, &mid),
+        )
+        .await?
+        .ok_or(ApiError::NotFound)?;
     authorize_delete_message(&principal, &conversation, &message)?;
-    timed(
-        "soft_delete_message",
-        state
-            .stores
-            .conversations
-            .soft_delete_message(&tenant, &id, &mid, principal.actor()),
-    )
-    .await?;
+    state
+        .store(
+            "soft_delete_message",
+            state
+                .stores
+                .conversations
+                .soft_delete_message(&tenant, &id, &mid, principal.actor()),
+        )
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -6,7 +6,6 @@ use copilot_domain::membership::{Membership, MembershipInput};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::timed;
 use crate::auth::Auth;
 use crate::error::ApiResult;
 use crate::extract::{JsonBody, PathParams, tenant_id, user_id};
@@ -30,7 +29,9 @@ pub async fn list(
 ) -> ApiResult<Response> {
     let tenant = tenant_id(&t)?;
     authorize_tenant_admin(&principal, &tenant)?;
-    let items = timed("list_members", state.stores.members.list_members(&tenant)).await?;
+    let items = state
+        .store("list_members", state.stores.members.list_members(&tenant))
+        .await?;
     Ok(axum::Json(MemberList { items }).into_response())
 }
 
@@ -48,11 +49,12 @@ pub async fn put(
     let (tenant, user) = (tenant_id(&t)?, user_id(&u)?);
     authorize_tenant_admin(&principal, &tenant)?;
     let input = MembershipInput::from_json(&body)?;
-    let membership = timed(
-        "put_membership",
-        state.stores.members.put_membership(&tenant, &user, &input),
-    )
-    .await?;
+    let membership = state
+        .store(
+            "put_membership",
+            state.stores.members.put_membership(&tenant, &user, &input),
+        )
+        .await?;
     Ok(axum::Json(membership).into_response())
 }
 
@@ -67,10 +69,11 @@ pub async fn delete(
 ) -> ApiResult<Response> {
     let (tenant, user) = (tenant_id(&t)?, user_id(&u)?);
     authorize_tenant_admin(&principal, &tenant)?;
-    timed(
-        "delete_membership",
-        state.stores.members.delete_membership(&tenant, &user),
-    )
-    .await?;
+    state
+        .store(
+            "delete_membership",
+            state.stores.members.delete_membership(&tenant, &user),
+        )
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

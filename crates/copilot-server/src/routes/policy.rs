@@ -5,7 +5,6 @@ use copilot_domain::access::{authorize_tenant, authorize_tenant_admin};
 use copilot_domain::policy::{MAX_POLICY_BYTES, StoredPolicy, TenantLlmPolicy};
 use copilot_domain::route::{Route, RouteRequest, resolve_route};
 
-use super::timed;
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{IfMatch, JsonBody, PathParams, tenant_id, with_etag};
@@ -25,7 +24,8 @@ pub async fn get_policy(
 ) -> ApiResult<Response> {
     let tenant = tenant_id(&t)?;
     authorize_tenant(&principal, &tenant)?;
-    let policy = timed("get_policy", state.stores.policies.get_policy(&tenant))
+    let policy = state
+        .store("get_policy", state.stores.policies.get_policy(&tenant))
         .await?
         .ok_or(ApiError::PolicyNotFound)?;
     Ok(with_etag(StatusCode::OK, policy.version, &policy))
@@ -53,14 +53,15 @@ pub async fn put_policy(
         )));
     }
     let policy = TenantLlmPolicy::from_json(&body, &tenant)?;
-    let stored = timed(
-        "put_policy",
-        state
-            .stores
-            .policies
-            .put_policy(&policy, expected, principal.actor()),
-    )
-    .await?;
+    let stored = state
+        .store(
+            "put_policy",
+            state
+                .stores
+                .policies
+                .put_policy(&policy, expected, principal.actor()),
+        )
+        .await?;
     Ok(with_etag(StatusCode::OK, stored.version, &stored))
 }
 
@@ -77,15 +78,16 @@ pub async fn delete_policy(
 ) -> ApiResult<Response> {
     let tenant = tenant_id(&t)?;
     authorize_tenant_admin(&principal, &tenant)?;
-    match timed(
-        "delete_policy",
-        state.stores.policies.delete_policy(&tenant, expected),
-    )
-    .await
+    match state
+        .store(
+            "delete_policy",
+            state.stores.policies.delete_policy(&tenant, expected),
+        )
+        .await
     {
         Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
-        Err(copilot_store::StoreError::NotFound) => Err(ApiError::PolicyNotFound),
-        Err(e) => Err(e.into()),
+        Err(ApiError::NotFound) => Err(ApiError::PolicyNotFound),
+        Err(e) => Err(e),
     }
 }
 
@@ -103,7 +105,9 @@ pub async fn resolve(
     let tenant = tenant_id(&t)?;
     authorize_tenant(&principal, &tenant)?;
     let request = RouteRequest::from_json(&body)?;
-    let policy = timed("get_policy", state.stores.policies.get_policy(&tenant)).await?;
+    let policy = state
+        .store("get_policy", state.stores.policies.get_policy(&tenant))
+        .await?;
     let route = resolve_route(
         policy.as_ref(),
         &state.service.router,

@@ -139,6 +139,7 @@ impl TestServer {
                 },
                 max_message_bytes: 1024,
                 require_membership,
+                store_timeout: std::time::Duration::from_secs(5),
             }),
             metrics: copilot_server::telemetry::prometheus(),
         };

@@ -1,0 +1,183 @@
+use async_trait::async_trait;
+use copilot_domain::config::{ConfigLevel, ConfigPatch, StoredPatch};
+use sqlx::types::Json;
+use sqlx::{PgConnection, Row};
+
+use super::{PostgresStore, next_version, to_i64, to_u64};
+use crate::error::check_expected;
+use crate::traits::ConfigStore;
+use crate::{StoreError, StoreResult};
+
+/// `(tenant_id, user_id)` of a level; NULL stands for "none" (NULLS NOT DISTINCT keeps it unique).
+fn key(level: &ConfigLevel) -> (Option<&str>, Option<&str>) {
+    match level {
+        ConfigLevel::Global => (None, None),
+        ConfigLevel::Tenant(t) => (Some(t.as_str()), None),
+        ConfigLevel::User(t, u) => (Some(t.as_str()), Some(u.as_str())),
+    }
+}
+
+/// One statement per level kind, each with a condition the unique index serves
+/// (`IS NOT DISTINCT FROM` would not use it).
+macro_rules! per_level {
+    ($head:literal, $tail:literal) => {
+        [
+            concat!($head, " WHERE tenant_id IS NULL AND user_id IS NULL", $tail),
+            concat!($head, " WHERE tenant_id = $1 AND user_id IS NULL", $tail),
+            concat!($head, " WHERE tenant_id = $1 AND user_id = $2", $tail),
+        ]
+    };
+}
+
+/// The statement for `level` out of `per_level!`, with its parameters bound.
+fn level_query<'q>(
+    statements: &[&'static str; 3],
+    level: &'q ConfigLevel,
+    persistent: bool,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let (tenant, user) = key(level);
+    let index = usize::from(tenant.is_some()) + usize::from(user.is_some());
+    let mut query = sqlx::query(statements[index]).persistent(persistent);
+    if let Some(t) = tenant {
+        query = query.bind(t);
+    }
+    if let Some(u) = user {
+        query = query.bind(u);
+    }
+    query
+}
+
+const SELECT: [&str; 3] = per_level!(
+    "SELECT patch, version, updated_at, updated_by FROM copilot.conversation_configs",
+    ""
+);
+const SELECT_FOR_UPDATE: [&str; 3] = per_level!(
+    "SELECT patch, version, updated_at, updated_by FROM copilot.conversation_configs",
+    " FOR UPDATE"
+);
+const DELETE: [&str; 3] = per_level!("DELETE FROM copilot.conversation_configs", "");
+
+impl PostgresStore {
+    /// Reads a level; `lock` takes a row lock for a read-modify-write.
+    async fn read_patch(
+        &self,
+        conn: &mut PgConnection,
+        level: &ConfigLevel,
+        lock: bool,
+    ) -> StoreResult<Option<StoredPatch>> {
+        let statements = if lock { &SELECT_FOR_UPDATE } else { &SELECT };
+        let row = level_query(statements, level, self.persistent())
+            .fetch_optional(conn)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let Json(patch): Json<ConfigPatch> = row
+            .try_get("patch")
+            .map_err(|e| StoreError::corrupt("config patch", e))?;
+        Ok(Some(StoredPatch {
+            level: level.clone(),
+            patch,
+            version: to_u64(row.try_get("version")?, "version")?,
+            updated_at: row.try_get("updated_at")?,
+            updated_by: row.try_get("updated_by")?,
+        }))
+    }
+
+    async fn write_patch(
+        &self,
+        conn: &mut PgConnection,
+        level: &ConfigLevel,
+        patch: ConfigPatch,
+        actor: &str,
+    ) -> StoreResult<StoredPatch> {
+        let version = next_version(conn, self.persistent()).await?;
+        let now = self.now();
+        let (tenant, user) = key(level);
+        sqlx::query(
+            "INSERT INTO copilot.conversation_configs (tenant_id, user_id, patch, version, updated_at, updated_by)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT ON CONSTRAINT conversation_configs_level DO UPDATE SET patch = excluded.patch,
+                 version = excluded.version, updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+        )
+        .persistent(self.persistent())
+        .bind(tenant)
+        .bind(user)
+        .bind(Json(&patch))
+        .bind(to_i64(version)?)
+        .bind(now)
+        .bind(actor)
+        .execute(conn)
+        .await?;
+        Ok(StoredPatch {
+            level: level.clone(),
+            patch,
+            version,
+            updated_at: now,
+            updated_by: actor.to_owned(),
+        })
+    }
+}
+
+#[async_trait]
+impl ConfigStore for PostgresStore {
+    async fn get_patch(&self, level: &ConfigLevel) -> StoreResult<Option<StoredPatch>> {
+        let mut conn = self.read().await?;
+        let patch = self.read_patch(&mut conn, level, false).await?;
+        conn.finish().await?;
+        Ok(patch)
+    }
+
+    async fn put_patch(
+        &self,
+        level: &ConfigLevel,
+        patch: &ConfigPatch,
+        expected_version: Option<u64>,
+        actor: &str,
+    ) -> StoreResult<StoredPatch> {
+        let mut tx = self.begin().await?;
+        let current = self.read_patch(&mut tx, level, true).await?;
+        check_expected(current.map(|p| p.version), expected_version)?;
+        let stored = self
+            .write_patch(&mut tx, level, patch.clone(), actor)
+            .await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn merge_patch(
+        &self,
+        level: &ConfigLevel,
+        merge_patch: &serde_json::Value,
+        expected_version: Option<u64>,
+        actor: &str,
+    ) -> StoreResult<StoredPatch> {
+        let mut tx = self.begin().await?;
+        let current = self.read_patch(&mut tx, level, true).await?;
+        check_expected(current.as_ref().map(|p| p.version), expected_version)?;
+        let merged = current
+            .map(|p| p.patch)
+            .unwrap_or_default()
+            .merge(merge_patch)?;
+        let stored = self.write_patch(&mut tx, level, merged, actor).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn delete_patch(
+        &self,
+        level: &ConfigLevel,
+        expected_version: Option<u64>,
+    ) -> StoreResult<u64> {
+        let mut tx = self.begin().await?;
+        let current = self
+            .read_patch(&mut tx, level, true)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        check_expected(Some(current.version), expected_version)?;
+        level_query(&DELETE, level, self.persistent())
+            .execute(&mut *tx)
+            .await?;
+        let version = next_version(&mut tx, self.persistent()).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+}

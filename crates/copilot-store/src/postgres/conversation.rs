@@ -1,0 +1,516 @@
+use async_trait::async_trait;
+use copilot_domain::clock::from_micros;
+use copilot_domain::conversation::{
+    Conversation, ConversationPage, ConversationQuery, ConversationStatus, ConversationUpdate,
+    ListViewer, Message, MessagePage, MessageQuery, MessageRole, MessageWrite, NewConversation,
+    NewMessage, ShareAudience, TenantAccess,
+};
+use copilot_domain::{ConversationId, MessageId, TenantId, UserId};
+use serde_json::{Map, Value};
+use sqlx::postgres::PgRow;
+use sqlx::types::Json;
+use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
+use uuid::Uuid;
+
+use super::{PostgresStore, next_version, to_i64, to_u64};
+use crate::error::check_expected;
+use crate::traits::ConversationStore;
+use crate::{StoreError, StoreResult};
+
+macro_rules! conversation_columns {
+    () => {
+        "id, tenant_id, user_id, title, persona_id, jurisdictions, share_audience, tenant_access, archived_at, \
+         created_at, updated_at, last_message_at, message_count, version"
+    };
+}
+
+macro_rules! message_columns {
+    () => {
+        "id, conversation_id, seq, role, content, metadata, author_id, created_at, deleted_at, deleted_by"
+    };
+}
+
+fn decode_conversation(row: &PgRow) -> StoreResult<Conversation> {
+    let tenant: String = row.try_get("tenant_id")?;
+    let user: Option<String> = row.try_get("user_id")?;
+    let audience: String = row.try_get("share_audience")?;
+    let access: String = row.try_get("tenant_access")?;
+    Ok(Conversation {
+        id: ConversationId::from_uuid(row.try_get::<Uuid, _>("id")?),
+        tenant_id: TenantId::parse(&tenant).map_err(|e| StoreError::corrupt("tenant_id", e))?,
+        user_id: user
+            .map(|u| UserId::parse(&u))
+            .transpose()
+            .map_err(|e| StoreError::corrupt("user_id", e))?,
+        title: row.try_get("title")?,
+        persona_id: row.try_get("persona_id")?,
+        jurisdictions: row.try_get("jurisdictions")?,
+        share_audience: ShareAudience::parse(&audience)
+            .ok_or_else(|| StoreError::corrupt("share_audience", &audience))?,
+        tenant_access: TenantAccess::parse(&access)
+            .ok_or_else(|| StoreError::corrupt("tenant_access", &access))?,
+        archived_at: row.try_get("archived_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        last_message_at: row.try_get("last_message_at")?,
+        message_count: to_u64(row.try_get("message_count")?, "message_count")?,
+        version: to_u64(row.try_get("version")?, "version")?,
+    })
+}
+
+fn decode_message(row: &PgRow) -> StoreResult<Message> {
+    let role: String = row.try_get("role")?;
+    let author: Option<String> = row.try_get("author_id")?;
+    let Json(metadata): Json<Map<String, Value>> = row.try_get("metadata")?;
+    Ok(Message {
+        id: MessageId::from_uuid(row.try_get::<Uuid, _>("id")?),
+        conversation_id: ConversationId::from_uuid(row.try_get::<Uuid, _>("conversation_id")?),
+        seq: to_u64(row.try_get("seq")?, "seq")?,
+        role: MessageRole::parse(&role).ok_or_else(|| StoreError::corrupt("role", &role))?,
+        content: row.try_get("content")?,
+        metadata,
+        author_id: author
+            .map(|a| UserId::parse(&a))
+            .transpose()
+            .map_err(|e| StoreError::corrupt("author_id", e))?,
+        created_at: row.try_get("created_at")?,
+        deleted_at: row.try_get("deleted_at")?,
+        deleted_by: row.try_get("deleted_by")?,
+    })
+}
+
+impl PostgresStore {
+    /// Locks the conversation row for this write transaction: `(version, archived, last_seq)`.
+    async fn lock_conversation(
+        &self,
+        conn: &mut PgConnection,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> StoreResult<(u64, bool, i64)> {
+        let row = sqlx::query(
+            "SELECT version, archived_at IS NOT NULL AS archived, last_seq FROM copilot.conversations
+             WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
+        )
+        .persistent(self.persistent())
+        .bind(id.as_uuid())
+        .bind(tenant.as_str())
+        .fetch_optional(conn)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        Ok((
+            to_u64(row.try_get("version")?, "version")?,
+            row.try_get("archived")?,
+            row.try_get("last_seq")?,
+        ))
+    }
+
+    async fn fetch_conversation(
+        &self,
+        conn: &mut PgConnection,
+        id: &ConversationId,
+    ) -> StoreResult<Conversation> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            conversation_columns!(),
+            " FROM copilot.conversations WHERE id = $1"
+        ))
+        .persistent(self.persistent())
+        .bind(id.as_uuid())
+        .fetch_one(conn)
+        .await?;
+        decode_conversation(&row)
+    }
+}
+
+#[async_trait]
+impl ConversationStore for PostgresStore {
+    async fn create_conversation(&self, new: &NewConversation) -> StoreResult<Conversation> {
+        let now = self.now();
+        let id = ConversationId::new_v7(now);
+        let mut tx = self.begin().await?;
+        let version = next_version(&mut tx, self.persistent()).await?;
+        let row = sqlx::query(concat!(
+            "INSERT INTO copilot.conversations (id, tenant_id, user_id, title, persona_id, jurisdictions,
+                 share_audience, tenant_access, created_at, updated_at, version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10) RETURNING ",
+            conversation_columns!()
+        ))
+        .persistent(self.persistent())
+        .bind(id.as_uuid())
+        .bind(new.tenant_id.as_str())
+        .bind(new.user_id.as_ref().map(UserId::as_str))
+        .bind(new.title.as_deref())
+        .bind(new.persona_id.as_deref())
+        .bind(&new.jurisdictions)
+        .bind(new.share_audience.as_str())
+        .bind(new.tenant_access.as_str())
+        .bind(now)
+        .bind(to_i64(version)?)
+        .fetch_one(&mut *tx)
+        .await?;
+        let conversation = decode_conversation(&row)?;
+        tx.commit().await?;
+        Ok(conversation)
+    }
+
+    async fn get_conversation(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> StoreResult<Option<Conversation>> {
+        let mut conn = self.read().await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            conversation_columns!(),
+            " FROM copilot.conversations WHERE id = $1 AND tenant_id = $2"
+        ))
+        .persistent(self.persistent())
+        .bind(id.as_uuid())
+        .bind(tenant.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+        conn.finish().await?;
+        row.as_ref().map(decode_conversation).transpose()
+    }
+
+    async fn list_conversations(&self, query: &ConversationQuery) -> StoreResult<ConversationPage> {
+        let mut sql = QueryBuilder::<Postgres>::new(concat!(
+            "SELECT ",
+            conversation_columns!(),
+            " FROM copilot.conversations WHERE tenant_id = "
+        ));
+        sql.push_bind(query.tenant_id.as_str());
+        // The access rule is part of the query, so every page is full (never filter after LIMIT).
+        if let ListViewer::User(me) = &query.viewer {
+            sql.push(" AND (user_id IS NULL OR user_id = ")
+                .push_bind(me.as_str())
+                .push(" OR share_audience <> 'private')");
+        }
+        match query.status {
+            ConversationStatus::Active => {
+                sql.push(" AND archived_at IS NULL");
+            }
+            ConversationStatus::Archived => {
+                sql.push(" AND archived_at IS NOT NULL");
+            }
+            ConversationStatus::All => {}
+        }
+        if let Some(cursor) = &query.after {
+            sql.push(" AND (coalesce(last_message_at, created_at), id) < (")
+                .push_bind(from_micros(cursor.last_activity_micros))
+                .push(", ")
+                .push_bind(*cursor.id.as_uuid())
+                .push(")");
+        }
+        sql.push(" ORDER BY coalesce(last_message_at, created_at) DESC, id DESC LIMIT ")
+            .push_bind(i64::from(query.limit) + 1);
+        let mut conn = self.read().await?;
+        let rows = sql
+            .build()
+            .persistent(self.persistent())
+            .fetch_all(&mut *conn)
+            .await?;
+        conn.finish().await?;
+        let rows = rows
+            .iter()
+            .map(decode_conversation)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(ConversationPage::from_rows(rows, query))
+    }
+
+    async fn update_conversation(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        update: &ConversationUpdate,
+        expected_version: Option<u64>,
+    ) -> StoreResult<Conversation> {
+        let now = self.now();
+        let mut tx = self.begin().await?;
+        let (current, _, _) = self.lock_conversation(&mut tx, tenant, id).await?;
+        check_expected(Some(current), expected_version)?;
+        let version = next_version(&mut tx, self.persistent()).await?;
+        let mut sql =
+            QueryBuilder::<Postgres>::new("UPDATE copilot.conversations SET updated_at = ");
+        sql.push_bind(now)
+            .push(", version = ")
+            .push_bind(to_i64(version)?);
+        if let Some(title) = &update.title {
+            sql.push(", title = ").push_bind(title.clone());
+        }
+        if let Some(audience) = update.share_audience {
+            sql.push(", share_audience = ").push_bind(audience.as_str());
+        }
+        if let Some(access) = update.tenant_access {
+            sql.push(", tenant_access = ").push_bind(access.as_str());
+        }
+        match update.archived {
+            Some(true) => {
+                sql.push(", archived_at = coalesce(archived_at, ")
+                    .push_bind(now)
+                    .push(")");
+            }
+            Some(false) => {
+                sql.push(", archived_at = NULL");
+            }
+            None => {}
+        }
+        sql.push(" WHERE id = ").push_bind(*id.as_uuid());
+        sql.push(concat!(" RETURNING ", conversation_columns!()));
+        let row = sql
+            .build()
+            .persistent(self.persistent())
+            .fetch_one(&mut *tx)
+            .await?;
+        let conversation = decode_conversation(&row)?;
+        tx.commit().await?;
+        Ok(conversation)
+    }
+
+    async fn delete_conversation(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+        expected_version: Option<u64>,
+    ) -> StoreResult<u64> {
+        let mut tx = self.begin().await?;
+        let (current, _, _) = self.lock_conversation(&mut tx, tenant, id).await?;
+        check_expected(Some(current), expected_version)?;
+        // Messages go with it (ON DELETE CASCADE), in the same transaction.
+        sqlx::query("DELETE FROM copilot.conversations WHERE id = $1")
+            .persistent(self.persistent())
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        let version = next_version(&mut tx, self.persistent()).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    async fn append_message(
+        &self,
+        tenant: &TenantId,
+        conversation: &ConversationId,
+        message: &NewMessage,
+    ) -> StoreResult<MessageWrite> {
+        let now = self.now();
+        let mut tx = self.begin().await?;
+        // The row lock serializes appenders of one conversation: seq is gapless and unique.
+        let (_, archived, last_seq) = self
+            .lock_conversation(&mut tx, tenant, conversation)
+            .await?;
+        if archived {
+            return Err(StoreError::ConversationArchived);
+        }
+        let version = next_version(&mut tx, self.persistent()).await?;
+        let seq = last_seq + 1;
+        let row = sqlx::query(concat!(
+            "INSERT INTO copilot.conversation_messages
+                 (id, conversation_id, tenant_id, seq, role, content, metadata, author_id, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
+            message_columns!()
+        ))
+        .persistent(self.persistent())
+        .bind(MessageId::new_v7(now).as_uuid())
+        .bind(conversation.as_uuid())
+        .bind(tenant.as_str())
+        .bind(seq)
+        .bind(message.role.as_str())
+        .bind(&message.content)
+        .bind(Json(&message.metadata))
+        .bind(message.author_id.as_ref().map(UserId::as_str))
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let stored = decode_message(&row)?;
+        let row = sqlx::query(concat!(
+            "UPDATE copilot.conversations SET last_seq = $1, last_message_at = $2, updated_at = $2,
+                 message_count = message_count + 1, version = $3
+             WHERE id = $4 RETURNING ",
+            conversation_columns!()
+        ))
+        .persistent(self.persistent())
+        .bind(seq)
+        .bind(now)
+        .bind(to_i64(version)?)
+        .bind(conversation.as_uuid())
+        .fetch_one(&mut *tx)
+        .await?;
+        let updated = decode_conversation(&row)?;
+        tx.commit().await?;
+        Ok(MessageWrite {
+            message: stored,
+            conversation: updated,
+        })
+    }
+
+    async fn get_message(
+        &self,
+        tenant: &TenantId,
+        conversation: &ConversationId,
+        message: &MessageId,
+    ) -> StoreResult<Option<Message>> {
+        let mut conn = self.read().await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM copilot.conversation_messages WHERE id = $1 AND conversation_id = $2 AND tenant_id = $3"
+        ))
+        .persistent(self.persistent())
+        .bind(message.as_uuid())
+        .bind(conversation.as_uuid())
+        .bind(tenant.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+        conn.finish().await?;
+        row.as_ref().map(decode_message).transpose()
+    }
+
+    async fn list_messages(
+        &self,
+        tenant: &TenantId,
+        conversation: &ConversationId,
+        query: &MessageQuery,
+    ) -> StoreResult<MessagePage> {
+        // REPEATABLE READ: the page and "older messages exist" come from one snapshot.
+        let mut tx = self.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .persistent(self.persistent())
+            .execute(&mut *tx)
+            .await?;
+        let exists: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM copilot.conversations WHERE id = $1 AND tenant_id = $2",
+        )
+        .persistent(self.persistent())
+        .bind(conversation.as_uuid())
+        .bind(tenant.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let limit = i64::from(query.limit);
+        let rows = match query.after {
+            Some(after) => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM copilot.conversation_messages WHERE conversation_id = $1 AND seq > $2
+                      AND ($3 OR deleted_at IS NULL) ORDER BY seq ASC LIMIT $4"
+                ))
+                .persistent(self.persistent())
+                .bind(conversation.as_uuid())
+                .bind(to_i64(after)?)
+                .bind(query.include_deleted)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?
+            }
+            None => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM copilot.conversation_messages WHERE conversation_id = $1 AND seq < $2
+                      AND ($3 OR deleted_at IS NULL) ORDER BY seq DESC LIMIT $4"
+                ))
+                .persistent(self.persistent())
+                .bind(conversation.as_uuid())
+                .bind(query.before.map_or(Ok(i64::MAX), to_i64)?)
+                .bind(query.include_deleted)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?
+            }
+        };
+        let mut items = rows
+            .iter()
+            .map(decode_message)
+            .collect::<StoreResult<Vec<_>>>()?;
+        items.sort_by_key(|m| m.seq);
+        let next_before = match items.first() {
+            Some(first) => {
+                let older: Option<i32> = sqlx::query_scalar(
+                    "SELECT 1 FROM copilot.conversation_messages WHERE conversation_id = $1 AND seq < $2
+                     AND ($3 OR deleted_at IS NULL) LIMIT 1",
+                )
+                .persistent(self.persistent())
+                .bind(conversation.as_uuid())
+                .bind(to_i64(first.seq)?)
+                .bind(query.include_deleted)
+                .fetch_optional(&mut *tx)
+                .await?;
+                older.map(|_| first.seq)
+            }
+            None => None,
+        };
+        tx.commit().await?;
+        Ok(MessagePage { items, next_before })
+    }
+
+    async fn soft_delete_message(
+        &self,
+        tenant: &TenantId,
+        conversation: &ConversationId,
+        message: &MessageId,
+        deleted_by: &str,
+    ) -> StoreResult<MessageWrite> {
+        let now = self.now();
+        let mut tx = self.begin().await?;
+        let (_, archived, _) = self
+            .lock_conversation(&mut tx, tenant, conversation)
+            .await?;
+        if archived {
+            return Err(StoreError::ConversationArchived);
+        }
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM copilot.conversation_messages WHERE id = $1 AND conversation_id = $2"
+        ))
+        .persistent(self.persistent())
+        .bind(message.as_uuid())
+        .bind(conversation.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let existing = decode_message(&row)?;
+        if existing.is_deleted() {
+            let current = self.fetch_conversation(&mut tx, conversation).await?;
+            tx.commit().await?;
+            return Ok(MessageWrite {
+                message: existing,
+                conversation: current,
+            });
+        }
+        let version = next_version(&mut tx, self.persistent()).await?;
+        let row = sqlx::query(concat!(
+            "UPDATE copilot.conversation_messages SET content = NULL, metadata = '{}', deleted_at = $1,
+                 deleted_by = $2 WHERE id = $3 RETURNING ",
+            message_columns!()
+        ))
+        .persistent(self.persistent())
+        .bind(now)
+        .bind(deleted_by)
+        .bind(message.as_uuid())
+        .fetch_one(&mut *tx)
+        .await?;
+        let deleted = decode_message(&row)?;
+        let row = sqlx::query(concat!(
+            "UPDATE copilot.conversations SET message_count = greatest(message_count - 1, 0), updated_at = $1,
+                 version = $2 WHERE id = $3 RETURNING ",
+            conversation_columns!()
+        ))
+        .persistent(self.persistent())
+        .bind(now)
+        .bind(to_i64(version)?)
+        .bind(conversation.as_uuid())
+        .fetch_one(&mut *tx)
+        .await?;
+        let updated = decode_conversation(&row)?;
+        tx.commit().await?;
+        Ok(MessageWrite {
+            message: deleted,
+            conversation: updated,
+        })
+    }
+}

@@ -1,0 +1,119 @@
+use async_trait::async_trait;
+use copilot_domain::access::TenantRole;
+use copilot_domain::membership::{Membership, MembershipInput, MembershipStatus};
+use copilot_domain::{TenantId, UserId};
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+
+use super::{PostgresStore, next_version, to_i64, to_u64};
+use crate::traits::MembershipStore;
+use crate::{StoreError, StoreResult};
+
+macro_rules! columns {
+    () => {
+        "tenant_id, user_id, role, status, version, created_at, updated_at"
+    };
+}
+
+fn decode(row: &PgRow) -> StoreResult<Membership> {
+    let text = |col: &str| -> StoreResult<String> { Ok(row.try_get::<String, _>(col)?) };
+    Ok(Membership {
+        tenant_id: TenantId::parse(&text("tenant_id")?)
+            .map_err(|e| StoreError::corrupt("tenant_id", e))?,
+        user_id: UserId::parse(&text("user_id")?).map_err(|e| StoreError::corrupt("user_id", e))?,
+        role: TenantRole::parse(&text("role")?)
+            .ok_or_else(|| StoreError::corrupt("role", "unknown"))?,
+        status: MembershipStatus::parse(&text("status")?)
+            .ok_or_else(|| StoreError::corrupt("status", "unknown"))?,
+        version: to_u64(row.try_get("version")?, "version")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+#[async_trait]
+impl MembershipStore for PostgresStore {
+    async fn get_membership(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+    ) -> StoreResult<Option<Membership>> {
+        let mut conn = self.read().await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM copilot.tenant_memberships WHERE tenant_id = $1 AND user_id = $2"
+        ))
+        .persistent(self.persistent())
+        .bind(tenant.as_str())
+        .bind(user.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+        conn.finish().await?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    async fn put_membership(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        input: &MembershipInput,
+    ) -> StoreResult<Membership> {
+        let mut tx = self.begin().await?;
+        let version = next_version(&mut tx, self.persistent()).await?;
+        let now = self.now();
+        let row = sqlx::query(concat!(
+            "INSERT INTO copilot.tenant_memberships (tenant_id, user_id, role, status, version, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $6)
+             ON CONFLICT (tenant_id, user_id) DO UPDATE SET role = excluded.role, status = excluded.status,
+                 version = excluded.version, updated_at = excluded.updated_at
+             RETURNING ",
+            columns!()
+        ))
+        .persistent(self.persistent())
+        .bind(tenant.as_str())
+        .bind(user.as_str())
+        .bind(input.role.as_str())
+        .bind(input.status.as_str())
+        .bind(to_i64(version)?)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let membership = decode(&row)?;
+        tx.commit().await?;
+        Ok(membership)
+    }
+
+    async fn delete_membership(&self, tenant: &TenantId, user: &UserId) -> StoreResult<u64> {
+        let mut tx = self.begin().await?;
+        let deleted = sqlx::query(
+            "DELETE FROM copilot.tenant_memberships WHERE tenant_id = $1 AND user_id = $2",
+        )
+        .persistent(self.persistent())
+        .bind(tenant.as_str())
+        .bind(user.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if deleted.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let version = next_version(&mut tx, self.persistent()).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    async fn list_members(&self, tenant: &TenantId) -> StoreResult<Vec<Membership>> {
+        let mut conn = self.read().await?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM copilot.tenant_memberships WHERE tenant_id = $1 ORDER BY user_id COLLATE \"C\""
+        ))
+        .persistent(self.persistent())
+        .bind(tenant.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+        conn.finish().await?;
+        rows.iter().map(decode).collect()
+    }
+}

@@ -1,0 +1,203 @@
+//! The PostgreSQL backend: production storage (DESIGN.md 4.1, 4.3).
+//!
+//! Native types (uuid, timestamptz, jsonb, text[]), every table in schema `copilot`, versions
+//! from one sequence, every multi-row write in one transaction, the conversation list served by
+//! the expression index that matches its keyset order.
+//!
+//! Behind PgBouncer/Supavisor in transaction mode, set [`PostgresOptions::transaction_pooler`]:
+//! no named prepared statements (the pooler may hand the next statement to another server
+//! connection), every read inside its own transaction, and no `extra_float_digits` start-up
+//! parameter (PgBouncer refuses it unless told to ignore it).
+
+mod config;
+mod conversation;
+mod membership;
+mod policy;
+
+use std::ops::{Deref, DerefMut};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use copilot_domain::{Clock, SystemClock, Timestamp};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+
+use crate::traits::StoreHealth;
+use crate::{StoreError, StoreResult};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+#[derive(Clone)]
+pub struct PostgresOptions {
+    /// `postgres://user:password@host:port/database` (`DATABASE_URL`).
+    pub url: String,
+    pub max_connections: u32,
+    /// How long a call waits for a pooled connection before `Unavailable`. Kept well under the
+    /// request deadline so an unreachable database answers 503 quickly.
+    pub acquire_timeout: Duration,
+    /// PgBouncer/Supavisor in transaction mode (`COPILOT_PG_TRANSACTION_POOLER`).
+    pub transaction_pooler: bool,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl PostgresOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: 10,
+            acquire_timeout: Duration::from_millis(500),
+            transaction_pooler: false,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+}
+
+pub struct PostgresStore {
+    pool: PgPool,
+    clock: Arc<dyn Clock>,
+    transaction_pooler: bool,
+}
+
+impl PostgresStore {
+    /// Creates the pool without connecting (connections open on first use, so the service
+    /// starts, and recovers, whether or not the database is up).
+    pub fn connect_lazy(options: PostgresOptions) -> StoreResult<Self> {
+        let mut connect = PgConnectOptions::from_str(&options.url)
+            .map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?
+            .application_name("copilot-state");
+        if options.transaction_pooler {
+            connect = connect.statement_cache_capacity(0).extra_float_digits(None);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.acquire_timeout)
+            .idle_timeout(Some(Duration::from_secs(300)))
+            .connect_lazy_with(connect);
+        Ok(Self {
+            pool,
+            clock: options.clock,
+            transaction_pooler: options.transaction_pooler,
+        })
+    }
+
+    /// Connects and applies pending migrations.
+    pub async fn open(options: PostgresOptions) -> StoreResult<Self> {
+        let store = Self::connect_lazy(options)?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies pending migrations; the bookkeeping table lives in schema `copilot` too.
+    pub async fn migrate(&self) -> StoreResult<()> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::raw_sql("CREATE SCHEMA IF NOT EXISTS copilot; SET search_path TO copilot, public")
+            .execute(&mut *conn)
+            .await?;
+        let result = MIGRATOR.run(&mut *conn).await;
+        // The connection goes back to the pool: leave its session as it found it.
+        sqlx::raw_sql("RESET search_path")
+            .execute(&mut *conn)
+            .await?;
+        result.map_err(|e| StoreError::Internal(format!("migration failed: {e}")))
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Named, cached prepared statements, except behind a transaction pooler.
+    fn persistent(&self) -> bool {
+        !self.transaction_pooler
+    }
+
+    async fn begin(&self) -> StoreResult<Transaction<'static, Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// A connection for reads: a plain pooled connection, or a transaction behind a pooler.
+    async fn read(&self) -> StoreResult<ReadConn> {
+        Ok(if self.transaction_pooler {
+            ReadConn::Transaction(self.pool.begin().await?)
+        } else {
+            ReadConn::Plain(self.pool.acquire().await?)
+        })
+    }
+}
+
+enum ReadConn {
+    Plain(PoolConnection<Postgres>),
+    Transaction(Transaction<'static, Postgres>),
+}
+
+impl ReadConn {
+    async fn finish(self) -> StoreResult<()> {
+        if let Self::Transaction(tx) = self {
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}
+
+impl Deref for ReadConn {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        match self {
+            Self::Plain(c) => c,
+            Self::Transaction(t) => t,
+        }
+    }
+}
+
+impl DerefMut for ReadConn {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        match self {
+            Self::Plain(c) => c,
+            Self::Transaction(t) => t,
+        }
+    }
+}
+
+/// The next value of the database's version sequence.
+async fn next_version(conn: &mut PgConnection, persistent: bool) -> StoreResult<u64> {
+    let value: i64 = sqlx::query_scalar("SELECT nextval('copilot.version_seq')")
+        .persistent(persistent)
+        .fetch_one(conn)
+        .await?;
+    to_u64(value, "version")
+}
+
+fn to_u64(value: i64, what: &str) -> StoreResult<u64> {
+    u64::try_from(value).map_err(|_| StoreError::corrupt(what, value))
+}
+
+fn to_i64(value: u64) -> StoreResult<i64> {
+    i64::try_from(value).map_err(|_| StoreError::Internal(format!("{value} out of range")))
+}
+
+#[async_trait]
+impl StoreHealth for PostgresStore {
+    async fn ping(&self) -> StoreResult<()> {
+        let mut conn = self.read().await?;
+        sqlx::query("SELECT 1")
+            .persistent(self.persistent())
+            .execute(&mut *conn)
+            .await?;
+        conn.finish().await
+    }
+}
