@@ -31,9 +31,9 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 if cargo nextest --version >/dev/null 2>&1; then
-  RUNNER=(cargo nextest run --workspace --no-fail-fast)
+  RUNNER=(cargo nextest run --no-fail-fast)
 else
-  RUNNER=(cargo test --workspace --no-fail-fast)
+  RUNNER=(cargo test --no-fail-fast)
 fi
 
 # PostgreSQL (Debian packages; the image may already have the binaries).
@@ -87,6 +87,42 @@ start_postgres() {
   export COPILOT_TEST_PG_BIN="$PG_BIN"
 }
 
+# PgBouncer in transaction mode in front of that PostgreSQL (it refuses to run as root).
+start_pgbouncer() {
+  BOUNCER_PORT=$(free_port)
+  local dir="$WORK_DIR/pgbouncer"
+  mkdir -p "$dir"
+  cat >"$dir/pgbouncer.ini" <<INI
+[databases]
+* = host=127.0.0.1 port=$PG_PORT
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $dir/users.txt
+pool_mode = transaction
+max_client_conn = 500
+default_pool_size = 20
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+INI
+  echo '"postgres" ""' >"$dir/users.txt"
+  [ "$(id -u)" = 0 ] && chown -R postgres "$dir"
+  as_postgres pgbouncer -d "$dir/pgbouncer.ini"
+  wait_for_port "$BOUNCER_PORT" 10
+  PIDS+=("$(cat "$dir/pgbouncer.pid")")
+  export COPILOT_TEST_PGBOUNCER_URL="postgres://postgres@127.0.0.1:$BOUNCER_PORT"
+}
+
+wait_for_port() {
+  local deadline=$((SECONDS + $2))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
+    [ "$SECONDS" -lt "$deadline" ] || { echo "timed out waiting for port $1" >&2; return 1; }
+    sleep 0.1
+  done
+}
+
 # --- build (one build shared by every test binary and the fuzz run) --------------------------
 log "build"
 cargo build --workspace --all-targets
@@ -99,6 +135,9 @@ start_postgres
 ./target/debug/copilot-state migrate --database-url "${COPILOT_TEST_POSTGRES_URL%/postgres}/copilot_template" >/dev/null
 export COPILOT_TEST_REQUIRE_SERVICES=1
 echo "PostgreSQL on 127.0.0.1:$PG_PORT (pid $PG_PID)"
+log "starting PgBouncer (transaction mode)"
+start_pgbouncer
+echo "PgBouncer on 127.0.0.1:$BOUNCER_PORT"
 
 # --- API fuzz: schemathesis against the embedded server ---------------------------------------
 log "copilot-state serve on the embedded default"
@@ -138,5 +177,8 @@ if [ "$FUZZ_STATUS" -ne 0 ]; then
 fi
 
 # --- every Rust test (last, so its summary closes the run) ------------------------------------
-log "tests: ${RUNNER[*]}"
-"${RUNNER[@]}"
+log "HTTP tests over PostgreSQL: ${RUNNER[*]} -p copilot-server --test api"
+COPILOT_TEST_BACKEND=postgres "${RUNNER[@]}" -p copilot-server --test api
+
+log "all tests: ${RUNNER[*]}"
+"${RUNNER[@]}" --workspace

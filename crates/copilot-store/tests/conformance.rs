@@ -49,6 +49,289 @@ mod postgres {
     copilot_store::conformance_suite!(optional make);
 }
 
+/// The whole suite again through PgBouncer in transaction mode, with the documented setting
+/// (`transaction_pooler`).
+mod postgres_pgbouncer {
+    use std::sync::Arc;
+
+    use copilot_store::conformance::fresh_postgres_database;
+    use copilot_store::{PostgresOptions, PostgresStore, StoreSet};
+
+    async fn make() -> Option<StoreSet> {
+        let direct = fresh_postgres_database().await?;
+        let Ok(bouncer) = std::env::var("COPILOT_TEST_PGBOUNCER_URL") else {
+            assert!(
+                std::env::var("COPILOT_TEST_REQUIRE_SERVICES").is_err(),
+                "COPILOT_TEST_PGBOUNCER_URL is required"
+            );
+            return None;
+        };
+        let (_, database) = direct.rsplit_once('/').expect("database in URL");
+        let mut options = PostgresOptions::new(format!("{bouncer}/{database}"));
+        options.transaction_pooler = true;
+        let store = PostgresStore::connect_lazy(options).expect("pool");
+        Some(StoreSet::from_backend(Arc::new(store)))
+    }
+
+    copilot_store::conformance_suite!(optional make);
+}
+
+/// What only the PostgreSQL backend can show: row-level security, query plans, rows on disk.
+mod postgres_specific {
+    use copilot_domain::config::{ConfigLevel, ConfigPatch};
+    use copilot_domain::conversation::{MessageRole, NewMessage, ShareAudience, TenantAccess};
+    use copilot_domain::policy::TenantLlmPolicy;
+    use copilot_domain::{TenantId, UserId};
+    use copilot_store::conformance::{fresh_postgres_database, new_conversation};
+    use copilot_store::{
+        ConfigStore, ConversationStore, PolicyStore, PostgresOptions, PostgresStore,
+    };
+    use serde_json::json;
+    use sqlx::{Connection, PgConnection};
+
+    async fn store() -> Option<(PostgresStore, String)> {
+        let url = fresh_postgres_database().await?;
+        Some((
+            PostgresStore::open(PostgresOptions::new(url.clone()))
+                .await
+                .expect("open"),
+            url,
+        ))
+    }
+
+    async fn count(conn: &mut PgConnection, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM copilot.{table}"))
+            .fetch_one(conn)
+            .await
+            .unwrap()
+    }
+
+    /// A session as `authenticated` with tenant A's claims sees no row of tenant B, and no
+    /// colleague's private conversation or its messages; `service_role` sees all.
+    #[tokio::test]
+    async fn row_level_security_isolates_tenants_and_private_conversations() {
+        let Some((store, url)) = store().await else {
+            return;
+        };
+        let a = TenantId::parse("tenant-a").unwrap();
+        let b = TenantId::parse("tenant-b").unwrap();
+        let message = |content: &str| NewMessage {
+            role: MessageRole::User,
+            content: content.into(),
+            metadata: Default::default(),
+            author_id: None,
+        };
+        let mut ids = Vec::new();
+        for (tenant, owner, audience) in [
+            (&a, Some("alice"), ShareAudience::Private),
+            (&a, Some("bob"), ShareAudience::Private),
+            (&a, Some("bob"), ShareAudience::Tenant),
+            (&a, None, ShareAudience::Private),
+            (&b, Some("alice"), ShareAudience::Public),
+        ] {
+            let c = store
+                .create_conversation(&new_conversation(
+                    tenant,
+                    owner,
+                    audience,
+                    TenantAccess::View,
+                ))
+                .await
+                .unwrap();
+            store
+                .append_message(tenant, &c.id, &message("m"))
+                .await
+                .unwrap();
+            ids.push(c.id);
+        }
+        for t in [&a, &b] {
+            let p = TenantLlmPolicy::from_json(
+                &json!({"defaultModel": "m", "defaultProvider": "p"}),
+                t,
+            )
+            .unwrap();
+            store.put_policy(&p, None, "admin").await.unwrap();
+            store
+                .put_patch(
+                    &ConfigLevel::Tenant(t.clone()),
+                    &ConfigPatch::default(),
+                    None,
+                    "admin",
+                )
+                .await
+                .unwrap();
+        }
+        store
+            .put_patch(&ConfigLevel::Global, &ConfigPatch::default(), None, "svc")
+            .await
+            .unwrap();
+        let bob_level = ConfigLevel::User(a.clone(), UserId::parse("bob").unwrap());
+        store
+            .put_patch(&bob_level, &ConfigPatch::default(), None, "bob")
+            .await
+            .unwrap();
+
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        sqlx::query("SET ROLE authenticated")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("SELECT set_config('request.jwt.claims', $1, false)")
+            .bind(
+                json!({"sub": "alice", "role": "authenticated", "tenant_id": "tenant-a"})
+                    .to_string(),
+            )
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let visible: Vec<uuid::Uuid> =
+            sqlx::query_scalar("SELECT id FROM copilot.conversations ORDER BY id")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        let mut want = vec![*ids[0].as_uuid(), *ids[2].as_uuid(), *ids[3].as_uuid()];
+        want.sort();
+        assert_eq!(
+            visible, want,
+            "alice: her private one, the tenant-shared one, the system one"
+        );
+        let tenants: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT tenant_id FROM copilot.conversation_messages")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(tenants, ["tenant-a"]);
+        assert_eq!(
+            count(&mut conn, "conversation_messages").await,
+            3,
+            "no message of bob's private conversation"
+        );
+        assert_eq!(count(&mut conn, "tenant_llm_policies").await, 1);
+        assert_eq!(
+            count(&mut conn, "conversation_configs").await,
+            2,
+            "global and tenant-a; not bob's level"
+        );
+
+        // Claims in app_metadata (Supabase style) work the same.
+        sqlx::query("SELECT set_config('request.jwt.claims', $1, false)")
+            .bind(json!({"sub": "carol", "role": "authenticated", "app_metadata": {"tenant_id": "tenant-b"}}).to_string())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(count(&mut conn, "conversations").await, 1);
+        // No claims at all: nothing.
+        sqlx::query("SELECT set_config('request.jwt.claims', '', false)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(count(&mut conn, "conversations").await, 0);
+        assert_eq!(count(&mut conn, "tenant_llm_policies").await, 0);
+
+        sqlx::query("RESET ROLE").execute(&mut conn).await.unwrap();
+        sqlx::query("SET ROLE service_role")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(count(&mut conn, "conversations").await, 5);
+        assert_eq!(count(&mut conn, "conversation_messages").await, 5);
+        assert_eq!(count(&mut conn, "conversation_configs").await, 4);
+    }
+
+    /// DESIGN.md section 9, item 4, on disk: one global row, one per tenant and per user.
+    #[tokio::test]
+    async fn regression_04_config_rows_are_never_duplicated() {
+        let Some((store, url)) = store().await else {
+            return;
+        };
+        let t = TenantId::parse("acme").unwrap();
+        let u = UserId::parse("u1").unwrap();
+        let p = ConfigPatch::from_json(&json!({"pathMaxMessages": 3})).unwrap();
+        for _ in 0..5 {
+            for level in [
+                ConfigLevel::Global,
+                ConfigLevel::Tenant(t.clone()),
+                ConfigLevel::User(t.clone(), u.clone()),
+            ] {
+                store.put_patch(&level, &p, None, "w").await.unwrap();
+                store
+                    .merge_patch(&level, &json!({"mergeMaxMessages": 4}), None, "w")
+                    .await
+                    .unwrap();
+            }
+        }
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        assert_eq!(count(&mut conn, "conversation_configs").await, 3);
+        // The database itself refuses a second global row.
+        let dup = sqlx::query("INSERT INTO copilot.conversation_configs (tenant_id, user_id, patch, version, updated_at, updated_by) VALUES (NULL, NULL, '{}', 0, now(), 'x')")
+            .execute(&mut conn)
+            .await;
+        assert!(
+            dup.is_err(),
+            "NULLS NOT DISTINCT must refuse a duplicate global row"
+        );
+    }
+
+    /// The list query is served by the index that matches its keyset order: no sort node.
+    #[tokio::test]
+    async fn the_list_query_uses_the_keyset_index() {
+        let Some((_store, url)) = store().await else {
+            return;
+        };
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        sqlx::query("SET enable_seqscan = off")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let plan: Vec<String> = sqlx::query_scalar(
+            "EXPLAIN SELECT id FROM copilot.conversations WHERE tenant_id = 'a'
+             AND (user_id IS NULL OR user_id = 'u' OR share_audience <> 'private') AND archived_at IS NULL
+             AND (coalesce(last_message_at, created_at), id) < (now(), '00000000-0000-0000-0000-000000000000'::uuid)
+             ORDER BY coalesce(last_message_at, created_at) DESC, id DESC LIMIT 21",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("conversations_list"), "{plan}");
+        assert!(
+            !plan.contains("Sort"),
+            "the index must give the order: {plan}"
+        );
+    }
+
+    /// The seq is assigned under the conversation's row lock and unique in the table too.
+    #[tokio::test]
+    async fn duplicate_seq_is_refused_by_the_database() {
+        let Some((store, url)) = store().await else {
+            return;
+        };
+        let t = TenantId::parse("acme").unwrap();
+        let c = store
+            .create_conversation(&new_conversation(
+                &t,
+                Some("u"),
+                ShareAudience::Private,
+                TenantAccess::View,
+            ))
+            .await
+            .unwrap();
+        let m = NewMessage {
+            role: MessageRole::User,
+            content: "x".into(),
+            metadata: Default::default(),
+            author_id: None,
+        };
+        store.append_message(&t, &c.id, &m).await.unwrap();
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        let dup = sqlx::query("INSERT INTO copilot.conversation_messages (id, conversation_id, tenant_id, seq, role, created_at) VALUES (gen_random_uuid(), $1, 'acme', 1, 'user', now())")
+            .bind(c.id.as_uuid())
+            .execute(&mut conn)
+            .await;
+        assert!(dup.is_err());
+    }
+}
+
 /// What only the SQLite backend can show: rows on disk, query plans, two handles on one file.
 mod sqlite_specific {
     use std::sync::Arc;

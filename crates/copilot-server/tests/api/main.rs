@@ -15,7 +15,8 @@ use copilot_domain::route::RouterDefaults;
 use copilot_server::auth::{Authenticator, TokenRole, issue_token};
 use copilot_server::settings::JwtSettings;
 use copilot_server::state::{AppState, ServiceSettings};
-use copilot_store::{SqliteOptions, SqliteStore, StoreSet};
+use copilot_store::conformance::fresh_postgres_database;
+use copilot_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, StoreSet};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -105,7 +106,7 @@ impl Response {
 
 pub struct TestServer {
     pub base: String,
-    pub store: Arc<SqliteStore>,
+    pub store: TestStore,
     client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -119,14 +120,29 @@ impl TestServer {
 
     pub async fn start_with(require_membership: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}/api.db", dir.path().display());
-        let store = Arc::new(
-            SqliteStore::open(SqliteOptions::new(url))
-                .await
-                .expect("sqlite"),
-        );
+        // COPILOT_TEST_BACKEND=postgres runs the same HTTP tests over PostgreSQL.
+        let store = match std::env::var("COPILOT_TEST_BACKEND").as_deref() {
+            Ok("postgres") => {
+                let url = fresh_postgres_database()
+                    .await
+                    .expect("COPILOT_TEST_POSTGRES_URL is required");
+                TestStore::Postgres(Arc::new(
+                    PostgresStore::open(PostgresOptions::new(url))
+                        .await
+                        .expect("postgres"),
+                ))
+            }
+            _ => {
+                let url = format!("sqlite://{}/api.db", dir.path().display());
+                TestStore::Sqlite(Arc::new(
+                    SqliteStore::open(SqliteOptions::new(url))
+                        .await
+                        .expect("sqlite"),
+                ))
+            }
+        };
         let state = AppState {
-            stores: StoreSet::from_backend(store.clone()),
+            stores: store.set(),
             auth: Arc::new(
                 Authenticator::new(&JwtSettings::default(), Some(SECRET)).expect("auth"),
             ),
@@ -268,6 +284,28 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+    }
+}
+
+/// The backend under test, kept so a test can take it away.
+pub enum TestStore {
+    Sqlite(Arc<SqliteStore>),
+    Postgres(Arc<PostgresStore>),
+}
+
+impl TestStore {
+    fn set(&self) -> StoreSet {
+        match self {
+            Self::Sqlite(s) => StoreSet::from_backend(s.clone()),
+            Self::Postgres(p) => StoreSet::from_backend(p.clone()),
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(s) => s.close().await,
+            Self::Postgres(p) => p.close().await,
         }
     }
 }
