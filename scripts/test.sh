@@ -11,6 +11,9 @@ log() { printf '\n== %s\n' "$*"; }
 
 WORK_DIR=$(mktemp -d -t copilot-state-test.XXXXXX)
 chmod 755 "$WORK_DIR"
+# Everything the tests create in a temporary directory goes away with this run.
+mkdir -m 755 "$WORK_DIR/tmp"
+export TMPDIR="$WORK_DIR/tmp"
 PIDS=()
 cleanup() {
   local status=$?

@@ -179,3 +179,74 @@ fn migrate_doctor_and_bad_configuration() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// `migrate`, `doctor` and `serve` switched to PostgreSQL by `--database-url` / `DATABASE_URL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_through_the_command_line() {
+    let Some(url) = copilot_store::conformance::fresh_postgres_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = command(dir.path())
+        .args(["migrate", "--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = command(dir.path())
+        .env("DATABASE_URL", &url)
+        .args(["doctor"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("database: ok"),
+        "{text}"
+    );
+    assert!(
+        text.contains("memberships required: true"),
+        "Postgres requires memberships by default: {text}"
+    );
+
+    let port = free_port();
+    let child = command(dir.path())
+        .env("DATABASE_URL", &url)
+        .env("COPILOT_JWT_SECRET", crate::SECRET)
+        .args([
+            "serve",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--no-migrate",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ready = loop {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+        {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "serve did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ready.status(), 200);
+    let token = crate::Who::Service.token().unwrap();
+    let r = client
+        .put(format!("http://127.0.0.1:{port}/v1/config/global"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"mergeMaxMessages": 9}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(stop(child).success());
+}

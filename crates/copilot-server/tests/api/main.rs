@@ -7,6 +7,7 @@ mod conversations;
 mod members;
 mod operations;
 mod policy;
+mod postgres_faults;
 
 use std::sync::Arc;
 
@@ -110,7 +111,6 @@ pub struct TestServer {
     client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    _dir: tempfile::TempDir,
 }
 
 impl TestServer {
@@ -119,7 +119,6 @@ impl TestServer {
     }
 
     pub async fn start_with(require_membership: bool) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
         // COPILOT_TEST_BACKEND=postgres runs the same HTTP tests over PostgreSQL.
         let store = match std::env::var("COPILOT_TEST_BACKEND").as_deref() {
             Ok("postgres") => {
@@ -133,7 +132,8 @@ impl TestServer {
                 ))
             }
             _ => {
-                let url = format!("sqlite://{}/api.db", dir.path().display());
+                let dir = tempfile::tempdir().expect("temp dir").keep();
+                let url = format!("sqlite://{}/api.db", dir.display());
                 TestStore::Sqlite(Arc::new(
                     SqliteStore::open(SqliteOptions::new(url))
                         .await
@@ -141,22 +141,31 @@ impl TestServer {
                 ))
             }
         };
+        Self::start_over(store, Self::default_settings(require_membership)).await
+    }
+
+    pub fn default_settings(require_membership: bool) -> ServiceSettings {
+        ServiceSettings {
+            router: RouterDefaults {
+                provider: "openai".into(),
+                model: "router-model".into(),
+                local_provider: "local".into(),
+                base_egress_mode: copilot_domain::egress::EgressMode::Enforce,
+            },
+            max_message_bytes: 1024,
+            require_membership,
+            store_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+
+    /// Serves `store` with `settings` on a fresh loopback port.
+    pub async fn start_over(store: TestStore, settings: ServiceSettings) -> Self {
         let state = AppState {
             stores: store.set(),
             auth: Arc::new(
                 Authenticator::new(&JwtSettings::default(), Some(SECRET)).expect("auth"),
             ),
-            service: Arc::new(ServiceSettings {
-                router: RouterDefaults {
-                    provider: "openai".into(),
-                    model: "router-model".into(),
-                    local_provider: "local".into(),
-                    base_egress_mode: copilot_domain::egress::EgressMode::Enforce,
-                },
-                max_message_bytes: 1024,
-                require_membership,
-                store_timeout: std::time::Duration::from_secs(5),
-            }),
+            service: Arc::new(settings),
             metrics: copilot_server::telemetry::prometheus(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -173,7 +182,6 @@ impl TestServer {
             client: reqwest::Client::new(),
             shutdown: Some(tx),
             task: Some(task),
-            _dir: dir,
         }
     }
 
