@@ -252,7 +252,7 @@ pub struct StoredPatch {
 }
 
 /// The JSON of `GET` on a level: stored fields at the top level plus version and audit fields.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StoredPatchView {
@@ -261,6 +261,19 @@ pub struct StoredPatchView {
     pub version: u64,
     pub updated_at: DateTime<Utc>,
     pub updated_by: String,
+}
+
+impl StoredPatchView {
+    /// Back to a stored patch of `level`.
+    pub fn into_stored(self, level: ConfigLevel) -> StoredPatch {
+        StoredPatch {
+            level,
+            patch: self.patch,
+            version: self.version,
+            updated_at: self.updated_at,
+            updated_by: self.updated_by,
+        }
+    }
 }
 
 impl StoredPatch {

@@ -1,0 +1,148 @@
+//! A circuit breaker: after `failure_threshold` consecutive failures it opens and every call is
+//! refused at once (callers treat that as a cache miss / no-op); after `open_for` one probe is
+//! let through (half-open); its success closes the breaker, its failure opens it again.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half-open",
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Inner {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// One probe is in flight; everyone else is refused until it reports.
+    HalfOpen,
+}
+
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    inner: Mutex<Inner>,
+    failure_threshold: u32,
+    open_for: Duration,
+}
+
+impl CircuitBreaker {
+    pub fn new(failure_threshold: u32, open_for: Duration) -> Self {
+        Self {
+            inner: Mutex::new(Inner::Closed { failures: 0 }),
+            failure_threshold: failure_threshold.max(1),
+            open_for,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a call may go out now. Moving from open to half-open lets exactly one through.
+    pub fn allow(&self) -> bool {
+        let mut inner = self.lock();
+        match *inner {
+            Inner::Closed { .. } => true,
+            Inner::HalfOpen => false,
+            Inner::Open { until } if Instant::now() >= until => {
+                *inner = Inner::HalfOpen;
+                metrics::counter!("copilot_cache_breaker_transitions_total", "to" => "half-open")
+                    .increment(1);
+                true
+            }
+            Inner::Open { .. } => false,
+        }
+    }
+
+    pub fn record_success(&self) {
+        let mut inner = self.lock();
+        if !matches!(*inner, Inner::Closed { failures: 0 }) {
+            if !matches!(*inner, Inner::Closed { .. }) {
+                metrics::counter!("copilot_cache_breaker_transitions_total", "to" => "closed")
+                    .increment(1);
+                tracing::info!("redis circuit breaker closed");
+            }
+            *inner = Inner::Closed { failures: 0 };
+        }
+    }
+
+    pub fn record_failure(&self) {
+        let mut inner = self.lock();
+        let open = match *inner {
+            Inner::Closed { failures } if failures + 1 < self.failure_threshold => {
+                *inner = Inner::Closed {
+                    failures: failures + 1,
+                };
+                false
+            }
+            Inner::Open { .. } => false,
+            _ => true,
+        };
+        if open {
+            *inner = Inner::Open {
+                until: Instant::now() + self.open_for,
+            };
+            metrics::counter!("copilot_cache_breaker_transitions_total", "to" => "open")
+                .increment(1);
+            tracing::warn!("redis circuit breaker opened");
+        }
+    }
+
+    pub fn state(&self) -> BreakerState {
+        match *self.lock() {
+            Inner::Closed { .. } => BreakerState::Closed,
+            Inner::Open { .. } => BreakerState::Open,
+            Inner::HalfOpen => BreakerState::HalfOpen,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_consecutive_failures_probes_and_closes() {
+        let b = CircuitBreaker::new(3, Duration::from_secs(1));
+        b.record_failure();
+        b.record_failure();
+        b.record_success(); // a success resets the count
+        b.record_failure();
+        b.record_failure();
+        assert_eq!(b.state(), BreakerState::Closed);
+        b.record_failure();
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(!b.allow(), "open: refused at once");
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(!b.allow());
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert!(b.allow(), "one probe after open_for");
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(!b.allow(), "only one probe at a time");
+        b.record_failure();
+        assert_eq!(b.state(), BreakerState::Open, "a failed probe opens again");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(b.allow());
+        b.record_success();
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.allow());
+    }
+}

@@ -1,0 +1,134 @@
+//! The caching decorator of [`ConfigStore`]: each level's stored patch is cached under its own
+//! key and merged in process, so a global or tenant write invalidates exactly one key and every
+//! user sees it at once (DESIGN.md section 9, item 5). The effective config is one `MGET`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use copilot_domain::config::{
+    ConfigLevel, ConfigPatch, EffectiveConfig, StoredPatch, StoredPatchView, effective_config,
+};
+use copilot_domain::{TenantId, UserId};
+use copilot_store::{ConfigStore, StoreResult};
+
+use crate::entry::Entry;
+use crate::tier::CacheTier;
+
+pub struct CachedConfigStore {
+    inner: Arc<dyn ConfigStore>,
+    tier: CacheTier<StoredPatchView>,
+}
+
+impl CachedConfigStore {
+    pub fn new(inner: Arc<dyn ConfigStore>, tier: CacheTier<StoredPatchView>) -> Self {
+        Self { inner, tier }
+    }
+
+    pub fn tier(&self) -> &CacheTier<StoredPatchView> {
+        &self.tier
+    }
+
+    fn key(&self, level: &ConfigLevel) -> String {
+        let s = self.tier.settings();
+        match level {
+            ConfigLevel::Global => s.global_key("config"),
+            ConfigLevel::Tenant(t) => s.tenant_key(t.as_str(), "config"),
+            ConfigLevel::User(t, u) => s.tenant_key(t.as_str(), &format!("config:{u}")),
+        }
+    }
+
+    async fn load(&self, level: &ConfigLevel) -> StoreResult<Option<(u64, StoredPatchView)>> {
+        Ok(self
+            .inner
+            .get_patch(level)
+            .await?
+            .map(|p| (p.version, p.view())))
+    }
+
+    async fn written(&self, stored: StoredPatch) -> StoredPatch {
+        let key = self.key(&stored.level);
+        self.tier.invalidate(&key, stored.version).await;
+        self.tier
+            .fill(
+                &key,
+                Entry::Value {
+                    version: stored.version,
+                    value: Arc::new(stored.view()),
+                },
+            )
+            .await;
+        stored
+    }
+}
+
+#[async_trait]
+impl ConfigStore for CachedConfigStore {
+    async fn get_patch(&self, level: &ConfigLevel) -> StoreResult<Option<StoredPatch>> {
+        let found = self.tier.get(&self.key(level), || self.load(level)).await?;
+        Ok(found.map(|view| view.as_ref().clone().into_stored(level.clone())))
+    }
+
+    async fn put_patch(
+        &self,
+        level: &ConfigLevel,
+        patch: &ConfigPatch,
+        expected_version: Option<u64>,
+        actor: &str,
+    ) -> StoreResult<StoredPatch> {
+        let stored = self
+            .inner
+            .put_patch(level, patch, expected_version, actor)
+            .await?;
+        Ok(self.written(stored).await)
+    }
+
+    async fn merge_patch(
+        &self,
+        level: &ConfigLevel,
+        merge_patch: &serde_json::Value,
+        expected_version: Option<u64>,
+        actor: &str,
+    ) -> StoreResult<StoredPatch> {
+        let stored = self
+            .inner
+            .merge_patch(level, merge_patch, expected_version, actor)
+            .await?;
+        Ok(self.written(stored).await)
+    }
+
+    async fn delete_patch(
+        &self,
+        level: &ConfigLevel,
+        expected_version: Option<u64>,
+    ) -> StoreResult<u64> {
+        let version = self.inner.delete_patch(level, expected_version).await?;
+        self.tier.invalidate(&self.key(level), version).await;
+        Ok(version)
+    }
+
+    /// The three levels in one L2 round trip, merged in process.
+    async fn get_effective(
+        &self,
+        tenant: &TenantId,
+        user: Option<&UserId>,
+    ) -> StoreResult<EffectiveConfig> {
+        let mut levels = vec![ConfigLevel::Global, ConfigLevel::Tenant(tenant.clone())];
+        if let Some(u) = user {
+            levels.push(ConfigLevel::User(tenant.clone(), u.clone()));
+        }
+        let keys: Vec<String> = levels.iter().map(|l| self.key(l)).collect();
+        let found = self.tier.get_many(&keys, |i| self.load(&levels[i])).await?;
+        let stored: Vec<Option<StoredPatch>> = found
+            .into_iter()
+            .zip(&levels)
+            .map(|(view, level)| view.map(|v| v.as_ref().clone().into_stored(level.clone())))
+            .collect();
+        Ok(effective_config(
+            tenant,
+            user,
+            stored.first().and_then(Option::as_ref),
+            stored.get(1).and_then(Option::as_ref),
+            stored.get(2).and_then(Option::as_ref),
+        ))
+    }
+}

@@ -1,0 +1,228 @@
+//! Redis as the shared L2: every call has a deadline, the circuit breaker answers "miss / no-op"
+//! at once while Redis is failing, and fills and tombstones are version-guarded Lua scripts.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, Value};
+
+use crate::breaker::{BreakerState, CircuitBreaker};
+
+/// Stores `ARGV[2]` unless the key holds a newer version, or the same version that is not a
+/// tombstone (a row replaces the tombstone of the write that produced it).
+const FILL: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local v, k = string.match(cur, '^(%d+)|(%a)|')
+  v = tonumber(v)
+  local nv = tonumber(ARGV[1])
+  if v and (v > nv or (v == nv and k ~= 't')) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
+/// Stores a tombstone unless the key already holds this version or a newer one, so two writers
+/// whose tombstones arrive out of order never lower a key's version.
+const TOMBSTONE: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local v = tonumber(string.match(cur, '^(%d+)|'))
+  if v and v >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    pub url: String,
+    /// `COPILOT_CACHE_PREFIX`: environments sharing a Redis never collide.
+    pub prefix: String,
+    /// `REDIS_TIMEOUT_MS`: the deadline of every Redis call.
+    pub timeout: Duration,
+    pub breaker_failures: u32,
+    pub breaker_open_for: Duration,
+}
+
+impl RedisSettings {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: "copilot".into(),
+            timeout: Duration::from_millis(50),
+            breaker_failures: 3,
+            breaker_open_for: Duration::from_secs(1),
+        }
+    }
+}
+
+pub struct RedisL2 {
+    connection: ConnectionManager,
+    breaker: CircuitBreaker,
+    timeout: Duration,
+    prefix: String,
+    fill: Script,
+    tombstone: Script,
+}
+
+impl RedisL2 {
+    /// Does not connect: the first call does, under the breaker.
+    pub fn new(settings: &RedisSettings) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(settings.url.as_str())?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.timeout.max(Duration::from_millis(200))))
+            .set_response_timeout(Some(settings.timeout))
+            .set_number_of_retries(1);
+        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self {
+            connection,
+            breaker: CircuitBreaker::new(settings.breaker_failures, settings.breaker_open_for),
+            timeout: settings.timeout,
+            prefix: settings.prefix.clone(),
+            fill: Script::new(FILL),
+            tombstone: Script::new(TOMBSTONE),
+        })
+    }
+
+    /// `{prefix}:v1:{tenant}:<rest>`; the tenant is a Redis Cluster hash tag, so a tenant's keys
+    /// share a slot.
+    pub fn tenant_key(&self, tenant: &str, rest: &str) -> String {
+        format!("{}:v1:{{{tenant}}}:{rest}", self.prefix)
+    }
+
+    /// `{prefix}:v1:global:<rest>`.
+    pub fn global_key(&self, rest: &str) -> String {
+        format!("{}:v1:global:{rest}", self.prefix)
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// One Redis call under the breaker and the deadline. `None`: skipped, failed or too slow.
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
+        if !self.breaker.allow() {
+            metrics::counter!("copilot_redis_calls_total", "op" => op, "outcome" => "skipped")
+                .increment(1);
+            return None;
+        }
+        let started = tokio::time::Instant::now();
+        let outcome = tokio::time::timeout(self.timeout, call).await;
+        metrics::histogram!("copilot_redis_call_duration_seconds", "op" => op)
+            .record(started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(Ok(value)) => {
+                self.breaker.record_success();
+                metrics::counter!("copilot_redis_calls_total", "op" => op, "outcome" => "ok")
+                    .increment(1);
+                Some(value)
+            }
+            Ok(Err(e)) => {
+                self.breaker.record_failure();
+                metrics::counter!("copilot_redis_calls_total", "op" => op, "outcome" => "error")
+                    .increment(1);
+                tracing::debug!(op, error = %e, "redis call failed");
+                None
+            }
+            Err(_) => {
+                self.breaker.record_failure();
+                metrics::counter!("copilot_redis_calls_total", "op" => op, "outcome" => "timeout")
+                    .increment(1);
+                None
+            }
+        }
+    }
+
+    /// Values of `keys` in one round trip (`MGET`).
+    pub async fn get_many(&self, keys: &[String]) -> Option<Vec<Option<String>>> {
+        if keys.is_empty() {
+            return Some(Vec::new());
+        }
+        let mut conn = self.connection.clone();
+        self.call("mget", async move {
+            redis::cmd("MGET").arg(keys).query_async(&mut conn).await
+        })
+        .await
+    }
+
+    /// Version-guarded fill; `Some(false)` when a newer entry or tombstone is there.
+    pub async fn fill(
+        &self,
+        key: &str,
+        version: u64,
+        encoded: &str,
+        ttl: Duration,
+    ) -> Option<bool> {
+        let mut conn = self.connection.clone();
+        let script = &self.fill;
+        let ttl_ms = ttl.as_millis() as u64;
+        self.call("fill", async move {
+            script
+                .key(key)
+                .arg(version)
+                .arg(encoded)
+                .arg(ttl_ms)
+                .invoke_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .map(|stored| stored == 1)
+    }
+
+    /// A negative entry, only where the key is absent (no entry, no tombstone).
+    pub async fn fill_absent(&self, key: &str, encoded: &str, ttl: Duration) -> Option<bool> {
+        let mut conn = self.connection.clone();
+        let ttl_ms = ttl.as_millis() as u64;
+        self.call("fill_absent", async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(encoded)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async::<Value>(&mut conn)
+                .await
+        })
+        .await
+        .map(|reply| matches!(reply, Value::Okay))
+    }
+
+    /// Writes a tombstone carrying the write's version (never lowering the key's version).
+    pub async fn tombstone(
+        &self,
+        key: &str,
+        version: u64,
+        encoded: &str,
+        ttl: Duration,
+    ) -> Option<bool> {
+        let mut conn = self.connection.clone();
+        let script = &self.tombstone;
+        let ttl_ms = ttl.as_millis() as u64;
+        self.call("tombstone", async move {
+            script
+                .key(key)
+                .arg(version)
+                .arg(encoded)
+                .arg(ttl_ms)
+                .invoke_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .map(|stored| stored == 1)
+    }
+
+    /// `PING`, for readiness reports and breaker probes.
+    pub async fn ping(&self) -> bool {
+        let mut conn = self.connection.clone();
+        self.call("ping", async move {
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        })
+        .await
+        .is_some()
+    }
+}

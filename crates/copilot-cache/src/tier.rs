@@ -1,0 +1,421 @@
+//! One cached kind of row: L1 (in process) + L2 (Redis) + single flight, with the versioned
+//! fill/tombstone protocol of DESIGN.md 5.2. A decorator says only what its keys and rows are.
+//!
+//! L1 is trusted only where it cannot miss another instance's write: without Redis (one
+//! instance: every invalidation is local). With Redis configured, L1 waits for the invalidation
+//! bus (a later increment) and reads go to L2.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use copilot_store::StoreResult;
+use quick_cache::sync::Cache;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use crate::entry::Entry;
+use crate::redis_l2::RedisL2;
+
+/// A test hook run between a miss's store read and its cache fill (to widen the race window).
+pub type FillHook = Arc<dyn Fn(&str) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+#[derive(Clone, Debug)]
+pub struct TierSettings {
+    /// The cache's name in metrics (`policy`, `config`, ...).
+    pub name: &'static str,
+    /// `{prefix}` of every key.
+    pub prefix: String,
+    /// L2 lifetime of a row (the safety net, e.g. `POLICY_CACHE_TTL_SECONDS`).
+    pub ttl: Duration,
+    /// Lifetime of a negative ("no row") entry.
+    pub negative_ttl: Duration,
+    /// Lifetime of a tombstone: longer than any store read can take.
+    pub tombstone_ttl: Duration,
+    /// L1 lifetime (at most 30 s).
+    pub l1_ttl: Duration,
+    pub l1_capacity: usize,
+}
+
+impl TierSettings {
+    pub fn new(name: &'static str, ttl: Duration) -> Self {
+        Self {
+            name,
+            prefix: "copilot".into(),
+            ttl,
+            negative_ttl: Duration::from_secs(30),
+            tombstone_ttl: Duration::from_secs(60),
+            l1_ttl: Duration::from_secs(30),
+            l1_capacity: 10_000,
+        }
+    }
+
+    /// `{prefix}:v1:{tenant}:<rest>` (the tenant is a Redis Cluster hash tag).
+    pub fn tenant_key(&self, tenant: &str, rest: &str) -> String {
+        format!("{}:v1:{{{tenant}}}:{rest}", self.prefix)
+    }
+
+    /// `{prefix}:v1:global:<rest>`.
+    pub fn global_key(&self, rest: &str) -> String {
+        format!("{}:v1:global:{rest}", self.prefix)
+    }
+}
+
+struct L1Slot<T> {
+    entry: Entry<T>,
+    stored_at: Instant,
+}
+
+impl<T> Clone for L1Slot<T> {
+    fn clone(&self) -> Self {
+        Self {
+            entry: self.entry.clone(),
+            stored_at: self.stored_at,
+        }
+    }
+}
+
+pub struct CacheTier<T> {
+    settings: TierSettings,
+    l2: Option<Arc<RedisL2>>,
+    l1: Cache<String, L1Slot<T>>,
+    /// Serializes L1 compare-and-insert (reads stay lock-free).
+    l1_write: Mutex<()>,
+    /// Single flight: concurrent misses of one key share one store read.
+    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Tombstones that could not reach Redis yet (key -> version): L2 is not trusted for these
+    /// keys until a newer fill or the tombstone lands.
+    pending: Arc<Mutex<HashMap<String, u64>>>,
+    fill_hook: Mutex<Option<FillHook>>,
+}
+
+enum Lookup<T> {
+    Hit(Option<Arc<T>>),
+    Miss,
+}
+
+impl<T> CacheTier<T>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    pub fn new(settings: TierSettings, l2: Option<Arc<RedisL2>>) -> Self {
+        let capacity = settings.l1_capacity.max(16);
+        Self {
+            settings,
+            l2,
+            l1: Cache::new(capacity),
+            l1_write: Mutex::new(()),
+            flights: Mutex::new(HashMap::new()),
+            pending: Arc::new(Mutex::new(HashMap::new())),
+            fill_hook: Mutex::new(None),
+        }
+    }
+
+    pub fn settings(&self) -> &TierSettings {
+        &self.settings
+    }
+
+    /// Installs a hook that runs between a miss's store read and its fill (tests only).
+    pub fn set_fill_hook(&self, hook: Option<FillHook>) {
+        *self.fill_hook.lock().unwrap_or_else(|e| e.into_inner()) = hook;
+    }
+
+    fn l1_trusted(&self) -> bool {
+        self.l2.is_none()
+    }
+
+    fn count(&self, tier: &'static str, outcome: &'static str) {
+        metrics::counter!("copilot_cache_requests_total", "cache" => self.settings.name, "tier" => tier, "outcome" => outcome)
+            .increment(1);
+    }
+
+    fn is_pending(&self, key: &str) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(key)
+    }
+
+    fn l1_lookup(&self, key: &str) -> Lookup<T> {
+        if !self.l1_trusted() {
+            return Lookup::Miss;
+        }
+        match self.l1.get(key) {
+            Some(slot) if slot.stored_at.elapsed() < self.settings.l1_ttl => match slot.entry {
+                Entry::Value { value, .. } => {
+                    self.count("l1", "hit");
+                    Lookup::Hit(Some(value))
+                }
+                Entry::Absent => {
+                    self.count("l1", "hit");
+                    Lookup::Hit(None)
+                }
+                Entry::Tombstone { .. } => {
+                    self.count("l1", "miss");
+                    Lookup::Miss
+                }
+            },
+            _ => {
+                self.count("l1", "miss");
+                Lookup::Miss
+            }
+        }
+    }
+
+    /// Stores in L1 unless that would lower the key's version.
+    fn l1_store(&self, key: &str, entry: Entry<T>) {
+        let _guard = self.l1_write.lock().unwrap_or_else(|e| e.into_inner());
+        let existing = self
+            .l1
+            .get(key)
+            .filter(|slot| slot.stored_at.elapsed() < self.settings.l1_ttl);
+        if entry.may_replace(existing.as_ref().map(|slot| &slot.entry)) {
+            self.l1.insert(
+                key.to_owned(),
+                L1Slot {
+                    entry,
+                    stored_at: Instant::now(),
+                },
+            );
+        } else {
+            metrics::counter!("copilot_cache_fills_rejected_total", "cache" => self.settings.name, "tier" => "l1")
+                .increment(1);
+        }
+    }
+
+    /// Reads one key: L1, then L2, then (single flight) the store through `load`.
+    pub async fn get<F, Fut>(&self, key: &str, load: F) -> StoreResult<Option<Arc<T>>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = StoreResult<Option<(u64, T)>>>,
+    {
+        let keys = [key.to_owned()];
+        let mut found = self.lookup_cached(&keys).await;
+        match found.pop() {
+            Some(Lookup::Hit(value)) => Ok(value),
+            _ => self.load_and_fill(key, load).await,
+        }
+    }
+
+    /// Reads several keys with at most one L2 round trip (`MGET`), loading each miss.
+    pub async fn get_many<F, Fut>(
+        &self,
+        keys: &[String],
+        load: F,
+    ) -> StoreResult<Vec<Option<Arc<T>>>>
+    where
+        F: Fn(usize) -> Fut,
+        Fut: Future<Output = StoreResult<Option<(u64, T)>>>,
+    {
+        let found = self.lookup_cached(keys).await;
+        let mut out = Vec::with_capacity(keys.len());
+        for (i, lookup) in found.into_iter().enumerate() {
+            out.push(match lookup {
+                Lookup::Hit(value) => value,
+                Lookup::Miss => self.load_and_fill(&keys[i], || load(i)).await?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn lookup_cached(&self, keys: &[String]) -> Vec<Lookup<T>> {
+        let mut found: Vec<Lookup<T>> = keys.iter().map(|k| self.l1_lookup(k)).collect();
+        let Some(l2) = &self.l2 else { return found };
+        let wanted: Vec<usize> = (0..keys.len())
+            .filter(|&i| matches!(found[i], Lookup::Miss) && !self.is_pending(&keys[i]))
+            .collect();
+        if wanted.is_empty() {
+            return found;
+        }
+        let asked: Vec<String> = wanted.iter().map(|&i| keys[i].clone()).collect();
+        let Some(values) = l2.get_many(&asked).await else {
+            self.count("l2", "unavailable");
+            return found;
+        };
+        for (&i, value) in wanted.iter().zip(values) {
+            match value.as_deref().and_then(Entry::<T>::decode) {
+                Some(Entry::Value { version, value }) => {
+                    self.count("l2", "hit");
+                    if self.l1_trusted() {
+                        self.l1_store(
+                            &keys[i],
+                            Entry::Value {
+                                version,
+                                value: value.clone(),
+                            },
+                        );
+                    }
+                    found[i] = Lookup::Hit(Some(value));
+                }
+                Some(Entry::Absent) => {
+                    self.count("l2", "hit");
+                    found[i] = Lookup::Hit(None);
+                }
+                _ => self.count("l2", "miss"),
+            }
+        }
+        found
+    }
+
+    fn flight(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        flights.entry(key.to_owned()).or_default().clone()
+    }
+
+    fn land(&self, key: &str, flight: Arc<tokio::sync::Mutex<()>>) {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        // Two references: the map's and ours. Nobody else is waiting: forget the key.
+        if Arc::strong_count(&flight) <= 2 {
+            flights.remove(key);
+        }
+    }
+
+    async fn load_and_fill<F, Fut>(&self, key: &str, load: F) -> StoreResult<Option<Arc<T>>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = StoreResult<Option<(u64, T)>>>,
+    {
+        let flight = self.flight(key);
+        let result = {
+            let _turn = flight.lock().await;
+            // Another flight may have filled L1 while this one waited.
+            match self.l1_lookup(key) {
+                Lookup::Hit(value) => Ok(value),
+                Lookup::Miss => {
+                    self.count("store", "read");
+                    match load().await {
+                        Ok(loaded) => {
+                            let hook = self
+                                .fill_hook
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .clone();
+                            if let Some(hook) = hook {
+                                hook(key).await;
+                            }
+                            let entry = match loaded {
+                                Some((version, value)) => Entry::Value {
+                                    version,
+                                    value: Arc::new(value),
+                                },
+                                None => Entry::Absent,
+                            };
+                            let value = match &entry {
+                                Entry::Value { value, .. } => Some(value.clone()),
+                                _ => None,
+                            };
+                            self.fill(key, entry).await;
+                            Ok(value)
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            }
+        };
+        self.land(key, flight);
+        result
+    }
+
+    /// Puts a row read from the store (or just written) into L1 and L2, never lowering a
+    /// key's version.
+    pub async fn fill(&self, key: &str, entry: Entry<T>) {
+        if self.l1_trusted() {
+            self.l1_store(key, entry.clone());
+        }
+        let Some(l2) = &self.l2 else { return };
+        let encoded = entry.encode();
+        let stored = match &entry {
+            Entry::Value { version, .. } => {
+                l2.fill(key, *version, &encoded, self.settings.ttl).await
+            }
+            Entry::Absent => {
+                l2.fill_absent(key, &encoded, self.settings.negative_ttl)
+                    .await
+            }
+            Entry::Tombstone { .. } => return,
+        };
+        match stored {
+            Some(true) => {
+                metrics::counter!("copilot_cache_fills_total", "cache" => self.settings.name)
+                    .increment(1);
+                // A newer row in L2 settles a pending tombstone of this key.
+                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                if pending
+                    .get(key)
+                    .is_some_and(|&v| entry.version() >= v && entry.version() > 0)
+                {
+                    pending.remove(key);
+                }
+            }
+            Some(false) => {
+                metrics::counter!("copilot_cache_fills_rejected_total", "cache" => self.settings.name, "tier" => "l2")
+                    .increment(1);
+            }
+            None => {}
+        }
+    }
+
+    /// After a committed write: a tombstone carrying the write's version in L1 and L2. If Redis
+    /// cannot take it now, it is retried until it can.
+    pub async fn invalidate(&self, key: &str, version: u64) {
+        metrics::counter!("copilot_cache_invalidations_total", "cache" => self.settings.name)
+            .increment(1);
+        if self.l1_trusted() {
+            self.l1_store(key, Entry::Tombstone { version });
+        }
+        let Some(l2) = &self.l2 else { return };
+        let encoded = Entry::<T>::Tombstone { version }.encode();
+        if l2
+            .tombstone(key, version, &encoded, self.settings.tombstone_ttl)
+            .await
+            .is_none()
+        {
+            let first = {
+                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                let was_empty = pending.is_empty();
+                let v = pending.entry(key.to_owned()).or_insert(version);
+                *v = (*v).max(version);
+                was_empty
+            };
+            if first {
+                self.spawn_retry(l2.clone());
+            }
+        }
+    }
+
+    /// Retries pending tombstones until Redis takes them all.
+    fn spawn_retry(&self, l2: Arc<RedisL2>) {
+        let pending = self.pending.clone();
+        let (name, ttl) = (self.settings.name, self.settings.tombstone_ttl);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let batch: Vec<(String, u64)> = {
+                    let pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+                    pending.iter().map(|(k, v)| (k.clone(), *v)).collect()
+                };
+                if batch.is_empty() {
+                    return;
+                }
+                for (key, version) in batch {
+                    let encoded = Entry::<()>::Tombstone { version }.encode();
+                    if l2.tombstone(&key, version, &encoded, ttl).await.is_some() {
+                        metrics::counter!("copilot_cache_invalidations_retried_total", "cache" => name).increment(1);
+                        let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+                        if pending.get(&key) == Some(&version) {
+                            pending.remove(&key);
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// The number of tombstones still waiting for Redis.
+    pub fn pending_invalidations(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
