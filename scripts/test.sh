@@ -21,7 +21,8 @@ cleanup() {
     as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" stop -m immediate >/dev/null 2>&1 || true
   fi
   for pid in "${PIDS[@]:-}"; do
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+    # A paused process gets its SIGTERM only once continued.
+    [ -n "$pid" ] && { kill "$pid" 2>/dev/null; kill -CONT "$pid" 2>/dev/null; } || true
   done
   rm -rf "$WORK_DIR"
   exit "$status"
@@ -46,11 +47,13 @@ if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/pg_ctl" ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
   PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 fi
-for pkg in pgbouncer curl; do
-  if ! command -v "$pkg" >/dev/null; then
-    log "installing $pkg"
+for tool in pgbouncer:pgbouncer curl:curl redis-server:redis-server; do
+  command_name=${tool%%:*}
+  package=${tool##*:}
+  if ! command -v "$command_name" >/dev/null; then
+    log "installing $package"
     [ -n "${APT_UPDATED:-}" ] || { apt-get update -qq; APT_UPDATED=1; }
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null
   fi
 done
 
@@ -118,6 +121,28 @@ INI
   export COPILOT_TEST_PGBOUNCER_URL="postgres://postgres@127.0.0.1:$BOUNCER_PORT"
 }
 
+start_redis() {
+  REDIS_PORT=$(free_port)
+  mkdir -p "$WORK_DIR/redis"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK_DIR/redis" --save '' --appendonly no \
+    --daemonize no >"$WORK_DIR/redis/log" 2>&1 &
+  PIDS+=("$!")
+  wait_for_port "$REDIS_PORT" 10
+  export COPILOT_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+  # A Redis that accepts connections and never answers: started, then paused with SIGSTOP.
+  PAUSED_REDIS_PORT=$(free_port)
+  redis-server --port "$PAUSED_REDIS_PORT" --bind 127.0.0.1 --dir "$WORK_DIR/redis" --save '' --appendonly no \
+    --daemonize no >"$WORK_DIR/redis/paused.log" 2>&1 &
+  PAUSED_REDIS_PID=$!
+  PIDS+=("$PAUSED_REDIS_PID")
+  wait_for_port "$PAUSED_REDIS_PORT" 10
+  kill -STOP "$PAUSED_REDIS_PID"
+  export COPILOT_TEST_REDIS_PAUSED_URL="redis://127.0.0.1:$PAUSED_REDIS_PORT"
+  # Fault tests start (and kill, and pause) Redis servers of their own.
+  export COPILOT_TEST_REDIS_SERVER
+  COPILOT_TEST_REDIS_SERVER=$(command -v redis-server)
+}
+
 wait_for_port() {
   local deadline=$((SECONDS + $2))
   until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
@@ -138,6 +163,9 @@ start_postgres
 ./target/debug/copilot-state migrate --database-url "${COPILOT_TEST_POSTGRES_URL%/postgres}/copilot_template" >/dev/null
 export COPILOT_TEST_REQUIRE_SERVICES=1
 echo "PostgreSQL on 127.0.0.1:$PG_PORT (pid $PG_PID)"
+log "starting Redis"
+start_redis
+echo "Redis on 127.0.0.1:$REDIS_PORT"
 log "starting PgBouncer (transaction mode)"
 start_pgbouncer
 echo "PgBouncer on 127.0.0.1:$BOUNCER_PORT"

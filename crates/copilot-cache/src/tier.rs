@@ -84,13 +84,17 @@ pub struct CacheTier<T> {
     l1: Cache<String, L1Slot<T>>,
     /// Serializes L1 compare-and-insert (reads stay lock-free).
     l1_write: Mutex<()>,
-    /// Single flight: concurrent misses of one key share one store read.
-    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Single flight: concurrent misses of one key share one store read. The leader leaves its
+    /// result in the flight for those who waited; a write removes the key's flight, so a read
+    /// that starts after a write never joins a flight that read before it.
+    flights: Mutex<HashMap<String, Flight<T>>>,
     /// Tombstones that could not reach Redis yet (key -> version): L2 is not trusted for these
     /// keys until a newer fill or the tombstone lands.
     pending: Arc<Mutex<HashMap<String, u64>>>,
     fill_hook: Mutex<Option<FillHook>>,
 }
+
+type Flight<T> = Arc<tokio::sync::Mutex<Option<Option<Arc<T>>>>>;
 
 enum Lookup<T> {
     Hit(Option<Arc<T>>),
@@ -260,15 +264,18 @@ where
         found
     }
 
-    fn flight(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    fn flight(&self, key: &str) -> Flight<T> {
         let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
         flights.entry(key.to_owned()).or_default().clone()
     }
 
-    fn land(&self, key: &str, flight: Arc<tokio::sync::Mutex<()>>) {
+    fn land(&self, key: &str, flight: Flight<T>) {
         let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-        // Two references: the map's and ours. Nobody else is waiting: forget the key.
-        if Arc::strong_count(&flight) <= 2 {
+        // Two references: the map's and ours. Nobody else is waiting: forget the key (unless a
+        // write already replaced or removed this flight).
+        if Arc::strong_count(&flight) <= 2
+            && flights.get(key).is_some_and(|f| Arc::ptr_eq(f, &flight))
+        {
             flights.remove(key);
         }
     }
@@ -280,9 +287,13 @@ where
     {
         let flight = self.flight(key);
         let result = {
-            let _turn = flight.lock().await;
-            // Another flight may have filled L1 while this one waited.
-            match self.l1_lookup(key) {
+            let mut turn = flight.lock().await;
+            // The leader of this flight may have answered while this reader waited.
+            match turn
+                .clone()
+                .map(Lookup::Hit)
+                .unwrap_or_else(|| self.l1_lookup(key))
+            {
                 Lookup::Hit(value) => Ok(value),
                 Lookup::Miss => {
                     self.count("store", "read");
@@ -308,6 +319,7 @@ where
                                 _ => None,
                             };
                             self.fill(key, entry).await;
+                            *turn = Some(value.clone());
                             Ok(value)
                         }
                         Err(e) => Err(e),

@@ -1,0 +1,166 @@
+//! Redis killed, restarted, paused and resumed under a stream of reads and writes
+//! (DESIGN.md section 9, item 10, at the library level): nothing fails, the breaker opens, and
+//! when Redis returns caching resumes by itself without serving a row older than the last write.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use copilot_cache::BreakerState;
+use copilot_store::PolicyStore;
+
+use crate::{counting, fresh_prefix, policy, redis_url, stack, tenant};
+
+/// A redis-server of this test's own, stopped (and continued first if paused) on drop.
+struct OwnRedis {
+    child: Child,
+    port: u16,
+    binary: String,
+}
+
+impl OwnRedis {
+    fn start(binary: &str, port: u16) -> Self {
+        let child = Command::new(binary)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self {
+            child,
+            port,
+            binary: binary.to_owned(),
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status();
+    }
+
+    fn kill(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        *self = Self::start(&self.binary.clone(), self.port);
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_paused_under_load_nothing_fails_and_nothing_stale_returns() {
+    let Some(binary) = redis_url("COPILOT_TEST_REDIS_SERVER") else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = OwnRedis::start(&binary, port);
+    let store = counting().await;
+    let s = stack(
+        store.clone(),
+        Some(&format!("redis://127.0.0.1:{port}")),
+        &fresh_prefix(),
+    );
+    let l2 = s.l2.clone().unwrap();
+    let t = tenant("acme");
+    let mut model = 0;
+    s.policies
+        .put_policy(&policy(&t, "m0"), None, "admin")
+        .await
+        .unwrap();
+
+    // Reads and writes keep working whatever Redis does; every read sees the latest write.
+    for stage in ["kill", "restart", "pause", "resume"] {
+        match stage {
+            "kill" => redis.kill(),
+            "restart" => redis.restart(),
+            "pause" => redis.signal("-STOP"),
+            _ => redis.signal("-CONT"),
+        }
+        for i in 0..60 {
+            if i % 10 == 0 {
+                model += 1;
+                s.policies
+                    .put_policy(&policy(&t, &format!("m{model}")), None, "admin")
+                    .await
+                    .unwrap();
+            }
+            let got = s
+                .policies
+                .get_policy(&t)
+                .await
+                .expect("a read never fails because of Redis");
+            assert_eq!(
+                got.unwrap().policy.default_model,
+                format!("m{model}"),
+                "stage {stage}, read {i}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if stage == "kill" || stage == "pause" {
+            assert_eq!(
+                l2.breaker_state(),
+                BreakerState::Open,
+                "the breaker opens during {stage}"
+            );
+        }
+    }
+    // Back to normal: the breaker closes by itself and Redis serves the newest row again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while l2.breaker_state() != BreakerState::Closed
+        || s.policies.tier().pending_invalidations() > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "caching did not resume"
+        );
+        let _ = s.policies.get_policy(&t).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reads_before = store.policy_reads.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..20 {
+        assert_eq!(
+            s.policies
+                .get_policy(&t)
+                .await
+                .unwrap()
+                .unwrap()
+                .policy
+                .default_model,
+            format!("m{model}")
+        );
+    }
+    let extra = store.policy_reads.load(std::sync::atomic::Ordering::SeqCst) - reads_before;
+    assert!(
+        extra <= 1,
+        "after recovery reads are served by Redis again ({extra} store reads)"
+    );
+}

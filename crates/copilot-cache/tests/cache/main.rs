@@ -1,0 +1,220 @@
+//! The cache tier against a real Redis: the conformance suite through the caching decorators
+//! with Redis up, down (nothing listening), paused (SIGSTOP) and absent (L1 only), and the
+//! regression tests of DESIGN.md section 9 that belong to the cache.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use copilot_cache::{
+    CacheTier, CachedConfigStore, CachedPolicyStore, RedisL2, RedisSettings, TierSettings,
+};
+use copilot_domain::config::{ConfigLevel, ConfigPatch, StoredPatch};
+use copilot_domain::policy::{StoredPolicy, TenantLlmPolicy};
+use copilot_domain::{TenantId, UserId};
+use copilot_store::{ConfigStore, PolicyStore, SqliteOptions, SqliteStore, StoreResult, StoreSet};
+use serde_json::json;
+
+mod faults;
+mod regressions;
+
+/// Redis of the test script, or `None` (which fails under `COPILOT_TEST_REQUIRE_SERVICES`).
+pub fn redis_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) => Some(url),
+        Err(_) => {
+            assert!(
+                std::env::var("COPILOT_TEST_REQUIRE_SERVICES").is_err(),
+                "{var} is required (run ./scripts/test.sh)"
+            );
+            eprintln!("skipped: {var} is not set (run ./scripts/test.sh)");
+            None
+        }
+    }
+}
+
+/// A key prefix no other test uses, so tests can share one Redis.
+pub fn fresh_prefix() -> String {
+    format!("test{}", uuid_like())
+}
+
+fn uuid_like() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}x{}x{}",
+        std::process::id(),
+        nanos,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub async fn sqlite() -> Arc<SqliteStore> {
+    let dir = tempfile::tempdir().expect("temp dir").keep();
+    let url = format!("sqlite://{}/cache.db", dir.display());
+    Arc::new(
+        SqliteStore::open(SqliteOptions::new(url))
+            .await
+            .expect("sqlite"),
+    )
+}
+
+/// A store that counts the policy and config reads that reach it.
+pub struct Counting {
+    pub inner: Arc<SqliteStore>,
+    pub policy_reads: AtomicUsize,
+    pub patch_reads: AtomicUsize,
+}
+
+#[async_trait]
+impl PolicyStore for Counting {
+    async fn get_policy(&self, tenant: &TenantId) -> StoreResult<Option<StoredPolicy>> {
+        self.policy_reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.get_policy(tenant).await
+    }
+    async fn put_policy(
+        &self,
+        p: &TenantLlmPolicy,
+        e: Option<u64>,
+        a: &str,
+    ) -> StoreResult<StoredPolicy> {
+        self.inner.put_policy(p, e, a).await
+    }
+    async fn delete_policy(&self, t: &TenantId, e: Option<u64>) -> StoreResult<u64> {
+        self.inner.delete_policy(t, e).await
+    }
+}
+
+#[async_trait]
+impl ConfigStore for Counting {
+    async fn get_patch(&self, level: &ConfigLevel) -> StoreResult<Option<StoredPatch>> {
+        self.patch_reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.get_patch(level).await
+    }
+    async fn put_patch(
+        &self,
+        l: &ConfigLevel,
+        p: &ConfigPatch,
+        e: Option<u64>,
+        a: &str,
+    ) -> StoreResult<StoredPatch> {
+        self.inner.put_patch(l, p, e, a).await
+    }
+    async fn merge_patch(
+        &self,
+        l: &ConfigLevel,
+        m: &serde_json::Value,
+        e: Option<u64>,
+        a: &str,
+    ) -> StoreResult<StoredPatch> {
+        self.inner.merge_patch(l, m, e, a).await
+    }
+    async fn delete_patch(&self, l: &ConfigLevel, e: Option<u64>) -> StoreResult<u64> {
+        self.inner.delete_patch(l, e).await
+    }
+}
+
+/// One instance's cache stack over a shared store.
+pub struct Stack {
+    pub policies: Arc<CachedPolicyStore>,
+    pub configs: Arc<CachedConfigStore>,
+    pub l2: Option<Arc<RedisL2>>,
+}
+
+pub fn stack(store: Arc<Counting>, redis: Option<&str>, prefix: &str) -> Stack {
+    let l2 = redis.map(|url| {
+        let mut settings = RedisSettings::new(url);
+        settings.prefix = prefix.to_owned();
+        Arc::new(RedisL2::new(&settings).expect("redis client"))
+    });
+    let tier = |name: &'static str| {
+        let mut s = TierSettings::new(name, Duration::from_secs(300));
+        s.prefix = prefix.to_owned();
+        s
+    };
+    Stack {
+        policies: Arc::new(CachedPolicyStore::new(
+            store.clone(),
+            CacheTier::new(tier("policy"), l2.clone()),
+        )),
+        configs: Arc::new(CachedConfigStore::new(
+            store,
+            CacheTier::new(tier("config"), l2.clone()),
+        )),
+        l2,
+    }
+}
+
+pub async fn counting() -> Arc<Counting> {
+    Arc::new(Counting {
+        inner: sqlite().await,
+        policy_reads: AtomicUsize::new(0),
+        patch_reads: AtomicUsize::new(0),
+    })
+}
+
+/// The stores of one cached instance: policies and configs cached, the rest straight through.
+pub async fn cached_store_set(redis: Option<&str>) -> StoreSet {
+    let store = counting().await;
+    let s = stack(store.clone(), redis, &fresh_prefix());
+    StoreSet {
+        policies: s.policies,
+        configs: s.configs,
+        conversations: store.inner.clone(),
+        members: store.inner.clone(),
+        health: store.inner.clone(),
+    }
+}
+
+pub fn policy(tenant: &TenantId, model: &str) -> TenantLlmPolicy {
+    TenantLlmPolicy::from_json(
+        &json!({"defaultModel": model, "defaultProvider": "openai"}),
+        tenant,
+    )
+    .expect("policy")
+}
+
+pub fn tenant(name: &str) -> TenantId {
+    TenantId::parse(name).expect("tenant")
+}
+
+pub fn user(name: &str) -> UserId {
+    UserId::parse(name).expect("user")
+}
+
+mod redis_up {
+    async fn make() -> Option<copilot_store::StoreSet> {
+        let url = super::redis_url("COPILOT_TEST_REDIS_URL")?;
+        Some(super::cached_store_set(Some(&url)).await)
+    }
+    copilot_store::conformance_suite!(optional make);
+}
+
+mod redis_down {
+    /// Nothing listens on port 1: every call fails at once and the breaker opens.
+    async fn make() -> copilot_store::StoreSet {
+        super::cached_store_set(Some("redis://127.0.0.1:1")).await
+    }
+    copilot_store::conformance_suite!(make);
+}
+
+mod redis_paused {
+    /// A Redis that accepts connections and never answers (SIGSTOP, kept by the test script).
+    async fn make() -> Option<copilot_store::StoreSet> {
+        let url = super::redis_url("COPILOT_TEST_REDIS_PAUSED_URL")?;
+        Some(super::cached_store_set(Some(&url)).await)
+    }
+    copilot_store::conformance_suite!(optional make);
+}
+
+mod l1_only {
+    async fn make() -> copilot_store::StoreSet {
+        super::cached_store_set(None).await
+    }
+    copilot_store::conformance_suite!(make);
+}

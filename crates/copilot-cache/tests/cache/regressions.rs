@@ -1,0 +1,311 @@
+//! DESIGN.md section 9, the cache's share: items 5, 6 and 13 (1, 3 and 10 need the server and
+//! the outage machinery: see the cache issue's note).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use copilot_domain::config::{ConfigLevel, ConfigPatch};
+use copilot_store::{ConfigStore, PolicyStore};
+use serde_json::json;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::{counting, fresh_prefix, policy, redis_url, stack, tenant, user};
+
+/// Item 6: "no policy" was never cached, so every request for a tenant without a policy hit the
+/// database.
+#[tokio::test]
+async fn regression_06_no_policy_is_cached() {
+    let redis = redis_url("COPILOT_TEST_REDIS_URL");
+    for url in [redis.as_deref(), None] {
+        let store = counting().await;
+        let s = stack(store.clone(), url, &fresh_prefix());
+        let t = tenant("no-policy");
+        for _ in 0..1000 {
+            assert!(s.policies.get_policy(&t).await.unwrap().is_none());
+        }
+        let reads = store.policy_reads.load(Ordering::SeqCst);
+        assert!(
+            reads <= 3,
+            "1000 reads reached the store {reads} times (redis: {url:?})"
+        );
+        // And a policy created later is seen at once (the write's tombstone replaces "none").
+        s.policies
+            .put_policy(&policy(&t, "m1"), None, "admin")
+            .await
+            .unwrap();
+        assert_eq!(
+            s.policies
+                .get_policy(&t)
+                .await
+                .unwrap()
+                .unwrap()
+                .policy
+                .default_model,
+            "m1"
+        );
+    }
+}
+
+/// Item 5: global and tenant config writes did not invalidate per-user cached configs. Two
+/// instances share the store and Redis; one writes, the other's users see it at once.
+#[tokio::test]
+async fn regression_05_global_and_tenant_writes_reach_every_user_at_once() {
+    let Some(url) = redis_url("COPILOT_TEST_REDIS_URL") else {
+        return;
+    };
+    let store = counting().await;
+    let prefix = fresh_prefix();
+    let writer = stack(store.clone(), Some(&url), &prefix);
+    let reader = stack(store.clone(), Some(&url), &prefix);
+    let (t1, t2) = (tenant("t1"), tenant("t2"));
+    let users = [
+        (t1.clone(), user("u1")),
+        (t1.clone(), user("u2")),
+        (t2.clone(), user("u3")),
+    ];
+    for (t, u) in &users {
+        let e = reader.configs.get_effective(t, Some(u)).await.unwrap();
+        assert_eq!(e.values.merge_max_messages, 100);
+    }
+    writer
+        .configs
+        .put_patch(
+            &ConfigLevel::Global,
+            &ConfigPatch::from_json(&json!({"mergeMaxMessages": 7})).unwrap(),
+            None,
+            "svc",
+        )
+        .await
+        .unwrap();
+    for (t, u) in &users {
+        assert_eq!(
+            reader
+                .configs
+                .get_effective(t, Some(u))
+                .await
+                .unwrap()
+                .values
+                .merge_max_messages,
+            7,
+            "{t} {u}"
+        );
+    }
+    writer
+        .configs
+        .merge_patch(
+            &ConfigLevel::Tenant(t1.clone()),
+            &json!({"mergeMaxMessages": 8}),
+            None,
+            "admin",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reader
+            .configs
+            .get_effective(&t1, Some(&user("u1")))
+            .await
+            .unwrap()
+            .values
+            .merge_max_messages,
+        8
+    );
+    assert_eq!(
+        reader
+            .configs
+            .get_effective(&t1, Some(&user("u2")))
+            .await
+            .unwrap()
+            .values
+            .merge_max_messages,
+        8
+    );
+    assert_eq!(
+        reader
+            .configs
+            .get_effective(&t2, Some(&user("u3")))
+            .await
+            .unwrap()
+            .values
+            .merge_max_messages,
+        7
+    );
+    writer
+        .configs
+        .delete_patch(&ConfigLevel::Global, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        reader
+            .configs
+            .get_effective(&t2, Some(&user("u3")))
+            .await
+            .unwrap()
+            .values
+            .merge_max_messages,
+        100
+    );
+}
+
+/// Pauses the first fill of the tier: signals `read_done`, waits for `go`.
+fn pause_first_fill(read_done: Arc<Notify>, go: Arc<Semaphore>) -> copilot_cache::tier::FillHook {
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    Arc::new(move |_key: &str| {
+        let (read_done, go, first) = (read_done.clone(), go.clone(), first.clone());
+        Box::pin(async move {
+            if first.swap(false, Ordering::SeqCst) {
+                read_done.notify_one();
+                let _ = go.acquire().await;
+            }
+        })
+    })
+}
+
+/// Item 13: a slow reader could refill the cache with an old row after a write. A reader on
+/// instance B reads the old row, is held before its fill, a write lands through instance A, then
+/// the reader fills: the old row must never be served afterwards, by either instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_13_slow_reader_never_refills_an_old_policy() {
+    let Some(url) = redis_url("COPILOT_TEST_REDIS_URL") else {
+        return;
+    };
+    for delete in [false, true] {
+        let store = counting().await;
+        let prefix = fresh_prefix();
+        let a = stack(store.clone(), Some(&url), &prefix);
+        let b = stack(store.clone(), Some(&url), &prefix);
+        let t = tenant("acme");
+        // v1 goes to the store directly, so the key is cold in the cache.
+        store
+            .inner
+            .put_policy(&policy(&t, "old"), None, "admin")
+            .await
+            .unwrap();
+        let (read_done, go) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+        b.policies
+            .tier()
+            .set_fill_hook(Some(pause_first_fill(read_done.clone(), go.clone())));
+        let slow = {
+            let (b, t) = (b.policies.clone(), t.clone());
+            tokio::spawn(async move { b.get_policy(&t).await.unwrap() })
+        };
+        read_done.notified().await;
+        if delete {
+            a.policies.delete_policy(&t, None).await.unwrap();
+        } else {
+            a.policies
+                .put_policy(&policy(&t, "new"), None, "admin")
+                .await
+                .unwrap();
+        }
+        go.add_permits(1);
+        let seen_by_slow = slow.await.unwrap();
+        assert_eq!(
+            seen_by_slow.unwrap().policy.default_model,
+            "old",
+            "the slow read started before the write"
+        );
+        for _ in 0..3 {
+            for instance in [&a, &b] {
+                let now = instance.policies.get_policy(&t).await.unwrap();
+                match delete {
+                    true => assert!(now.is_none(), "a deleted policy came back from the cache"),
+                    false => assert_eq!(
+                        now.unwrap().policy.default_model,
+                        "new",
+                        "an old row was served after the write"
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// Item 13 for the config levels: the same race on the global level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_13_slow_reader_never_refills_an_old_config_level() {
+    let Some(url) = redis_url("COPILOT_TEST_REDIS_URL") else {
+        return;
+    };
+    let store = counting().await;
+    let prefix = fresh_prefix();
+    let a = stack(store.clone(), Some(&url), &prefix);
+    let b = stack(store.clone(), Some(&url), &prefix);
+    let old = ConfigPatch::from_json(&json!({"pathMaxMessages": 1})).unwrap();
+    store
+        .inner
+        .put_patch(&ConfigLevel::Global, &old, None, "svc")
+        .await
+        .unwrap();
+    let (read_done, go) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+    b.configs
+        .tier()
+        .set_fill_hook(Some(pause_first_fill(read_done.clone(), go.clone())));
+    let slow = {
+        let b = b.configs.clone();
+        tokio::spawn(async move {
+            b.get_effective(&tenant("acme"), Some(&user("u1")))
+                .await
+                .unwrap()
+        })
+    };
+    read_done.notified().await;
+    let new = ConfigPatch::from_json(&json!({"pathMaxMessages": 2})).unwrap();
+    a.configs
+        .put_patch(&ConfigLevel::Global, &new, None, "svc")
+        .await
+        .unwrap();
+    go.add_permits(3);
+    assert_eq!(slow.await.unwrap().values.path_max_messages, 1);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    for instance in [&a, &b] {
+        let e = instance
+            .configs
+            .get_effective(&tenant("acme"), Some(&user("u1")))
+            .await
+            .unwrap();
+        assert_eq!(
+            e.values.path_max_messages, 2,
+            "an old global level was served after the write"
+        );
+    }
+}
+
+/// Concurrent misses of one key in one process share one store read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn single_flight_shares_one_store_read() {
+    let Some(url) = redis_url("COPILOT_TEST_REDIS_URL") else {
+        return;
+    };
+    let store = counting().await;
+    let s = Arc::new(stack(store.clone(), Some(&url), &fresh_prefix()));
+    let t = tenant("acme");
+    store
+        .inner
+        .put_policy(&policy(&t, "m"), None, "admin")
+        .await
+        .unwrap();
+    let (read_done, go) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+    s.policies
+        .tier()
+        .set_fill_hook(Some(pause_first_fill(read_done.clone(), go.clone())));
+    let mut readers = Vec::new();
+    for _ in 0..20 {
+        let (s, t) = (s.clone(), t.clone());
+        readers.push(tokio::spawn(async move {
+            s.policies.get_policy(&t).await.unwrap().unwrap().version
+        }));
+    }
+    read_done.notified().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    go.add_permits(1);
+    for r in readers {
+        r.await.unwrap();
+    }
+    assert_eq!(
+        store.policy_reads.load(Ordering::SeqCst),
+        1,
+        "20 concurrent misses, one store read"
+    );
+}
