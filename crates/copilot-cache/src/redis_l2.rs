@@ -216,6 +216,29 @@ impl RedisL2 {
         .map(|stored| stored == 1)
     }
 
+    /// A plain `GET` (`Some(None)`: no such key).
+    pub async fn get(&self, key: &str) -> Option<Option<String>> {
+        let mut conn = self.connection.clone();
+        self.call("get", async move {
+            redis::cmd("GET").arg(key).query_async(&mut conn).await
+        })
+        .await
+    }
+
+    /// A plain `SET` without expiry; `false` when it could not be done.
+    pub async fn set(&self, key: &str, value: &str) -> bool {
+        let mut conn = self.connection.clone();
+        self.call("set", async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .query_async::<Value>(&mut conn)
+                .await
+        })
+        .await
+        .is_some()
+    }
+
     /// `PING`, for readiness reports and breaker probes.
     pub async fn ping(&self) -> bool {
         let mut conn = self.connection.clone();

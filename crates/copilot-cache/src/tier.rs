@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -92,6 +93,10 @@ pub struct CacheTier<T> {
     /// keys until a newer fill or the tombstone lands.
     pending: Arc<Mutex<HashMap<String, u64>>>,
     fill_hook: Mutex<Option<FillHook>>,
+    /// The global kill switch (shared by every tier of the process).
+    enabled: Arc<AtomicBool>,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 type Flight<T> = Arc<tokio::sync::Mutex<Option<Option<Arc<T>>>>>;
@@ -115,7 +120,30 @@ where
             flights: Mutex::new(HashMap::new()),
             pending: Arc::new(Mutex::new(HashMap::new())),
             fill_hook: Mutex::new(None),
+            enabled: Arc::new(AtomicBool::new(true)),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
+    }
+
+    /// Shares the process's global kill switch: while it is off, reads go straight to the store
+    /// and nothing is filled; writes still send their tombstones, so nothing stale is left
+    /// behind for when it is switched on again.
+    pub fn with_switch(mut self, enabled: Arc<AtomicBool>) -> Self {
+        self.enabled = enabled;
+        self
+    }
+
+    /// Hits (L1 or L2) and misses (store reads) since start.
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    fn is_on(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
     }
 
     pub fn settings(&self) -> &TierSettings {
@@ -196,10 +224,17 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = StoreResult<Option<(u64, T)>>>,
     {
+        if !self.is_on() {
+            self.count("store", "bypass");
+            return Ok(load().await?.map(|(_, value)| Arc::new(value)));
+        }
         let keys = [key.to_owned()];
         let mut found = self.lookup_cached(&keys).await;
         match found.pop() {
-            Some(Lookup::Hit(value)) => Ok(value),
+            Some(Lookup::Hit(value)) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Ok(value)
+            }
             _ => self.load_and_fill(key, load).await,
         }
     }
@@ -214,11 +249,21 @@ where
         F: Fn(usize) -> Fut,
         Fut: Future<Output = StoreResult<Option<(u64, T)>>>,
     {
-        let found = self.lookup_cached(keys).await;
         let mut out = Vec::with_capacity(keys.len());
+        if !self.is_on() {
+            self.count("store", "bypass");
+            for i in 0..keys.len() {
+                out.push(load(i).await?.map(|(_, value)| Arc::new(value)));
+            }
+            return Ok(out);
+        }
+        let found = self.lookup_cached(keys).await;
         for (i, lookup) in found.into_iter().enumerate() {
             out.push(match lookup {
-                Lookup::Hit(value) => value,
+                Lookup::Hit(value) => {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    value
+                }
                 Lookup::Miss => self.load_and_fill(&keys[i], || load(i)).await?,
             });
         }
@@ -297,6 +342,7 @@ where
                 Lookup::Hit(value) => Ok(value),
                 Lookup::Miss => {
                     self.count("store", "read");
+                    self.misses.fetch_add(1, Ordering::Relaxed);
                     match load().await {
                         Ok(loaded) => {
                             let hook = self
@@ -334,6 +380,9 @@ where
     /// Puts a row read from the store (or just written) into L1 and L2, never lowering a
     /// key's version.
     pub async fn fill(&self, key: &str, entry: Entry<T>) {
+        if !self.is_on() {
+            return;
+        }
         if self.l1_trusted() {
             self.l1_store(key, entry.clone());
         }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use copilot_cache::{
-    CacheTier, CachedConfigStore, CachedPolicyStore, RedisL2, RedisSettings, TierSettings,
+    CacheControl, CacheFlags, CacheSettings, CacheTier, CachedConfigStore, CachedPolicyStore,
+    RedisL2, RedisSettings, TierSettings,
 };
 use copilot_domain::config::{ConfigLevel, ConfigPatch, StoredPatch};
 use copilot_domain::policy::{StoredPolicy, TenantLlmPolicy};
@@ -158,17 +159,25 @@ pub async fn counting() -> Arc<Counting> {
     })
 }
 
-/// The stores of one cached instance: policies and configs cached, the rest straight through.
+/// The stores of one cached instance built by the factory: all four decorators (conversation
+/// caching switched on too) over SQLite.
 pub async fn cached_store_set(redis: Option<&str>) -> StoreSet {
-    let store = counting().await;
-    let s = stack(store.clone(), redis, &fresh_prefix());
-    StoreSet {
-        policies: s.policies,
-        configs: s.configs,
-        conversations: store.inner.clone(),
-        members: store.inner.clone(),
-        health: store.inner.clone(),
-    }
+    let base = StoreSet::from_backend(sqlite().await);
+    let prefix = fresh_prefix();
+    let settings = CacheSettings {
+        redis: redis.map(|url| {
+            let mut r = RedisSettings::new(url);
+            r.prefix = prefix.clone();
+            r
+        }),
+        flags: CacheFlags {
+            conversation: true,
+            ..Default::default()
+        },
+        prefix,
+        ..Default::default()
+    };
+    CacheControl::build(base, settings).expect("cache").0
 }
 
 pub fn policy(tenant: &TenantId, model: &str) -> TenantLlmPolicy {

@@ -1,0 +1,298 @@
+//! Chooses the caching decorators from configuration (DESIGN.md 5.4) and holds the run-time
+//! kill switch that every instance follows.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use copilot_store::StoreSet;
+use serde::Serialize;
+
+use crate::breaker::BreakerState;
+use crate::redis_l2::{RedisL2, RedisSettings};
+use crate::tier::{CacheTier, TierSettings};
+use crate::{CachedConfigStore, CachedConversationStore, CachedMembershipStore, CachedPolicyStore};
+
+/// The flags of DESIGN.md 5.4, as configured at start.
+#[derive(Clone, Debug)]
+pub struct CacheFlags {
+    /// `ENABLE_REDIS_CACHING`: the global switch over all six.
+    pub global: bool,
+    pub policy: bool,
+    pub config: bool,
+    pub conversation: bool,
+    pub auth: bool,
+    pub rate_limiter: bool,
+    pub events: bool,
+}
+
+impl Default for CacheFlags {
+    fn default() -> Self {
+        Self {
+            global: true,
+            policy: true,
+            config: true,
+            conversation: false,
+            auth: true,
+            rate_limiter: true,
+            events: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct CacheSettings {
+    /// `None`: Redis is not configured (in-process caches only).
+    pub redis: Option<RedisSettings>,
+    pub flags: CacheFlags,
+    pub prefix: String,
+    pub policy_ttl: Duration,
+    pub config_ttl: Duration,
+    pub conversation_ttl: Duration,
+    pub auth_ttl: Duration,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            redis: None,
+            flags: CacheFlags::default(),
+            prefix: "copilot".into(),
+            policy_ttl: Duration::from_secs(300),
+            config_ttl: Duration::from_secs(300),
+            conversation_ttl: Duration::from_secs(60),
+            auth_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `GET /v1/admin/cache`, one cache.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheReport {
+    pub enabled: bool,
+    pub hits: u64,
+    pub misses: u64,
+    pub hit_ratio: f64,
+}
+
+/// `GET /v1/admin/cache`.
+#[derive(Clone, Debug, Serialize)]
+pub struct CacheState {
+    pub enabled: bool,
+    /// `ok`, `degraded` or `disabled`.
+    pub redis: &'static str,
+    /// `closed`, `open` or `half-open`.
+    pub breaker: &'static str,
+    pub caches: std::collections::BTreeMap<&'static str, CacheReport>,
+}
+
+type Stats = Arc<dyn Fn() -> (u64, u64) + Send + Sync>;
+
+/// The process's caches: their switch, their Redis and their counters.
+pub struct CacheControl {
+    switch: Arc<AtomicBool>,
+    l2: Option<Arc<RedisL2>>,
+    settings: CacheSettings,
+    stats: Vec<(&'static str, Stats)>,
+}
+
+/// The Redis key that carries the global switch between instances.
+fn switch_key(prefix: &str) -> String {
+    format!("{prefix}:v1:global:cache-enabled")
+}
+
+impl CacheControl {
+    /// Wraps `stores` with the caches the flags turn on.
+    pub fn build(
+        stores: StoreSet,
+        settings: CacheSettings,
+    ) -> Result<(StoreSet, Arc<CacheControl>), redis::RedisError> {
+        let l2 = match &settings.redis {
+            Some(redis) => Some(Arc::new(RedisL2::new(redis)?)),
+            None => None,
+        };
+        let switch = Arc::new(AtomicBool::new(settings.flags.global));
+        let tier = |name: &'static str, ttl: Duration| {
+            let mut s = TierSettings::new(name, ttl);
+            s.prefix = settings.prefix.clone();
+            s
+        };
+        let mut out = stores.clone();
+        let mut stats: Vec<(&'static str, Stats)> = Vec::new();
+        let flags = &settings.flags;
+        if flags.policy {
+            let tier = CacheTier::new(tier("policy", settings.policy_ttl), l2.clone())
+                .with_switch(switch.clone());
+            let cached = Arc::new(CachedPolicyStore::new(stores.policies.clone(), tier));
+            let c = cached.clone();
+            stats.push(("policy", Arc::new(move || c.tier().stats())));
+            out.policies = cached;
+        }
+        if flags.config {
+            let tier = CacheTier::new(tier("config", settings.config_ttl), l2.clone())
+                .with_switch(switch.clone());
+            let cached = Arc::new(CachedConfigStore::new(stores.configs.clone(), tier));
+            let c = cached.clone();
+            stats.push(("config", Arc::new(move || c.tier().stats())));
+            out.configs = cached;
+        }
+        if flags.conversation {
+            let tier = CacheTier::new(tier("conversation", settings.conversation_ttl), l2.clone())
+                .with_switch(switch.clone());
+            let cached = Arc::new(CachedConversationStore::new(
+                stores.conversations.clone(),
+                tier,
+            ));
+            let c = cached.clone();
+            stats.push(("conversation", Arc::new(move || c.tier().stats())));
+            out.conversations = cached;
+        }
+        if flags.auth {
+            let mut s = tier("auth", settings.auth_ttl);
+            s.negative_ttl = s.negative_ttl.min(Duration::from_secs(30));
+            let tier = CacheTier::new(s, l2.clone()).with_switch(switch.clone());
+            let cached = Arc::new(CachedMembershipStore::new(stores.members.clone(), tier));
+            let c = cached.clone();
+            stats.push(("auth", Arc::new(move || c.tier().stats())));
+            out.members = cached;
+        }
+        Ok((
+            out,
+            Arc::new(Self {
+                switch,
+                l2,
+                settings,
+                stats,
+            }),
+        ))
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.switch.load(Ordering::Relaxed)
+    }
+
+    /// Flips the global switch here and, through Redis, on every instance.
+    pub async fn set_enabled(&self, enabled: bool) {
+        self.switch.store(enabled, Ordering::Relaxed);
+        if let Some(l2) = &self.l2 {
+            l2.set(
+                &switch_key(&self.settings.prefix),
+                if enabled { "1" } else { "0" },
+            )
+            .await;
+        }
+    }
+
+    /// Reads the shared switch now and then every `every` (a new instance follows the fleet at
+    /// start; a flip elsewhere reaches this instance within `every`).
+    pub fn follow_switch(self: &Arc<Self>, every: Duration) {
+        let Some(l2) = self.l2.clone() else { return };
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(control) = me.upgrade() else { return };
+                if let Some(Some(value)) = l2.get(&switch_key(&control.settings.prefix)).await {
+                    control.switch.store(value != "0", Ordering::Relaxed);
+                }
+                drop(control);
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    /// Whether a Redis use is active: global switch AND its own flag AND Redis configured.
+    fn redis_use(&self, own_flag: bool) -> bool {
+        self.enabled() && own_flag && self.l2.is_some()
+    }
+
+    pub fn redis_status(&self) -> &'static str {
+        match &self.l2 {
+            None => "disabled",
+            Some(l2) if l2.breaker_state() == BreakerState::Closed => "ok",
+            Some(_) => "degraded",
+        }
+    }
+
+    pub fn state(&self) -> CacheState {
+        let flags = &self.settings.flags;
+        let mut caches = std::collections::BTreeMap::new();
+        for (name, flag) in [
+            ("policy", flags.policy),
+            ("config", flags.config),
+            ("conversation", flags.conversation),
+            ("auth", flags.auth),
+            ("rateLimiter", flags.rate_limiter),
+            ("events", flags.events),
+        ] {
+            let (hits, misses) = self
+                .stats
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or((0, 0), |(_, s)| s());
+            let built = self.stats.iter().any(|(n, _)| *n == name);
+            let total = hits + misses;
+            caches.insert(
+                name,
+                CacheReport {
+                    // Caches of this build: on when the flags say so (L1 alone without Redis).
+                    // The Redis rate limiter and event hubs are not built yet: reported off.
+                    enabled: built && self.enabled() && flag,
+                    hits,
+                    misses,
+                    hit_ratio: if total == 0 {
+                        0.0
+                    } else {
+                        hits as f64 / total as f64
+                    },
+                },
+            );
+        }
+        CacheState {
+            enabled: self.enabled(),
+            redis: self.redis_status(),
+            breaker: self
+                .l2
+                .as_ref()
+                .map_or(BreakerState::Closed, |l2| l2.breaker_state())
+                .as_str(),
+            caches,
+        }
+    }
+
+    /// One line per cache, for the start-up banner.
+    pub fn describe(&self) -> Vec<String> {
+        let flags = &self.settings.flags;
+        let redis = if self.l2.is_some() {
+            "configured"
+        } else {
+            "not configured (REDIS_URL unset)"
+        };
+        let mut lines = vec![format!(
+            "global switch ENABLE_REDIS_CACHING={}; Redis {redis}",
+            flags.global
+        )];
+        for (name, flag, var) in [
+            ("policy", flags.policy, "ENABLE_LLM_POLICY_CACHE"),
+            ("config", flags.config, "ENABLE_CONVERSATION_CONFIG_CACHE"),
+            (
+                "conversation",
+                flags.conversation,
+                "ENABLE_CONVERSATION_CACHING",
+            ),
+            ("auth", flags.auth, "ENABLE_AUTH_VALIDATION_CACHE"),
+        ] {
+            let tiers = match (self.enabled() && flag, self.redis_use(flag)) {
+                (false, _) => "off".to_owned(),
+                (true, true) => "Redis L2".to_owned(),
+                (true, false) => "in-process L1 only".to_owned(),
+            };
+            lines.push(format!("{name} cache: {tiers} ({var}={flag})"));
+        }
+        lines.push(format!(
+            "rate limiter and event hubs: in-process (Redis variants not built yet; flags {} / {})",
+            flags.rate_limiter, flags.events
+        ));
+        lines
+    }
+}

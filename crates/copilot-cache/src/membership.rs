@@ -1,0 +1,87 @@
+//! The auth validation cache: the caching decorator of [`MembershipStore`]. Positive and
+//! negative answers are cached (negative ones for the short negative TTL), store errors never
+//! are, and a membership change or suspension invalidates the key at once
+//! (DESIGN.md section 9, item 12).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use copilot_domain::membership::{Membership, MembershipInput};
+use copilot_domain::{TenantId, UserId};
+use copilot_store::{MembershipStore, StoreResult};
+
+use crate::entry::Entry;
+use crate::tier::CacheTier;
+
+pub struct CachedMembershipStore {
+    inner: Arc<dyn MembershipStore>,
+    tier: CacheTier<Membership>,
+}
+
+impl CachedMembershipStore {
+    pub fn new(inner: Arc<dyn MembershipStore>, tier: CacheTier<Membership>) -> Self {
+        Self { inner, tier }
+    }
+
+    pub fn tier(&self) -> &CacheTier<Membership> {
+        &self.tier
+    }
+
+    fn key(&self, tenant: &TenantId, user: &UserId) -> String {
+        self.tier
+            .settings()
+            .tenant_key(tenant.as_str(), &format!("member:{user}"))
+    }
+}
+
+#[async_trait]
+impl MembershipStore for CachedMembershipStore {
+    async fn get_membership(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+    ) -> StoreResult<Option<Membership>> {
+        let found = self
+            .tier
+            .get(&self.key(tenant, user), || async {
+                Ok(self
+                    .inner
+                    .get_membership(tenant, user)
+                    .await?
+                    .map(|m| (m.version, m)))
+            })
+            .await?;
+        Ok(found.map(|m| m.as_ref().clone()))
+    }
+
+    async fn put_membership(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        input: &MembershipInput,
+    ) -> StoreResult<Membership> {
+        let stored = self.inner.put_membership(tenant, user, input).await?;
+        let key = self.key(tenant, user);
+        self.tier.invalidate(&key, stored.version).await;
+        self.tier
+            .fill(
+                &key,
+                Entry::Value {
+                    version: stored.version,
+                    value: Arc::new(stored.clone()),
+                },
+            )
+            .await;
+        Ok(stored)
+    }
+
+    async fn delete_membership(&self, tenant: &TenantId, user: &UserId) -> StoreResult<u64> {
+        let version = self.inner.delete_membership(tenant, user).await?;
+        self.tier.invalidate(&self.key(tenant, user), version).await;
+        Ok(version)
+    }
+
+    async fn list_members(&self, tenant: &TenantId) -> StoreResult<Vec<Membership>> {
+        self.inner.list_members(tenant).await
+    }
+}
