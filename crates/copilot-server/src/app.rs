@@ -11,7 +11,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
-use crate::routes::{config, conversations, health, members, policy};
+use crate::routes::{admin, config, conversations, health, members, policy};
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
@@ -71,6 +71,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/tenants/{t}/members/{u}",
             put(members::put).delete(members::delete),
+        )
+        .route(
+            "/v1/admin/cache",
+            get(admin::get_cache).put(admin::put_cache),
         )
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

@@ -6,11 +6,21 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use copilot_cache::CacheControl;
 use copilot_domain::TenantId;
 use copilot_server::auth::{Authenticator, TokenRole, issue_token};
 use copilot_server::settings::{Overrides, Settings};
 use copilot_server::state::{AppState, ServiceSettings};
 use copilot_server::{open_stores, secret, serve, telemetry};
+
+/// Prints to stdout, ignoring a closed pipe: whoever started `serve` may stop reading its banner,
+/// and that must never take the service down.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 #[derive(Parser)]
 #[command(
@@ -172,6 +182,9 @@ async fn run_serve(settings: Settings) -> Result<()> {
     let stores = open_stores(&settings)
         .await
         .context("cannot open the store")?;
+    let (stores, cache) =
+        CacheControl::build(stores, settings.cache.clone()).context("REDIS_URL")?;
+    cache.follow_switch(std::time::Duration::from_millis(500));
     let secret = if settings.jwt.secret.is_none() && settings.jwt.jwks_file.is_some() {
         None
     } else {
@@ -188,11 +201,15 @@ async fn run_serve(settings: Settings) -> Result<()> {
             store_timeout: settings.store_timeout,
         }),
         metrics: telemetry::prometheus(),
+        cache: cache.clone(),
     };
     let listener = tokio::net::TcpListener::bind(settings.bind)
         .await
         .with_context(|| format!("cannot listen on {}", settings.bind))?;
     let address = listener.local_addr()?;
+    for line in cache.describe() {
+        say!("  cache: {line}");
+    }
     print_banner(&settings, address, secret.as_ref());
     serve(listener, state, shutdown_signal()).await?;
     tracing::info!("shut down cleanly");
@@ -200,32 +217,29 @@ async fn run_serve(settings: Settings) -> Result<()> {
 }
 
 fn print_banner(settings: &Settings, address: SocketAddr, secret: Option<&(String, bool)>) {
-    println!("copilot-state listening on http://{address}");
-    println!("  store: {}", redact(&settings.database_url));
-    println!("  cache: in-process only (Redis caching arrives with the cache tier)");
-    println!("  memberships required: {}", settings.require_membership);
+    say!("copilot-state listening on http://{address}");
+    say!("  store: {}", redact(&settings.database_url));
+    say!("  memberships required: {}", settings.require_membership);
     if let (Some((secret, created)), None) = (secret, &settings.jwt.secret) {
         if *created {
-            println!(
+            say!(
                 "  generated a JWT secret in {} (mode 0600)",
                 settings.secret_file().display()
             );
         } else {
-            println!("  JWT secret: {}", settings.secret_file().display());
+            say!("  JWT secret: {}", settings.secret_file().display());
         }
         let demo = TenantId::parse("demo").ok();
         if let Ok(token) = issue_token(secret, None, "admin", TokenRole::Service, 24 * 3600) {
-            println!("\nAdmin (service) token, valid 24 h:\n\n  export TOKEN={token}\n");
-            println!(
+            say!("\nAdmin (service) token, valid 24 h:\n\n  export TOKEN={token}\n");
+            say!(
                 "Try it:\n\n  curl -s -H \"Authorization: Bearer $TOKEN\" http://{address}/v1/tenants/demo/config/effective\n"
             );
         }
         if let Some(token) = demo
             .and_then(|t| issue_token(secret, Some(&t), "alice", TokenRole::Admin, 24 * 3600).ok())
         {
-            println!(
-                "A tenant-admin token for user alice in tenant demo:\n\n  export ALICE={token}\n"
-            );
+            say!("A tenant-admin token for user alice in tenant demo:\n\n  export ALICE={token}\n");
         }
     }
 }
@@ -267,15 +281,27 @@ async fn doctor(settings: Settings) -> Result<()> {
         .await
         .context("database: does not answer")?;
     println!("database: ok ({} ms)", started.elapsed().as_millis());
-    match &settings.redis_url {
-        None => println!("redis: disabled (REDIS_URL is not set)"),
-        Some(url) => println!(
-            "redis: {} configured, but this build does not use Redis yet",
-            redact(url)
-        ),
+    let (_, cache) = CacheControl::build(stores, settings.cache.clone()).context("REDIS_URL")?;
+    match (&settings.redis_url, &settings.cache.redis) {
+        (Some(url), Some(redis)) => {
+            let l2 = copilot_cache::RedisL2::new(redis).context("REDIS_URL")?;
+            // The first call also connects: give it a few tries within its deadline.
+            let mut answered = false;
+            for _ in 0..3 {
+                answered = answered || l2.ping().await;
+            }
+            if !answered {
+                bail!(
+                    "redis: {} does not answer within REDIS_TIMEOUT_MS",
+                    redact(url)
+                );
+            }
+            println!("redis: ok ({})", redact(url));
+        }
+        _ => println!("redis: disabled (REDIS_URL is not set)"),
     }
-    if settings.redis_url.is_some() && settings.is_sqlite() {
-        bail!("REDIS_URL is set but this build has no Redis cache tier yet");
+    for line in cache.describe() {
+        println!("cache: {line}");
     }
     Ok(())
 }

@@ -190,6 +190,34 @@ pub struct ConfigPatchInput {
     updated_by: Option<String>,
 }
 
+/// `PUT /v1/admin/cache`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSwitchInput {
+    enabled: bool,
+}
+
+/// One cache in `GET /v1/admin/cache`.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheReportDoc {
+    enabled: bool,
+    hits: u64,
+    misses: u64,
+    hit_ratio: f64,
+}
+
+/// `GET /v1/admin/cache`: the global switch, Redis (`ok`, `degraded`, `disabled`), the breaker
+/// (`closed`, `open`, `half-open`) and every cache (`policy`, `config`, `conversation`, `auth`,
+/// `rateLimiter`, `events`).
+#[derive(Deserialize, ToSchema)]
+pub struct CacheStateDoc {
+    enabled: bool,
+    redis: String,
+    breaker: String,
+    caches: BTreeMap<String, CacheReportDoc>,
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "copilot-state", description = "Shared state layer of a multi-tenant LLM copilot: \
@@ -205,13 +233,14 @@ pub struct ConfigPatchInput {
         routes::conversations::update, routes::conversations::delete,
         routes::conversations::append, routes::conversations::messages, routes::conversations::delete_message,
         routes::members::list, routes::members::put, routes::members::delete,
+        routes::admin::get_cache, routes::admin::put_cache,
     ),
     components(schemas(
         Problem, FieldError, EgressMode, EgressModeInput, StoredPolicy, LlmTaskPolicy, UserEgressPolicy, Route,
         RouteSource, EgressDecision, ConfigPatch, ConfigPatchInput, ConfigValues, ConfigSources, ConfigSource, LevelVersions,
         EffectiveConfig, StoredPatchView, MergeCompressionStrategy, PathCompressionStrategy, Conversation,
         ConversationPage, Message, MessagePage, MessageRole, ShareAudience, TenantAccess, Membership,
-        MembershipStatus, TenantRole,
+        MembershipStatus, TenantRole, CacheSwitchInput, CacheReportDoc, CacheStateDoc,
     )),
     modifiers(&BearerSecurity, &ProblemResponses),
     tags(

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use copilot_cache::{CacheFlags, CacheSettings, RedisSettings};
 use copilot_domain::conversation::DEFAULT_MAX_MESSAGE_BYTES;
 use copilot_domain::egress::EgressMode;
 use copilot_domain::policy::is_valid_provider;
@@ -74,6 +75,8 @@ pub struct Settings {
     /// Deadline of every store call made by a request (`COPILOT_STORE_TIMEOUT_MS`).
     pub store_timeout: Duration,
     pub postgres: PostgresSettings,
+    /// DESIGN.md 5.4: Redis, the seven flags, TTLs.
+    pub cache: CacheSettings,
 }
 
 /// Connection settings used when `DATABASE_URL` is `postgres://`.
@@ -195,7 +198,53 @@ impl Settings {
             )?),
             transaction_pooler: bool_var("COPILOT_PG_TRANSACTION_POOLER", false)?,
         };
+        let flags = CacheFlags {
+            global: bool_var("ENABLE_REDIS_CACHING", true)?,
+            policy: bool_var("ENABLE_LLM_POLICY_CACHE", true)?,
+            config: bool_var("ENABLE_CONVERSATION_CONFIG_CACHE", true)?,
+            conversation: bool_var("ENABLE_CONVERSATION_CACHING", false)?,
+            auth: bool_var("ENABLE_AUTH_VALIDATION_CACHE", true)?,
+            rate_limiter: bool_var("ENABLE_RATE_LIMITER_REDIS", true)?,
+            events: bool_var("ENABLE_REDIS_EVENT_HUBS", true)?,
+        };
+        let prefix = var("COPILOT_CACHE_PREFIX").unwrap_or_else(|| "copilot".to_owned());
+        if !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+            || prefix.len() > 64
+        {
+            return Err(invalid(
+                "COPILOT_CACHE_PREFIX",
+                "must be 1-64 characters of [A-Za-z0-9._-]",
+            ));
+        }
+        let seconds = |name: &str, default: u64| {
+            number_var(name, default, 1..=86_400).map(Duration::from_secs)
+        };
+        let redis = match &redis_url {
+            None => None,
+            Some(url) => {
+                let mut settings = RedisSettings::new(with_password(
+                    url,
+                    var("REDIS_PASSWORD").or_else(|| var("REDIS_TOKEN")),
+                ));
+                settings.prefix = prefix.clone();
+                settings.timeout =
+                    Duration::from_millis(number_var("REDIS_TIMEOUT_MS", 50, 1..=10_000)?);
+                Some(settings)
+            }
+        };
+        let cache = CacheSettings {
+            redis,
+            flags,
+            prefix,
+            policy_ttl: seconds("POLICY_CACHE_TTL_SECONDS", 300)?,
+            config_ttl: seconds("CONFIG_CACHE_TTL_SECONDS", 300)?,
+            conversation_ttl: seconds("CONVERSATION_CACHE_TTL_SECONDS", 60)?,
+            auth_ttl: seconds("AUTH_CACHE_TTL_SECONDS", 300)?,
+        };
         Ok(Self {
+            cache,
             store_timeout,
             postgres,
             bind,
@@ -224,6 +273,16 @@ impl Settings {
             Some(path) => PathBuf::from(format!("{path}.jwt-secret")),
             None => PathBuf::from("copilot-state.jwt-secret"),
         }
+    }
+}
+
+/// Puts `REDIS_PASSWORD` / `REDIS_TOKEN` into a URL that carries no credentials.
+fn with_password(url: &str, password: Option<String>) -> String {
+    match (password, url.split_once("://")) {
+        (Some(password), Some((scheme, rest))) if !rest.contains('@') => {
+            format!("{scheme}://:{password}@{rest}")
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -286,6 +345,64 @@ mod tests {
         .unwrap();
         assert_eq!(s.database_url, "sqlite://flag.db");
         assert_eq!(s.bind.port(), 1);
+    }
+
+    /// DESIGN.md section 9, item 3: the kill switch did nothing and flags accepted only
+    /// lowercase `false`.
+    #[test]
+    fn regression_03_cache_flags_parse_strictly() {
+        for off in ["False", "0", "off", "NO", "false"] {
+            let s = load(&[("ENABLE_REDIS_CACHING", off)], Overrides::default()).unwrap();
+            assert!(!s.cache.flags.global, "{off}");
+        }
+        let s = load(
+            &[
+                ("ENABLE_CONVERSATION_CACHING", "Yes"),
+                ("ENABLE_LLM_POLICY_CACHE", "OFF"),
+            ],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(s.cache.flags.conversation && !s.cache.flags.policy && s.cache.flags.global);
+        for name in [
+            "ENABLE_REDIS_CACHING",
+            "ENABLE_LLM_POLICY_CACHE",
+            "ENABLE_CONVERSATION_CONFIG_CACHE",
+            "ENABLE_CONVERSATION_CACHING",
+            "ENABLE_AUTH_VALIDATION_CACHE",
+            "ENABLE_RATE_LIMITER_REDIS",
+            "ENABLE_REDIS_EVENT_HUBS",
+        ] {
+            let err = load(&[(name, "maybe")], Overrides::default()).unwrap_err();
+            assert_eq!(err.variable, name);
+        }
+    }
+
+    #[test]
+    fn redis_settings_from_the_environment() {
+        let s = load(
+            &[
+                ("REDIS_URL", "redis://cache:6379"),
+                ("REDIS_PASSWORD", "pw"),
+                ("REDIS_TIMEOUT_MS", "20"),
+                ("COPILOT_CACHE_PREFIX", "staging"),
+            ],
+            Overrides::default(),
+        )
+        .unwrap();
+        let redis = s.cache.redis.unwrap();
+        assert_eq!(redis.url, "redis://:pw@cache:6379");
+        assert_eq!(redis.timeout, Duration::from_millis(20));
+        assert_eq!(redis.prefix, "staging");
+        assert!(
+            load(&[], Overrides::default())
+                .unwrap()
+                .cache
+                .redis
+                .is_none()
+        );
+        assert!(load(&[("COPILOT_CACHE_PREFIX", "a b")], Overrides::default()).is_err());
+        assert!(load(&[("POLICY_CACHE_TTL_SECONDS", "0")], Overrides::default()).is_err());
     }
 
     #[test]

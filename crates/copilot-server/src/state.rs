@@ -2,6 +2,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use copilot_cache::CacheControl;
 use copilot_domain::route::RouterDefaults;
 use copilot_store::{StoreResult, StoreSet};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -25,6 +26,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub service: Arc<ServiceSettings>,
     pub metrics: Option<PrometheusHandle>,
+    /// The caches in front of `stores`: their state and the kill switch.
+    pub cache: Arc<CacheControl>,
 }
 
 impl AppState {

@@ -42,7 +42,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         Ok(Ok(())) => axum::Json(Readiness {
             status: "ready",
             store: "ok",
-            redis: "disabled",
+            redis: state.cache.redis_status(),
         })
         .into_response(),
         _ => ApiError::StoreUnavailable.into_response(),

@@ -2,6 +2,7 @@
 //! traits and answers; none talks to SQL or Redis directly, and errors map to HTTP in
 //! `crate::error` only.
 
+pub mod admin;
 pub mod config;
 pub mod conversations;
 pub mod health;

@@ -1,6 +1,7 @@
 //! HTTP tests against the real server on a real TCP port over a real SQLite file.
 
 mod access_table;
+mod cache;
 mod cli;
 mod config;
 mod conversations;
@@ -11,6 +12,7 @@ mod postgres_faults;
 
 use std::sync::Arc;
 
+use copilot_cache::{CacheControl, CacheFlags, CacheSettings};
 use copilot_domain::TenantId;
 use copilot_domain::route::RouterDefaults;
 use copilot_server::auth::{Authenticator, TokenRole, issue_token};
@@ -144,6 +146,17 @@ impl TestServer {
         Self::start_over(store, Self::default_settings(require_membership)).await
     }
 
+    /// In-process caches for every store, as a single instance without Redis runs.
+    pub fn default_cache() -> CacheSettings {
+        CacheSettings {
+            flags: CacheFlags {
+                conversation: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
     pub fn default_settings(require_membership: bool) -> ServiceSettings {
         ServiceSettings {
             router: RouterDefaults {
@@ -160,8 +173,20 @@ impl TestServer {
 
     /// Serves `store` with `settings` on a fresh loopback port.
     pub async fn start_over(store: TestStore, settings: ServiceSettings) -> Self {
+        Self::start_cached(store, settings, Self::default_cache()).await
+    }
+
+    /// Serves `store` behind the caches `cache` describes.
+    pub async fn start_cached(
+        store: TestStore,
+        settings: ServiceSettings,
+        cache: CacheSettings,
+    ) -> Self {
+        let (stores, cache) = CacheControl::build(store.set(), cache).expect("cache");
+        cache.follow_switch(std::time::Duration::from_millis(100));
         let state = AppState {
-            stores: store.set(),
+            cache,
+            stores,
             auth: Arc::new(
                 Authenticator::new(&JwtSettings::default(), Some(SECRET)).expect("auth"),
             ),
@@ -297,6 +322,7 @@ impl Drop for TestServer {
 }
 
 /// The backend under test, kept so a test can take it away.
+#[derive(Clone)]
 pub enum TestStore {
     Sqlite(Arc<SqliteStore>),
     Postgres(Arc<PostgresStore>),

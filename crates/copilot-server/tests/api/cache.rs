@@ -1,0 +1,277 @@
+//! The cache tier seen through the HTTP API: `/v1/admin/cache`, the kill switch, and two
+//! instances sharing one store and one Redis.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use copilot_cache::{CacheFlags, CacheSettings, RedisSettings};
+use copilot_store::{SqliteOptions, SqliteStore};
+use serde_json::json;
+
+use crate::{TENANT, TestServer, TestStore, Who};
+
+fn redis_url() -> Option<String> {
+    match std::env::var("COPILOT_TEST_REDIS_URL") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            assert!(
+                std::env::var("COPILOT_TEST_REQUIRE_SERVICES").is_err(),
+                "COPILOT_TEST_REDIS_URL is required"
+            );
+            None
+        }
+    }
+}
+
+async fn shared_sqlite() -> TestStore {
+    let dir = tempfile::tempdir().expect("temp dir").keep();
+    let url = format!("sqlite://{}/shared.db", dir.display());
+    TestStore::Sqlite(Arc::new(
+        SqliteStore::open(SqliteOptions::new(url))
+            .await
+            .expect("sqlite"),
+    ))
+}
+
+/// Two instances over one store and one Redis (a fresh key prefix per test).
+async fn two_instances(require_membership: bool) -> Option<(TestServer, TestServer)> {
+    let url = redis_url()?;
+    let prefix = format!("http{}", std::process::id())
+        + &format!("{:?}", Instant::now()).replace(['.', ' ', '{', '}', ':', ','], "");
+    let settings = || {
+        let mut redis = RedisSettings::new(&url);
+        redis.prefix = prefix.clone();
+        CacheSettings {
+            redis: Some(redis),
+            flags: CacheFlags {
+                conversation: true,
+                ..Default::default()
+            },
+            prefix: prefix.clone(),
+            ..Default::default()
+        }
+    };
+    let store = shared_sqlite().await;
+    let a = TestServer::start_cached(
+        store.clone(),
+        TestServer::default_settings(require_membership),
+        settings(),
+    )
+    .await;
+    let b = TestServer::start_cached(
+        store,
+        TestServer::default_settings(require_membership),
+        settings(),
+    )
+    .await;
+    Some((a, b))
+}
+
+fn hits(state: &serde_json::Value, cache: &str) -> u64 {
+    state["caches"][cache]["hits"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn admin_cache_state_and_the_kill_switch() {
+    let s = TestServer::start().await;
+    s.get("/v1/admin/cache", Who::Admin)
+        .await
+        .problem(403, "forbidden");
+    s.get("/v1/admin/cache", Who::Nobody)
+        .await
+        .problem(401, "unauthenticated");
+    s.put("/v1/admin/cache", Who::Admin, json!({"enabled": false}))
+        .await
+        .problem(403, "forbidden");
+    let state = s.get("/v1/admin/cache", Who::Service).await;
+    let state = state.ok(200).clone();
+    assert_eq!(
+        (
+            state["enabled"].as_bool(),
+            state["redis"].as_str(),
+            state["breaker"].as_str()
+        ),
+        (Some(true), Some("disabled"), Some("closed"))
+    );
+    for name in [
+        "policy",
+        "config",
+        "conversation",
+        "auth",
+        "rateLimiter",
+        "events",
+    ] {
+        assert!(state["caches"].get(name).is_some(), "{name}");
+    }
+    let policy = format!("/v1/tenants/{TENANT}/llm-policy");
+    s.put(
+        &policy,
+        Who::Admin,
+        json!({"defaultModel": "m", "defaultProvider": "p"}),
+    )
+    .await
+    .ok(200);
+    for _ in 0..5 {
+        s.get(&policy, Who::Owner).await.ok(200);
+    }
+    let before = hits(
+        s.get("/v1/admin/cache", Who::Service).await.ok(200),
+        "policy",
+    );
+    assert!(before >= 4, "reads are served by the cache: {before}");
+
+    // Off: the cache is bypassed (observable in its counters) and reads stay right.
+    let off = s
+        .put("/v1/admin/cache", Who::Service, json!({"enabled": false}))
+        .await;
+    assert_eq!(off.ok(200)["enabled"], false);
+    assert_eq!(off.body["caches"]["policy"]["enabled"], false);
+    for _ in 0..5 {
+        s.get(&policy, Who::Owner).await.ok(200);
+    }
+    s.put(
+        &policy,
+        Who::Admin,
+        json!({"defaultModel": "m2", "defaultProvider": "p"}),
+    )
+    .await
+    .ok(200);
+    assert_eq!(
+        s.get(&policy, Who::Owner).await.ok(200)["defaultModel"],
+        "m2"
+    );
+    assert_eq!(
+        hits(
+            s.get("/v1/admin/cache", Who::Service).await.ok(200),
+            "policy"
+        ),
+        before,
+        "no cache hit while off"
+    );
+
+    // On again: nothing stale (the write made while off still invalidated).
+    s.put("/v1/admin/cache", Who::Service, json!({"enabled": true}))
+        .await
+        .ok(200);
+    assert_eq!(
+        s.get(&policy, Who::Owner).await.ok(200)["defaultModel"],
+        "m2"
+    );
+    s.put("/v1/admin/cache", Who::Service, json!({"enabled": "no"}))
+        .await
+        .problem(422, "validation_failed");
+    s.put(
+        "/v1/admin/cache",
+        Who::Service,
+        json!({"enabled": true, "x": 1}),
+    )
+    .await
+    .problem(422, "validation_failed");
+}
+
+/// DESIGN.md section 9, item 1: a cached conversation was returned to any member of the tenant.
+/// The owner's read fills the shared cache; a colleague asking right after, on either instance,
+/// still gets 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_01_cached_private_conversation_never_reaches_colleagues() {
+    let Some((a, b)) = two_instances(false).await else {
+        return;
+    };
+    let id = crate::conversation(&a, Who::Owner, json!({"title": "private"})).await;
+    let path = format!("/v1/tenants/{TENANT}/conversations/{id}");
+    for _ in 0..3 {
+        a.get(&path, Who::Owner).await.ok(200);
+        b.get(&path, Who::Owner).await.ok(200);
+        for s in [&a, &b] {
+            s.get(&path, Who::Colleague).await.problem(404, "not_found");
+            s.get(&path, Who::Admin).await.problem(404, "not_found");
+            s.get(&path, Who::Stranger).await.problem(404, "not_found");
+            s.get(&format!("{path}/messages"), Who::Colleague)
+                .await
+                .problem(404, "not_found");
+        }
+    }
+    let state = b.get("/v1/admin/cache", Who::Service).await;
+    assert!(
+        hits(state.ok(200), "conversation") > 0,
+        "the conversation really came from the cache"
+    );
+    // Shared with the tenant on A: B's colleague sees it at once; private again: gone at once.
+    a.patch(&path, Who::Owner, json!({"shareAudience": "tenant"}))
+        .await
+        .ok(200);
+    b.get(&path, Who::Colleague).await.ok(200);
+    a.patch(&path, Who::Owner, json!({"shareAudience": "private"}))
+        .await
+        .ok(200);
+    b.get(&path, Who::Colleague).await.problem(404, "not_found");
+}
+
+/// The global switch flipped on one instance is followed by every instance within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_switch_reaches_every_instance_within_a_second() {
+    let Some((a, b)) = two_instances(false).await else {
+        return;
+    };
+    assert_eq!(
+        b.get("/v1/admin/cache", Who::Service).await.ok(200)["redis"],
+        "ok"
+    );
+    assert_eq!(b.get("/readyz", Who::Nobody).await.ok(200)["redis"], "ok");
+    a.put("/v1/admin/cache", Who::Service, json!({"enabled": false}))
+        .await
+        .ok(200);
+    let started = Instant::now();
+    loop {
+        if b.get("/v1/admin/cache", Who::Service).await.ok(200)["enabled"] == false {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "instance B did not follow within a second"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.put("/v1/admin/cache", Who::Service, json!({"enabled": true}))
+        .await
+        .ok(200);
+}
+
+/// DESIGN.md section 9, item 12: the auth validation cache was never invalidated on membership
+/// changes. A suspension made through one instance takes effect on the other at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_12_membership_changes_take_effect_everywhere_at_once() {
+    let Some((a, b)) = two_instances(true).await else {
+        return;
+    };
+    let member = format!("/v1/tenants/{TENANT}/members/alice");
+    let path = format!("/v1/tenants/{TENANT}/config/effective");
+    b.get(&path, Who::Owner).await.problem(403, "forbidden"); // caches "no membership"
+    a.put(
+        &member,
+        Who::Service,
+        json!({"role": "member", "status": "active"}),
+    )
+    .await
+    .ok(200);
+    b.get(&path, Who::Owner).await.ok(200);
+    b.get(&path, Who::Owner).await.ok(200); // now cached as active
+    a.put(
+        &member,
+        Who::Service,
+        json!({"role": "member", "status": "suspended"}),
+    )
+    .await
+    .ok(200);
+    b.get(&path, Who::Owner).await.problem(403, "forbidden");
+    a.put(
+        &member,
+        Who::Service,
+        json!({"role": "member", "status": "active"}),
+    )
+    .await
+    .ok(200);
+    b.get(&path, Who::Owner).await.ok(200);
+    a.delete(&member, Who::Service).await.ok(204);
+    b.get(&path, Who::Owner).await.problem(403, "forbidden");
+}
