@@ -9,6 +9,7 @@ use copilot_store::StoreSet;
 use serde::Serialize;
 
 use crate::breaker::BreakerState;
+use crate::bus::Bus;
 use crate::redis_l2::{RedisL2, RedisSettings};
 use crate::tier::{CacheTier, TierSettings};
 use crate::{CachedConfigStore, CachedConversationStore, CachedMembershipStore, CachedPolicyStore};
@@ -93,8 +94,26 @@ type Stats = Arc<dyn Fn() -> (u64, u64) + Send + Sync>;
 pub struct CacheControl {
     switch: Arc<AtomicBool>,
     l2: Option<Arc<RedisL2>>,
+    bus: Option<Arc<Bus>>,
     settings: CacheSettings,
     stats: Vec<(&'static str, Stats)>,
+}
+
+/// One tier on the shared Redis, switch and bus.
+fn make_tier<T>(
+    settings: TierSettings,
+    l2: &Option<Arc<RedisL2>>,
+    switch: &Arc<AtomicBool>,
+    bus: &Option<Arc<Bus>>,
+) -> CacheTier<T>
+where
+    T: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let tier = CacheTier::new(settings, l2.clone()).with_switch(switch.clone());
+    match bus {
+        Some(bus) => tier.with_bus(bus.clone()),
+        None => tier,
+    }
 }
 
 /// The Redis key that carries the global switch between instances.
@@ -113,7 +132,15 @@ impl CacheControl {
             None => None,
         };
         let switch = Arc::new(AtomicBool::new(settings.flags.global));
-        let tier = |name: &'static str, ttl: Duration| {
+        let bus = match (&l2, &settings.redis) {
+            (Some(l2), Some(redis)) => {
+                let bus = Bus::new(l2.clone(), &redis.url, &settings.prefix)?;
+                bus.spawn();
+                Some(bus)
+            }
+            _ => None,
+        };
+        let tier_settings = |name: &'static str, ttl: Duration| {
             let mut s = TierSettings::new(name, ttl);
             s.prefix = settings.prefix.clone();
             s
@@ -122,24 +149,36 @@ impl CacheControl {
         let mut stats: Vec<(&'static str, Stats)> = Vec::new();
         let flags = &settings.flags;
         if flags.policy {
-            let tier = CacheTier::new(tier("policy", settings.policy_ttl), l2.clone())
-                .with_switch(switch.clone());
+            let tier = make_tier(
+                tier_settings("policy", settings.policy_ttl),
+                &l2,
+                &switch,
+                &bus,
+            );
             let cached = Arc::new(CachedPolicyStore::new(stores.policies.clone(), tier));
             let c = cached.clone();
             stats.push(("policy", Arc::new(move || c.tier().stats())));
             out.policies = cached;
         }
         if flags.config {
-            let tier = CacheTier::new(tier("config", settings.config_ttl), l2.clone())
-                .with_switch(switch.clone());
+            let tier = make_tier(
+                tier_settings("config", settings.config_ttl),
+                &l2,
+                &switch,
+                &bus,
+            );
             let cached = Arc::new(CachedConfigStore::new(stores.configs.clone(), tier));
             let c = cached.clone();
             stats.push(("config", Arc::new(move || c.tier().stats())));
             out.configs = cached;
         }
         if flags.conversation {
-            let tier = CacheTier::new(tier("conversation", settings.conversation_ttl), l2.clone())
-                .with_switch(switch.clone());
+            let tier = make_tier(
+                tier_settings("conversation", settings.conversation_ttl),
+                &l2,
+                &switch,
+                &bus,
+            );
             let cached = Arc::new(CachedConversationStore::new(
                 stores.conversations.clone(),
                 tier,
@@ -149,9 +188,9 @@ impl CacheControl {
             out.conversations = cached;
         }
         if flags.auth {
-            let mut s = tier("auth", settings.auth_ttl);
+            let mut s = tier_settings("auth", settings.auth_ttl);
             s.negative_ttl = s.negative_ttl.min(Duration::from_secs(30));
-            let tier = CacheTier::new(s, l2.clone()).with_switch(switch.clone());
+            let tier = make_tier(s, &l2, &switch, &bus);
             let cached = Arc::new(CachedMembershipStore::new(stores.members.clone(), tier));
             let c = cached.clone();
             stats.push(("auth", Arc::new(move || c.tier().stats())));
@@ -162,6 +201,7 @@ impl CacheControl {
             Arc::new(Self {
                 switch,
                 l2,
+                bus,
                 settings,
                 stats,
             }),
@@ -206,12 +246,17 @@ impl CacheControl {
         self.enabled() && own_flag && self.l2.is_some()
     }
 
+    /// `ok` (breaker closed and bus healthy), `degraded` or `disabled`.
     pub fn redis_status(&self) -> &'static str {
         match &self.l2 {
             None => "disabled",
-            Some(l2) if l2.breaker_state() == BreakerState::Closed => "ok",
+            Some(l2) if l2.breaker_state() == BreakerState::Closed && self.bus_healthy() => "ok",
             Some(_) => "degraded",
         }
+    }
+
+    pub fn bus_healthy(&self) -> bool {
+        self.bus.as_ref().is_some_and(|b| b.is_healthy())
     }
 
     pub fn state(&self) -> CacheState {

@@ -18,6 +18,7 @@
 //! instances, and the crash-proof invalidation outbox.
 
 pub mod breaker;
+pub mod bus;
 pub mod config;
 pub mod conversation;
 pub mod entry;

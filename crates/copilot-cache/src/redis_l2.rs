@@ -239,6 +239,20 @@ impl RedisL2 {
         .is_some()
     }
 
+    /// `PUBLISH` (bus messages, heartbeats); `false` when it could not be sent.
+    pub async fn publish(&self, channel: &str, message: &str) -> bool {
+        let mut conn = self.connection.clone();
+        self.call("publish", async move {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(message)
+                .query_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .is_some()
+    }
+
     /// `PING`, for readiness reports and breaker probes.
     pub async fn ping(&self) -> bool {
         let mut conn = self.connection.clone();

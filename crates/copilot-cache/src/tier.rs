@@ -2,8 +2,8 @@
 //! fill/tombstone protocol of DESIGN.md 5.2. A decorator says only what its keys and rows are.
 //!
 //! L1 is trusted only where it cannot miss another instance's write: without Redis (one
-//! instance: every invalidation is local). With Redis configured, L1 waits for the invalidation
-//! bus (a later increment) and reads go to L2.
+//! instance: every invalidation is local), or while the invalidation bus is healthy. Otherwise
+//! reads go to L2, then the store.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
+use crate::bus::{Bus, L1Sink};
 use crate::entry::Entry;
 use crate::redis_l2::RedisL2;
 
@@ -79,12 +80,64 @@ impl<T> Clone for L1Slot<T> {
     }
 }
 
+/// The in-process cache of one tier: bounded, versioned, with a lifetime per entry.
+struct L1<T> {
+    name: &'static str,
+    cache: Cache<String, L1Slot<T>>,
+    /// Serializes compare-and-insert (reads stay lock-free).
+    write: Mutex<()>,
+    ttl: Duration,
+}
+
+impl<T> L1<T> {
+    fn get(&self, key: &str) -> Option<Entry<T>> {
+        self.cache
+            .get(key)
+            .filter(|slot| slot.stored_at.elapsed() < self.ttl)
+            .map(|slot| slot.entry)
+    }
+
+    /// Stores unless that would lower the key's version.
+    fn store(&self, key: &str, entry: Entry<T>) {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let existing = self.get(key);
+        if entry.may_replace(existing.as_ref()) {
+            self.cache.insert(
+                key.to_owned(),
+                L1Slot {
+                    entry,
+                    stored_at: Instant::now(),
+                },
+            );
+        } else {
+            metrics::counter!("copilot_cache_fills_rejected_total", "cache" => self.name, "tier" => "l1").increment(1);
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> L1Sink for L1<T> {
+    fn cache_name(&self) -> &'static str {
+        self.name
+    }
+
+    fn invalidate_l1(&self, key: &str, version: u64) {
+        metrics::counter!("copilot_cache_invalidations_received_total", "cache" => self.name)
+            .increment(1);
+        self.store(key, Entry::Tombstone { version });
+    }
+
+    fn flush_l1(&self) {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        self.cache.clear();
+    }
+}
+
 pub struct CacheTier<T> {
     settings: TierSettings,
     l2: Option<Arc<RedisL2>>,
-    l1: Cache<String, L1Slot<T>>,
-    /// Serializes L1 compare-and-insert (reads stay lock-free).
-    l1_write: Mutex<()>,
+    l1: Arc<L1<T>>,
+    /// Carries invalidations to every instance's L1; L1 is trusted while it is healthy.
+    bus: Option<Arc<Bus>>,
     /// Single flight: concurrent misses of one key share one store read. The leader leaves its
     /// result in the flight for those who waited; a write removes the key's flight, so a read
     /// that starts after a write never joins a flight that read before it.
@@ -113,10 +166,15 @@ where
     pub fn new(settings: TierSettings, l2: Option<Arc<RedisL2>>) -> Self {
         let capacity = settings.l1_capacity.max(16);
         Self {
+            l1: Arc::new(L1 {
+                name: settings.name,
+                cache: Cache::new(capacity),
+                write: Mutex::new(()),
+                ttl: settings.l1_ttl.min(Duration::from_secs(30)),
+            }),
             settings,
             l2,
-            l1: Cache::new(capacity),
-            l1_write: Mutex::new(()),
+            bus: None,
             flights: Mutex::new(HashMap::new()),
             pending: Arc::new(Mutex::new(HashMap::new())),
             fill_hook: Mutex::new(None),
@@ -131,6 +189,14 @@ where
     /// behind for when it is switched on again.
     pub fn with_switch(mut self, enabled: Arc<AtomicBool>) -> Self {
         self.enabled = enabled;
+        self
+    }
+
+    /// Joins the invalidation bus: L1 is used while the bus is healthy, and this tier's
+    /// invalidations reach every instance.
+    pub fn with_bus(mut self, bus: Arc<Bus>) -> Self {
+        bus.register(self.l1.clone());
+        self.bus = Some(bus);
         self
     }
 
@@ -155,8 +221,14 @@ where
         *self.fill_hook.lock().unwrap_or_else(|e| e.into_inner()) = hook;
     }
 
+    /// Without Redis every invalidation is local, so L1 is always right; with Redis, L1 is
+    /// right only while the bus delivers the other instances' invalidations.
     fn l1_trusted(&self) -> bool {
-        self.l2.is_none()
+        match (&self.l2, &self.bus) {
+            (None, _) => true,
+            (Some(_), Some(bus)) => bus.is_healthy(),
+            (Some(_), None) => false,
+        }
     }
 
     fn count(&self, tier: &'static str, outcome: &'static str) {
@@ -176,7 +248,7 @@ where
             return Lookup::Miss;
         }
         match self.l1.get(key) {
-            Some(slot) if slot.stored_at.elapsed() < self.settings.l1_ttl => match slot.entry {
+            Some(entry) => match entry {
                 Entry::Value { value, .. } => {
                     self.count("l1", "hit");
                     Lookup::Hit(Some(value))
@@ -199,23 +271,7 @@ where
 
     /// Stores in L1 unless that would lower the key's version.
     fn l1_store(&self, key: &str, entry: Entry<T>) {
-        let _guard = self.l1_write.lock().unwrap_or_else(|e| e.into_inner());
-        let existing = self
-            .l1
-            .get(key)
-            .filter(|slot| slot.stored_at.elapsed() < self.settings.l1_ttl);
-        if entry.may_replace(existing.as_ref().map(|slot| &slot.entry)) {
-            self.l1.insert(
-                key.to_owned(),
-                L1Slot {
-                    entry,
-                    stored_at: Instant::now(),
-                },
-            );
-        } else {
-            metrics::counter!("copilot_cache_fills_rejected_total", "cache" => self.settings.name, "tier" => "l1")
-                .increment(1);
-        }
+        self.l1.store(key, entry);
     }
 
     /// Reads one key: L1, then L2, then (single flight) the store through `load`.
@@ -424,16 +480,24 @@ where
     pub async fn invalidate(&self, key: &str, version: u64) {
         metrics::counter!("copilot_cache_invalidations_total", "cache" => self.settings.name)
             .increment(1);
-        if self.l1_trusted() {
-            self.l1_store(key, Entry::Tombstone { version });
-        }
+        // A read that starts after this write must not join a flight that read before it.
+        self.flights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        // This instance's L1 always learns of its own writes (read-your-writes).
+        self.l1_store(key, Entry::Tombstone { version });
         let Some(l2) = &self.l2 else { return };
         let encoded = Entry::<T>::Tombstone { version }.encode();
-        if l2
+        let tombstoned = l2
             .tombstone(key, version, &encoded, self.settings.tombstone_ttl)
             .await
-            .is_none()
-        {
+            .is_some();
+        let published = match &self.bus {
+            Some(bus) => bus.publish(self.settings.name, key, version).await,
+            None => true,
+        };
+        if !(tombstoned && published) {
             let first = {
                 let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
                 let was_empty = pending.is_empty();
@@ -442,13 +506,13 @@ where
                 was_empty
             };
             if first {
-                self.spawn_retry(l2.clone());
+                self.spawn_retry(l2.clone(), self.bus.clone());
             }
         }
     }
 
     /// Retries pending tombstones until Redis takes them all.
-    fn spawn_retry(&self, l2: Arc<RedisL2>) {
+    fn spawn_retry(&self, l2: Arc<RedisL2>, bus: Option<Arc<Bus>>) {
         let pending = self.pending.clone();
         let (name, ttl) = (self.settings.name, self.settings.tombstone_ttl);
         tokio::spawn(async move {
@@ -463,7 +527,12 @@ where
                 }
                 for (key, version) in batch {
                     let encoded = Entry::<()>::Tombstone { version }.encode();
-                    if l2.tombstone(&key, version, &encoded, ttl).await.is_some() {
+                    let tombstoned = l2.tombstone(&key, version, &encoded, ttl).await.is_some();
+                    let published = match &bus {
+                        Some(bus) => tombstoned && bus.publish(name, &key, version).await,
+                        None => tombstoned,
+                    };
+                    if published {
                         metrics::counter!("copilot_cache_invalidations_retried_total", "cache" => name).increment(1);
                         let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
                         if pending.get(&key) == Some(&version) {

@@ -17,6 +17,7 @@ use copilot_domain::{TenantId, UserId};
 use copilot_store::{ConfigStore, PolicyStore, SqliteOptions, SqliteStore, StoreResult, StoreSet};
 use serde_json::json;
 
+mod bus;
 mod faults;
 mod regressions;
 

@@ -1,0 +1,104 @@
+//! The invalidation bus: two instances with L1 in use; a write on one reaches the other's L1.
+
+use std::time::{Duration, Instant};
+
+use copilot_cache::{CacheControl, CacheFlags, CacheSettings, RedisSettings};
+use copilot_store::StoreSet;
+
+use crate::{fresh_prefix, policy, redis_url, sqlite, tenant};
+
+pub async fn two_instances(
+    url: &str,
+) -> (
+    StoreSet,
+    std::sync::Arc<CacheControl>,
+    StoreSet,
+    std::sync::Arc<CacheControl>,
+) {
+    let base = StoreSet::from_backend(sqlite().await);
+    let prefix = fresh_prefix();
+    let settings = || {
+        let mut redis = RedisSettings::new(url);
+        redis.prefix = prefix.clone();
+        CacheSettings {
+            redis: Some(redis),
+            flags: CacheFlags {
+                conversation: true,
+                ..Default::default()
+            },
+            prefix: prefix.clone(),
+            ..Default::default()
+        }
+    };
+    let (a, ca) = CacheControl::build(base.clone(), settings()).unwrap();
+    let (b, cb) = CacheControl::build(base, settings()).unwrap();
+    let started = Instant::now();
+    while !(ca.bus_healthy() && cb.bus_healthy()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the bus never became healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (a, ca, b, cb)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_instance_reaches_the_other_l1_within_100ms() {
+    let Some(url) = redis_url("COPILOT_TEST_REDIS_URL") else {
+        return;
+    };
+    let (a, _ca, b, cb) = two_instances(&url).await;
+    let t = tenant("acme");
+    a.policies
+        .put_policy(&policy(&t, "v1"), None, "admin")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            b.policies
+                .get_policy(&t)
+                .await
+                .unwrap()
+                .unwrap()
+                .policy
+                .default_model,
+            "v1"
+        );
+    }
+    let (hits_before, _) = cb.state().caches["policy"].clone().into_hits_misses();
+    assert!(hits_before >= 2, "B serves from its caches");
+    a.policies
+        .put_policy(&policy(&t, "v2"), None, "admin")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if b.policies
+            .get_policy(&t)
+            .await
+            .unwrap()
+            .unwrap()
+            .policy
+            .default_model
+            == "v2"
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "B still serves v1 after 100 ms"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+trait HitsMisses {
+    fn into_hits_misses(self) -> (u64, u64);
+}
+
+impl HitsMisses for copilot_cache::factory::CacheReport {
+    fn into_hits_misses(self) -> (u64, u64) {
+        (self.hits, self.misses)
+    }
+}
