@@ -114,10 +114,8 @@ impl Bus {
                     }
                 }
             }
-            (Some("h"), Some(instance), _, _) if instance == self.instance => {
-                if !self.is_healthy() {
-                    self.set_healthy(true);
-                }
+            (Some("h"), Some(instance), _, _) if instance == self.instance && !self.is_healthy() => {
+                self.set_healthy(true);
             }
             _ => {}
         }
