@@ -114,7 +114,9 @@ impl Bus {
                     }
                 }
             }
-            (Some("h"), Some(instance), _, _) if instance == self.instance && !self.is_healthy() => {
+            (Some("h"), Some(instance), _, _)
+                if instance == self.instance && !self.is_healthy() =>
+            {
                 self.set_healthy(true);
             }
             _ => {}
