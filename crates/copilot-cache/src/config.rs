@@ -29,12 +29,7 @@ impl CachedConfigStore {
     }
 
     fn key(&self, level: &ConfigLevel) -> String {
-        let s = self.tier.settings();
-        match level {
-            ConfigLevel::Global => s.global_key("config"),
-            ConfigLevel::Tenant(t) => s.tenant_key(t.as_str(), "config"),
-            ConfigLevel::User(t, u) => s.tenant_key(t.as_str(), &format!("config:{u}")),
-        }
+        crate::keys::config(&self.tier.settings().prefix, level)
     }
 
     async fn load(&self, level: &ConfigLevel) -> StoreResult<Option<(u64, StoredPatchView)>> {

@@ -31,9 +31,7 @@ impl CachedConversationStore {
     }
 
     fn key(&self, tenant: &TenantId, id: &ConversationId) -> String {
-        self.tier
-            .settings()
-            .tenant_key(tenant.as_str(), &format!("conv:{id}"))
+        crate::keys::conversation(&self.tier.settings().prefix, tenant, id)
     }
 
     /// After a write that produced `conversation`: tombstone, then the new record.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use copilot_store::StoreSet;
+use copilot_store::{ChangeLog, ChangeSubject, StoreSet};
 use serde::Serialize;
 
 use crate::breaker::BreakerState;
@@ -51,6 +51,10 @@ pub struct CacheSettings {
     pub config_ttl: Duration,
     pub conversation_ttl: Duration,
     pub auth_ttl: Duration,
+    /// How often the change log is drained, and how old a change must be before the drainer
+    /// re-sends it (younger ones are their writer's business).
+    pub drain_every: Duration,
+    pub drain_settle: Duration,
 }
 
 impl Default for CacheSettings {
@@ -63,6 +67,8 @@ impl Default for CacheSettings {
             config_ttl: Duration::from_secs(300),
             conversation_ttl: Duration::from_secs(60),
             auth_ttl: Duration::from_secs(300),
+            drain_every: Duration::from_secs(1),
+            drain_settle: Duration::from_secs(2),
         }
     }
 }
@@ -196,16 +202,65 @@ impl CacheControl {
             stats.push(("auth", Arc::new(move || c.tier().stats())));
             out.members = cached;
         }
-        Ok((
-            out,
-            Arc::new(Self {
-                switch,
-                l2,
-                bus,
-                settings,
-                stats,
-            }),
-        ))
+        let control = Arc::new(Self {
+            switch,
+            l2,
+            bus,
+            settings,
+            stats,
+        });
+        control.drain(stores.changes.clone());
+        Ok((out, control))
+    }
+
+    /// Re-sends, every `drain_every`, the invalidations of recorded changes older than
+    /// `drain_settle`, then forgets them. Tombstones are version-guarded, so a change sent twice
+    /// does no harm; one whose writer died before Redis took it is sent now (DESIGN.md 5.3).
+    /// Changes stay recorded while Redis is unavailable.
+    fn drain(self: &Arc<Self>, changes: Arc<dyn ChangeLog>) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(control) = me.upgrade() else { return };
+                let every = control.settings.drain_every;
+                let before = chrono::Utc::now()
+                    - chrono::Duration::from_std(control.settings.drain_settle).unwrap_or_default();
+                if let Ok(batch) = changes.changes_before(before, 500).await {
+                    let mut done = Vec::with_capacity(batch.len());
+                    for change in &batch {
+                        if control.resend(&change.subject, change.version).await {
+                            done.push(change.id);
+                        } else {
+                            break;
+                        }
+                    }
+                    if !done.is_empty() && changes.forget_changes(&done).await.is_ok() {
+                        metrics::counter!("copilot_cache_changes_drained_total")
+                            .increment(done.len() as u64);
+                    }
+                }
+                drop(control);
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    /// Tombstone and bus message for one recorded change; `false` if Redis did not take them.
+    async fn resend(&self, subject: &ChangeSubject, version: u64) -> bool {
+        let Some(l2) = &self.l2 else { return true };
+        let (cache, key) = crate::keys::for_change(&self.settings.prefix, subject);
+        let encoded = crate::entry::Entry::<()>::Tombstone { version }.encode();
+        if l2
+            .tombstone(&key, version, &encoded, Duration::from_secs(60))
+            .await
+            .is_none()
+        {
+            return false;
+        }
+        match &self.bus {
+            Some(bus) => bus.publish(cache, &key, version).await,
+            None => true,
+        }
     }
 
     pub fn enabled(&self) -> bool {

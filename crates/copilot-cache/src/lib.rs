@@ -23,6 +23,7 @@ pub mod config;
 pub mod conversation;
 pub mod entry;
 pub mod factory;
+pub mod keys;
 pub mod membership;
 pub mod policy;
 pub mod redis_l2;

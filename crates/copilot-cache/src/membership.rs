@@ -28,9 +28,7 @@ impl CachedMembershipStore {
     }
 
     fn key(&self, tenant: &TenantId, user: &UserId) -> String {
-        self.tier
-            .settings()
-            .tenant_key(tenant.as_str(), &format!("member:{user}"))
+        crate::keys::membership(&self.tier.settings().prefix, tenant, user)
     }
 }
 

@@ -26,7 +26,7 @@ impl CachedPolicyStore {
     }
 
     fn key(&self, tenant: &TenantId) -> String {
-        self.tier.settings().tenant_key(tenant.as_str(), "policy")
+        crate::keys::policy(&self.tier.settings().prefix, tenant)
     }
 }
 

@@ -61,7 +61,6 @@ pub struct RedisL2 {
     connection: ConnectionManager,
     breaker: CircuitBreaker,
     timeout: Duration,
-    prefix: String,
     fill: Script,
     tombstone: Script,
 }
@@ -79,21 +78,9 @@ impl RedisL2 {
             connection,
             breaker: CircuitBreaker::new(settings.breaker_failures, settings.breaker_open_for),
             timeout: settings.timeout,
-            prefix: settings.prefix.clone(),
             fill: Script::new(FILL),
             tombstone: Script::new(TOMBSTONE),
         })
-    }
-
-    /// `{prefix}:v1:{tenant}:<rest>`; the tenant is a Redis Cluster hash tag, so a tenant's keys
-    /// share a slot.
-    pub fn tenant_key(&self, tenant: &str, rest: &str) -> String {
-        format!("{}:v1:{{{tenant}}}:{rest}", self.prefix)
-    }
-
-    /// `{prefix}:v1:global:<rest>`.
-    pub fn global_key(&self, rest: &str) -> String {
-        format!("{}:v1:global:{rest}", self.prefix)
     }
 
     pub fn breaker_state(&self) -> BreakerState {

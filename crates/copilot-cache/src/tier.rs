@@ -57,12 +57,12 @@ impl TierSettings {
 
     /// `{prefix}:v1:{tenant}:<rest>` (the tenant is a Redis Cluster hash tag).
     pub fn tenant_key(&self, tenant: &str, rest: &str) -> String {
-        format!("{}:v1:{{{tenant}}}:{rest}", self.prefix)
+        crate::keys::tenant_key(&self.prefix, tenant, rest)
     }
 
     /// `{prefix}:v1:global:<rest>`.
     pub fn global_key(&self, rest: &str) -> String {
-        format!("{}:v1:global:{rest}", self.prefix)
+        crate::keys::global_key(&self.prefix, rest)
     }
 }
 

@@ -24,7 +24,13 @@ use crate::settings::Settings;
 /// Opens the configured store (migrating it unless told not to).
 pub async fn open_stores(settings: &Settings) -> Result<StoreSet, StoreError> {
     if settings.is_sqlite() {
-        let store = SqliteStore::connect(SqliteOptions::new(&settings.database_url)).await?;
+        // With Redis, writes are recorded in the change log, so an invalidation a crash lost is
+        // re-sent by the cache's drainer.
+        let options = SqliteOptions {
+            record_changes: settings.cache.redis.is_some(),
+            ..SqliteOptions::new(&settings.database_url)
+        };
+        let store = SqliteStore::connect(options).await?;
         if settings.migrate {
             store.migrate().await?;
         }
@@ -34,6 +40,7 @@ pub async fn open_stores(settings: &Settings) -> Result<StoreSet, StoreError> {
         options.max_connections = settings.postgres.pool_size;
         options.acquire_timeout = settings.postgres.acquire_timeout;
         options.transaction_pooler = settings.postgres.transaction_pooler;
+        options.record_changes = settings.cache.redis.is_some();
         let store = PostgresStore::connect_lazy(options)?;
         if settings.migrate {
             store.migrate().await?;

@@ -242,6 +242,7 @@ impl Settings {
             config_ttl: seconds("CONFIG_CACHE_TTL_SECONDS", 300)?,
             conversation_ttl: seconds("CONVERSATION_CACHE_TTL_SECONDS", 60)?,
             auth_ttl: seconds("AUTH_CACHE_TTL_SECONDS", 300)?,
+            ..CacheSettings::default()
         };
         Ok(Self {
             cache,

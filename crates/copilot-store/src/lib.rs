@@ -2,6 +2,7 @@
 //! `memory`, `sqlite` and `postgres` backends. Caching decorators implement the same traits and
 //! pass the same conformance suite (`conformance` feature).
 
+mod changes;
 mod error;
 pub mod memory;
 pub mod postgres;
@@ -11,6 +12,7 @@ mod traits;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use changes::{Change, ChangeLog, ChangeSubject};
 pub use error::{StoreError, StoreResult};
 pub use memory::MemoryStore;
 pub use postgres::{PostgresOptions, PostgresStore};

@@ -15,6 +15,7 @@ use copilot_domain::policy::{StoredPolicy, TenantLlmPolicy};
 use copilot_domain::{Clock, ConversationId, MessageId, SystemClock, TenantId, UserId};
 use serde_json::Map;
 
+use crate::changes::{Change, ChangeLog, ChangeSubject};
 use crate::error::check_expected;
 use crate::traits::{ConfigStore, ConversationStore, MembershipStore, PolicyStore, StoreHealth};
 use crate::{StoreError, StoreResult};
@@ -27,6 +28,10 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct State {
     last_version: u64,
+    /// Whether writes are recorded in `changes` (the change log).
+    record_changes: bool,
+    changes: Vec<Change>,
+    last_change: i64,
     policies: HashMap<TenantId, StoredPolicy>,
     configs: HashMap<ConfigLevel, StoredPatch>,
     conversations: HashMap<ConversationId, ConversationRow>,
@@ -43,6 +48,21 @@ impl State {
     fn next_version(&mut self) -> u64 {
         self.last_version += 1;
         self.last_version
+    }
+
+    /// A fresh version for a write to `subject`, recorded in the change log when asked to.
+    fn stamp(&mut self, subject: ChangeSubject, at: copilot_domain::Timestamp) -> u64 {
+        let version = self.next_version();
+        if self.record_changes {
+            self.last_change += 1;
+            self.changes.push(Change {
+                id: self.last_change,
+                subject,
+                version,
+                at,
+            });
+        }
+        version
     }
 
     fn conversation_mut(
@@ -71,6 +91,12 @@ impl MemoryStore {
         }
     }
 
+    /// Records every write in the change log (for a cache that drains it).
+    pub fn recording_changes(self) -> Self {
+        self.lock().record_changes = true;
+        self
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave a half-applied write: every method
         // validates before it mutates, so the state stays usable.
@@ -95,7 +121,10 @@ impl PolicyStore for MemoryStore {
         check_expected(current, expected_version)?;
         let stored = StoredPolicy {
             policy: policy.clone(),
-            version: state.next_version(),
+            version: state.stamp(
+                ChangeSubject::Policy(policy.tenant_id.clone()),
+                self.clock.now(),
+            ),
             updated_at: self.clock.now(),
             updated_by: actor.to_owned(),
         };
@@ -118,7 +147,7 @@ impl PolicyStore for MemoryStore {
             .ok_or(StoreError::NotFound)?;
         check_expected(Some(current), expected_version)?;
         state.policies.remove(tenant);
-        Ok(state.next_version())
+        Ok(state.stamp(ChangeSubject::Policy(tenant.clone()), self.clock.now()))
     }
 }
 
@@ -141,7 +170,7 @@ impl ConfigStore for MemoryStore {
         let stored = StoredPatch {
             level: level.clone(),
             patch: patch.clone(),
-            version: state.next_version(),
+            version: state.stamp(ChangeSubject::Config(level.clone()), self.clock.now()),
             updated_at: self.clock.now(),
             updated_by: actor.to_owned(),
         };
@@ -166,7 +195,7 @@ impl ConfigStore for MemoryStore {
         let stored = StoredPatch {
             level: level.clone(),
             patch: merged,
-            version: state.next_version(),
+            version: state.stamp(ChangeSubject::Config(level.clone()), self.clock.now()),
             updated_at: self.clock.now(),
             updated_by: actor.to_owned(),
         };
@@ -187,7 +216,7 @@ impl ConfigStore for MemoryStore {
             .ok_or(StoreError::NotFound)?;
         check_expected(Some(current), expected_version)?;
         state.configs.remove(level);
-        Ok(state.next_version())
+        Ok(state.stamp(ChangeSubject::Config(level.clone()), self.clock.now()))
     }
 }
 
@@ -196,8 +225,10 @@ impl ConversationStore for MemoryStore {
     async fn create_conversation(&self, new: &NewConversation) -> StoreResult<Conversation> {
         let now = self.clock.now();
         let mut state = self.lock();
+        let id = ConversationId::new_v7(now);
+        let version = state.stamp(ChangeSubject::Conversation(new.tenant_id.clone(), id), now);
         let conversation = Conversation {
-            id: ConversationId::new_v7(now),
+            id,
             tenant_id: new.tenant_id.clone(),
             user_id: new.user_id.clone(),
             title: new.title.clone(),
@@ -210,7 +241,7 @@ impl ConversationStore for MemoryStore {
             updated_at: now,
             last_message_at: None,
             message_count: 0,
-            version: state.next_version(),
+            version,
         };
         state.conversations.insert(
             conversation.id,
@@ -269,7 +300,10 @@ impl ConversationStore for MemoryStore {
         let mut state = self.lock();
         let current = state.conversation_mut(tenant, id)?.conversation.version;
         check_expected(Some(current), expected_version)?;
-        let version = state.next_version();
+        let version = state.stamp(
+            ChangeSubject::Conversation(tenant.clone(), *id),
+            self.clock.now(),
+        );
         let c = &mut state.conversation_mut(tenant, id)?.conversation;
         if let Some(title) = &update.title {
             c.title = title.clone();
@@ -300,7 +334,10 @@ impl ConversationStore for MemoryStore {
         let current = state.conversation_mut(tenant, id)?.conversation.version;
         check_expected(Some(current), expected_version)?;
         state.conversations.remove(id);
-        Ok(state.next_version())
+        Ok(state.stamp(
+            ChangeSubject::Conversation(tenant.clone(), *id),
+            self.clock.now(),
+        ))
     }
 
     async fn append_message(
@@ -318,7 +355,10 @@ impl ConversationStore for MemoryStore {
         {
             return Err(StoreError::ConversationArchived);
         }
-        let version = state.next_version();
+        let version = state.stamp(
+            ChangeSubject::Conversation(tenant.clone(), *conversation),
+            self.clock.now(),
+        );
         let row = state.conversation_mut(tenant, conversation)?;
         let stored = Message {
             id: MessageId::new_v7(now),
@@ -417,7 +457,10 @@ impl ConversationStore for MemoryStore {
                 conversation: row.conversation.clone(),
             });
         }
-        let version = state.next_version();
+        let version = state.stamp(
+            ChangeSubject::Conversation(tenant.clone(), *conversation),
+            self.clock.now(),
+        );
         let row = state.conversation_mut(tenant, conversation)?;
         let m = &mut row.messages[index];
         m.content = None;
@@ -465,7 +508,10 @@ impl MembershipStore for MemoryStore {
             user_id: user.clone(),
             role: input.role,
             status: input.status,
-            version: state.next_version(),
+            version: state.stamp(
+                ChangeSubject::Membership(tenant.clone(), user.clone()),
+                self.clock.now(),
+            ),
             created_at,
             updated_at: now,
         };
@@ -479,7 +525,10 @@ impl MembershipStore for MemoryStore {
             .members
             .remove(&(tenant.clone(), user.clone()))
             .ok_or(StoreError::NotFound)?;
-        Ok(state.next_version())
+        Ok(state.stamp(
+            ChangeSubject::Membership(tenant.clone(), user.clone()),
+            self.clock.now(),
+        ))
     }
 
     async fn list_members(&self, tenant: &TenantId) -> StoreResult<Vec<Membership>> {
@@ -496,6 +545,29 @@ impl MembershipStore for MemoryStore {
 #[async_trait]
 impl StoreHealth for MemoryStore {
     async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ChangeLog for MemoryStore {
+    async fn changes_before(
+        &self,
+        before: copilot_domain::Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<Change>> {
+        Ok(self
+            .lock()
+            .changes
+            .iter()
+            .filter(|c| c.at < before)
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn forget_changes(&self, ids: &[i64]) -> StoreResult<()> {
+        self.lock().changes.retain(|c| !ids.contains(&c.id));
         Ok(())
     }
 }

@@ -15,7 +15,7 @@ use copilot_domain::membership::{Membership, MembershipInput};
 use copilot_domain::policy::{StoredPolicy, TenantLlmPolicy};
 use copilot_domain::{ConversationId, MessageId, TenantId, UserId};
 
-use crate::StoreResult;
+use crate::{ChangeLog, StoreResult};
 
 /// Every write takes a fresh `version` from one monotonic source per database, deletes
 /// included, so versions never repeat, even after a delete and re-create (the cache relies on it).
@@ -197,20 +197,29 @@ pub struct StoreSet {
     pub conversations: Arc<dyn ConversationStore>,
     pub members: Arc<dyn MembershipStore>,
     pub health: Arc<dyn StoreHealth>,
+    /// The change log (cache outbox); empty unless the backend was asked to record changes.
+    pub changes: Arc<dyn ChangeLog>,
 }
 
 impl StoreSet {
     /// All five roles served by one backend value.
     pub fn from_backend<B>(backend: Arc<B>) -> Self
     where
-        B: PolicyStore + ConfigStore + ConversationStore + MembershipStore + StoreHealth + 'static,
+        B: PolicyStore
+            + ConfigStore
+            + ConversationStore
+            + MembershipStore
+            + StoreHealth
+            + ChangeLog
+            + 'static,
     {
         Self {
             policies: backend.clone(),
             configs: backend.clone(),
             conversations: backend.clone(),
             members: backend.clone(),
-            health: backend,
+            health: backend.clone(),
+            changes: backend,
         }
     }
 }

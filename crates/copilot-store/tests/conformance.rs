@@ -6,7 +6,7 @@ mod memory {
     use copilot_store::{MemoryStore, StoreSet};
 
     async fn make() -> StoreSet {
-        StoreSet::from_backend(Arc::new(MemoryStore::default()))
+        StoreSet::from_backend(Arc::new(MemoryStore::default().recording_changes()))
     }
 
     copilot_store::conformance_suite!(make);
@@ -22,9 +22,12 @@ mod sqlite {
     async fn make() -> StoreSet {
         let dir = tempfile::tempdir().expect("temp dir").keep();
         let url = format!("sqlite://{}/test.db", dir.display());
-        let store = SqliteStore::open(SqliteOptions::new(url))
-            .await
-            .expect("open sqlite");
+        let store = SqliteStore::open(SqliteOptions {
+            record_changes: true,
+            ..SqliteOptions::new(url)
+        })
+        .await
+        .expect("open sqlite");
         StoreSet::from_backend(Arc::new(store))
     }
 
@@ -40,9 +43,12 @@ mod postgres {
     /// A fresh database per test, from the migrated template (`None`: PostgreSQL not configured).
     async fn make() -> Option<StoreSet> {
         let url = fresh_postgres_database().await?;
-        let store = PostgresStore::open(PostgresOptions::new(url))
-            .await
-            .expect("open postgres");
+        let store = PostgresStore::open(PostgresOptions {
+            record_changes: true,
+            ..PostgresOptions::new(url)
+        })
+        .await
+        .expect("open postgres");
         Some(StoreSet::from_backend(Arc::new(store)))
     }
 
@@ -69,6 +75,7 @@ mod postgres_pgbouncer {
         let (_, database) = direct.rsplit_once('/').expect("database in URL");
         let mut options = PostgresOptions::new(format!("{bouncer}/{database}"));
         options.transaction_pooler = true;
+        options.record_changes = true;
         let store = PostgresStore::connect_lazy(options).expect("pool");
         Some(StoreSet::from_backend(Arc::new(store)))
     }
@@ -344,9 +351,12 @@ mod sqlite_specific {
     use serde_json::json;
 
     async fn open(url: &str) -> SqliteStore {
-        SqliteStore::open(SqliteOptions::new(url))
-            .await
-            .expect("open sqlite")
+        SqliteStore::open(SqliteOptions {
+            record_changes: true,
+            ..SqliteOptions::new(url)
+        })
+        .await
+        .expect("open sqlite")
     }
 
     fn temp_url() -> String {

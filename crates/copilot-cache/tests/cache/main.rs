@@ -18,6 +18,7 @@ use copilot_store::{ConfigStore, PolicyStore, SqliteOptions, SqliteStore, StoreR
 use serde_json::json;
 
 mod bus;
+mod crash;
 mod faults;
 mod regressions;
 
@@ -60,9 +61,12 @@ pub async fn sqlite() -> Arc<SqliteStore> {
     let dir = tempfile::tempdir().expect("temp dir").keep();
     let url = format!("sqlite://{}/cache.db", dir.display());
     Arc::new(
-        SqliteStore::open(SqliteOptions::new(url))
-            .await
-            .expect("sqlite"),
+        SqliteStore::open(SqliteOptions {
+            record_changes: true,
+            ..SqliteOptions::new(url)
+        })
+        .await
+        .expect("sqlite"),
     )
 }
 

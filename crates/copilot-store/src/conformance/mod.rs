@@ -6,12 +6,14 @@
 //! Checks assume an empty store (the global config level is shared by the whole database) and
 //! use fresh tenant ids, so a backend may still share one database between test binaries.
 
+mod changes;
 mod config;
 mod conversations;
 mod membership;
 mod messages;
 mod policy;
 
+pub use changes::*;
 pub use config::*;
 pub use conversations::*;
 pub use membership::*;
@@ -57,6 +59,7 @@ macro_rules! conformance_suite {
             message_counters_and_activity_order,
             delete_conversation_removes_its_messages,
             membership_put_get_list_delete_and_suspend,
+            change_log_records_committed_writes,
         );
     };
     (@each $make:expr; $($name:ident),+ $(,)?) => {

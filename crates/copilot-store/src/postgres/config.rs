@@ -3,10 +3,10 @@ use copilot_domain::config::{ConfigLevel, ConfigPatch, StoredPatch};
 use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
 
-use super::{PostgresStore, next_version, to_i64, to_u64};
+use super::{PostgresStore, to_i64, to_u64};
 use crate::error::check_expected;
 use crate::traits::ConfigStore;
-use crate::{StoreError, StoreResult};
+use crate::{ChangeSubject, StoreError, StoreResult};
 
 /// `(tenant_id, user_id)` of a level; NULL stands for "none" (NULLS NOT DISTINCT keeps it unique).
 fn key(level: &ConfigLevel) -> (Option<&str>, Option<&str>) {
@@ -89,7 +89,9 @@ impl PostgresStore {
         patch: ConfigPatch,
         actor: &str,
     ) -> StoreResult<StoredPatch> {
-        let version = next_version(conn, self.persistent()).await?;
+        let version = self
+            .stamp(conn, ChangeSubject::Config(level.clone()))
+            .await?;
         let now = self.now();
         let (tenant, user) = key(level);
         sqlx::query(
@@ -176,7 +178,9 @@ impl ConfigStore for PostgresStore {
         level_query(&DELETE, level, self.persistent())
             .execute(&mut *tx)
             .await?;
-        let version = next_version(&mut tx, self.persistent()).await?;
+        let version = self
+            .stamp(&mut tx, ChangeSubject::Config(level.clone()))
+            .await?;
         tx.commit().await?;
         Ok(version)
     }

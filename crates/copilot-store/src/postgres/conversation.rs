@@ -12,10 +12,10 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::{PostgresStore, next_version, to_i64, to_u64};
+use super::{PostgresStore, to_i64, to_u64};
 use crate::error::check_expected;
 use crate::traits::ConversationStore;
-use crate::{StoreError, StoreResult};
+use crate::{ChangeSubject, StoreError, StoreResult};
 
 macro_rules! conversation_columns {
     () => {
@@ -128,7 +128,12 @@ impl ConversationStore for PostgresStore {
         let now = self.now();
         let id = ConversationId::new_v7(now);
         let mut tx = self.begin().await?;
-        let version = next_version(&mut tx, self.persistent()).await?;
+        let version = self
+            .stamp(
+                &mut tx,
+                ChangeSubject::Conversation(new.tenant_id.clone(), id),
+            )
+            .await?;
         let row = sqlx::query(concat!(
             "INSERT INTO copilot.conversations (id, tenant_id, user_id, title, persona_id, jurisdictions,
                  share_audience, tenant_access, created_at, updated_at, version)
@@ -229,7 +234,9 @@ impl ConversationStore for PostgresStore {
         let mut tx = self.begin().await?;
         let (current, _, _) = self.lock_conversation(&mut tx, tenant, id).await?;
         check_expected(Some(current), expected_version)?;
-        let version = next_version(&mut tx, self.persistent()).await?;
+        let version = self
+            .stamp(&mut tx, ChangeSubject::Conversation(tenant.clone(), *id))
+            .await?;
         let mut sql =
             QueryBuilder::<Postgres>::new("UPDATE copilot.conversations SET updated_at = ");
         sql.push_bind(now)
@@ -282,7 +289,9 @@ impl ConversationStore for PostgresStore {
             .bind(id.as_uuid())
             .execute(&mut *tx)
             .await?;
-        let version = next_version(&mut tx, self.persistent()).await?;
+        let version = self
+            .stamp(&mut tx, ChangeSubject::Conversation(tenant.clone(), *id))
+            .await?;
         tx.commit().await?;
         Ok(version)
     }
@@ -302,7 +311,12 @@ impl ConversationStore for PostgresStore {
         if archived {
             return Err(StoreError::ConversationArchived);
         }
-        let version = next_version(&mut tx, self.persistent()).await?;
+        let version = self
+            .stamp(
+                &mut tx,
+                ChangeSubject::Conversation(tenant.clone(), *conversation),
+            )
+            .await?;
         let seq = last_seq + 1;
         let row = sqlx::query(concat!(
             "INSERT INTO copilot.conversation_messages
@@ -482,7 +496,12 @@ impl ConversationStore for PostgresStore {
                 conversation: current,
             });
         }
-        let version = next_version(&mut tx, self.persistent()).await?;
+        let version = self
+            .stamp(
+                &mut tx,
+                ChangeSubject::Conversation(tenant.clone(), *conversation),
+            )
+            .await?;
         let row = sqlx::query(concat!(
             "UPDATE copilot.conversation_messages SET content = NULL, metadata = '{}', deleted_at = $1,
                  deleted_by = $2 WHERE id = $3 RETURNING ",

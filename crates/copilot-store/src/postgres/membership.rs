@@ -5,9 +5,9 @@ use copilot_domain::{TenantId, UserId};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
-use super::{PostgresStore, next_version, to_i64, to_u64};
+use super::{PostgresStore, to_i64, to_u64};
 use crate::traits::MembershipStore;
-use crate::{StoreError, StoreResult};
+use crate::{ChangeSubject, StoreError, StoreResult};
 
 macro_rules! columns {
     () => {
@@ -60,7 +60,12 @@ impl MembershipStore for PostgresStore {
         input: &MembershipInput,
     ) -> StoreResult<Membership> {
         let mut tx = self.begin().await?;
-        let version = next_version(&mut tx, self.persistent()).await?;
+        let version = self
+            .stamp(
+                &mut tx,
+                ChangeSubject::Membership(tenant.clone(), user.clone()),
+            )
+            .await?;
         let now = self.now();
         let row = sqlx::query(concat!(
             "INSERT INTO copilot.tenant_memberships (tenant_id, user_id, role, status, version, created_at, updated_at)
@@ -97,7 +102,12 @@ impl MembershipStore for PostgresStore {
         if deleted.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        let version = next_version(&mut tx, self.persistent()).await?;
+        let version = self
+            .stamp(
+                &mut tx,
+                ChangeSubject::Membership(tenant.clone(), user.clone()),
+            )
+            .await?;
         tx.commit().await?;
         Ok(version)
     }

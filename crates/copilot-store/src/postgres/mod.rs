@@ -26,7 +26,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::traits::StoreHealth;
-use crate::{StoreError, StoreResult};
+use crate::{Change, ChangeLog, ChangeSubject, StoreError, StoreResult};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -41,6 +41,8 @@ pub struct PostgresOptions {
     /// PgBouncer/Supavisor in transaction mode (`COPILOT_PG_TRANSACTION_POOLER`).
     pub transaction_pooler: bool,
     pub clock: Arc<dyn Clock>,
+    /// Record every write in the change log (for a cache that drains it).
+    pub record_changes: bool,
 }
 
 impl PostgresOptions {
@@ -51,6 +53,7 @@ impl PostgresOptions {
             acquire_timeout: Duration::from_millis(500),
             transaction_pooler: false,
             clock: Arc::new(SystemClock),
+            record_changes: false,
         }
     }
 
@@ -64,6 +67,7 @@ pub struct PostgresStore {
     pool: PgPool,
     clock: Arc<dyn Clock>,
     transaction_pooler: bool,
+    record_changes: bool,
 }
 
 impl PostgresStore {
@@ -85,6 +89,7 @@ impl PostgresStore {
             pool,
             clock: options.clock,
             transaction_pooler: options.transaction_pooler,
+            record_changes: options.record_changes,
         })
     }
 
@@ -119,6 +124,27 @@ impl PostgresStore {
 
     fn now(&self) -> Timestamp {
         self.clock.now()
+    }
+
+    /// A fresh version for a write to `subject`, recorded in the change log when asked to, in
+    /// the caller's transaction.
+    async fn stamp(&self, conn: &mut PgConnection, subject: ChangeSubject) -> StoreResult<u64> {
+        let version = next_version(conn, self.persistent()).await?;
+        if self.record_changes {
+            let (kind, tenant, subject) = subject.columns();
+            sqlx::query(
+                "INSERT INTO copilot.changes (kind, tenant_id, subject, version, created_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .persistent(self.persistent())
+            .bind(kind)
+            .bind(tenant)
+            .bind(subject)
+            .bind(to_i64(version)?)
+            .bind(self.now())
+            .execute(conn)
+            .await?;
+        }
+        Ok(version)
     }
 
     /// Named, cached prepared statements, except behind a transaction pooler.
@@ -199,5 +225,48 @@ impl StoreHealth for PostgresStore {
             .execute(&mut *conn)
             .await?;
         conn.finish().await
+    }
+}
+
+#[async_trait]
+impl ChangeLog for PostgresStore {
+    async fn changes_before(&self, before: Timestamp, limit: u32) -> StoreResult<Vec<Change>> {
+        let mut conn = self.read().await?;
+        let rows: Vec<(i64, String, Option<String>, Option<String>, i64, Timestamp)> =
+            sqlx::query_as(
+                "SELECT id, kind, tenant_id, subject, version, created_at FROM copilot.changes
+             WHERE created_at < $1 ORDER BY id LIMIT $2",
+            )
+            .persistent(self.persistent())
+            .bind(before)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *conn)
+            .await?;
+        conn.finish().await?;
+        rows.into_iter()
+            .map(|(id, kind, tenant, subject, version, at)| {
+                Ok(Change {
+                    id,
+                    subject: ChangeSubject::from_columns(
+                        &kind,
+                        tenant.as_deref(),
+                        subject.as_deref(),
+                    )?,
+                    version: to_u64(version, "version")?,
+                    at,
+                })
+            })
+            .collect()
+    }
+
+    async fn forget_changes(&self, ids: &[i64]) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM copilot.changes WHERE id = ANY($1)")
+            .persistent(self.persistent())
+            .bind(ids)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 }

@@ -4,10 +4,10 @@ use copilot_domain::policy::{StoredPolicy, TenantLlmPolicy};
 use sqlx::Row;
 use sqlx::types::Json;
 
-use super::{PostgresStore, next_version, to_i64, to_u64};
+use super::{PostgresStore, to_i64, to_u64};
 use crate::error::check_expected;
 use crate::traits::PolicyStore;
-use crate::{StoreError, StoreResult};
+use crate::{ChangeSubject, StoreError, StoreResult};
 
 #[async_trait]
 impl PolicyStore for PostgresStore {
@@ -52,7 +52,9 @@ impl PolicyStore for PostgresStore {
             current.map(|v| to_u64(v, "version")).transpose()?,
             expected_version,
         )?;
-        let version = next_version(&mut tx, self.persistent()).await?;
+        let version = self
+            .stamp(&mut tx, ChangeSubject::Policy(policy.tenant_id.clone()))
+            .await?;
         let now = self.now();
         sqlx::query(
             "INSERT INTO copilot.tenant_llm_policies (tenant_id, document, version, updated_at, updated_by)
@@ -97,7 +99,9 @@ impl PolicyStore for PostgresStore {
             .bind(tenant.as_str())
             .execute(&mut *tx)
             .await?;
-        let version = next_version(&mut tx, self.persistent()).await?;
+        let version = self
+            .stamp(&mut tx, ChangeSubject::Policy(tenant.clone()))
+            .await?;
         tx.commit().await?;
         Ok(version)
     }

@@ -3,10 +3,10 @@ use copilot_domain::clock::from_micros;
 use copilot_domain::config::{ConfigLevel, ConfigPatch, StoredPatch};
 use sqlx::{Row, SqliteConnection};
 
-use super::{SqliteStore, micros, next_version, to_u64, version_param};
+use super::{SqliteStore, micros, to_u64, version_param};
 use crate::error::check_expected;
 use crate::traits::ConfigStore;
-use crate::{StoreError, StoreResult};
+use crate::{ChangeSubject, StoreError, StoreResult};
 
 /// The row key of a level: '' means "no tenant" / "no user".
 fn key(level: &ConfigLevel) -> (&str, &str) {
@@ -52,7 +52,7 @@ impl SqliteStore {
     ) -> StoreResult<StoredPatch> {
         let text =
             serde_json::to_string(&patch).map_err(|e| StoreError::Internal(e.to_string()))?;
-        let version = next_version(tx).await?;
+        let version = self.stamp(tx, ChangeSubject::Config(level.clone())).await?;
         let now = self.now();
         let (tenant, user) = key(level);
         sqlx::query(
@@ -137,7 +137,9 @@ impl ConfigStore for SqliteStore {
             .bind(user)
             .execute(&mut *tx)
             .await?;
-        let version = next_version(&mut tx).await?;
+        let version = self
+            .stamp(&mut tx, ChangeSubject::Config(level.clone()))
+            .await?;
         tx.commit().await?;
         Ok(version)
     }

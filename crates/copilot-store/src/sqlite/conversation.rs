@@ -10,10 +10,10 @@ use serde_json::Map;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
-use super::{SqliteStore, micros, next_version, opt_time, to_u64, version_param};
+use super::{SqliteStore, micros, opt_time, to_u64, version_param};
 use crate::error::check_expected;
 use crate::traits::ConversationStore;
-use crate::{StoreError, StoreResult};
+use crate::{ChangeSubject, StoreError, StoreResult};
 
 const CONVERSATION_COLUMNS: &str = "id, tenant_id, user_id, title, persona_id, jurisdictions, share_audience, \
      tenant_access, archived_at, created_at, updated_at, last_message_at, message_count, version";
@@ -121,7 +121,12 @@ impl ConversationStore for SqliteStore {
         let now = self.now();
         let id = ConversationId::new_v7(now);
         let mut tx = self.begin_write().await?;
-        let version = next_version(&mut tx).await?;
+        let version = self
+            .stamp(
+                &mut tx,
+                ChangeSubject::Conversation(new.tenant_id.clone(), id),
+            )
+            .await?;
         let row = sqlx::query(&format!(
             "INSERT INTO conversations (id, tenant_id, user_id, title, persona_id, jurisdictions, share_audience,
                  tenant_access, archived_at, created_at, updated_at, last_message_at, last_activity_at,
@@ -211,7 +216,9 @@ impl ConversationStore for SqliteStore {
         let mut tx = self.begin_write().await?;
         let (current, _, _) = current_state(&mut tx, tenant, id).await?;
         check_expected(Some(current), expected_version)?;
-        let version = next_version(&mut tx).await?;
+        let version = self
+            .stamp(&mut tx, ChangeSubject::Conversation(tenant.clone(), *id))
+            .await?;
         let mut sql = QueryBuilder::<Sqlite>::new("UPDATE conversations SET updated_at = ");
         sql.push_bind(now)
             .push(", version = ")
@@ -260,7 +267,9 @@ impl ConversationStore for SqliteStore {
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
-        let version = next_version(&mut tx).await?;
+        let version = self
+            .stamp(&mut tx, ChangeSubject::Conversation(tenant.clone(), *id))
+            .await?;
         tx.commit().await?;
         Ok(version)
     }
@@ -278,7 +287,12 @@ impl ConversationStore for SqliteStore {
         if archived {
             return Err(StoreError::ConversationArchived);
         }
-        let version = next_version(&mut tx).await?;
+        let version = self
+            .stamp(
+                &mut tx,
+                ChangeSubject::Conversation(tenant.clone(), *conversation),
+            )
+            .await?;
         let seq = last_seq + 1;
         let row = sqlx::query(&format!(
             "INSERT INTO conversation_messages (id, conversation_id, seq, role, content, metadata, author_id, created_at)
@@ -434,7 +448,12 @@ impl ConversationStore for SqliteStore {
                 conversation: current,
             });
         }
-        let version = next_version(&mut tx).await?;
+        let version = self
+            .stamp(
+                &mut tx,
+                ChangeSubject::Conversation(tenant.clone(), *conversation),
+            )
+            .await?;
         let row = sqlx::query(&format!(
             "UPDATE conversation_messages SET content = NULL, metadata = ?, deleted_at = ?, deleted_by = ?
              WHERE id = ? RETURNING {MESSAGE_COLUMNS}"

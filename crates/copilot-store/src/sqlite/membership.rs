@@ -6,9 +6,9 @@ use copilot_domain::{TenantId, UserId};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
-use super::{SqliteStore, micros, next_version, to_u64, version_param};
+use super::{SqliteStore, micros, to_u64, version_param};
 use crate::traits::MembershipStore;
-use crate::{StoreError, StoreResult};
+use crate::{ChangeSubject, StoreError, StoreResult};
 
 const COLUMNS: &str = "tenant_id, user_id, role, status, version, created_at, updated_at";
 
@@ -52,7 +52,12 @@ impl MembershipStore for SqliteStore {
         input: &MembershipInput,
     ) -> StoreResult<Membership> {
         let mut tx = self.begin_write().await?;
-        let version = next_version(&mut tx).await?;
+        let version = self
+            .stamp(
+                &mut tx,
+                ChangeSubject::Membership(tenant.clone(), user.clone()),
+            )
+            .await?;
         let now = micros(self.now());
         let row = sqlx::query(&format!(
             "INSERT INTO tenant_memberships (tenant_id, user_id, role, status, version, created_at, updated_at)
@@ -86,7 +91,12 @@ impl MembershipStore for SqliteStore {
         if deleted.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        let version = next_version(&mut tx).await?;
+        let version = self
+            .stamp(
+                &mut tx,
+                ChangeSubject::Membership(tenant.clone(), user.clone()),
+            )
+            .await?;
         tx.commit().await?;
         Ok(version)
     }

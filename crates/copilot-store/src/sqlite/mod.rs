@@ -21,7 +21,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use crate::traits::StoreHealth;
-use crate::{StoreError, StoreResult};
+use crate::{Change, ChangeLog, ChangeSubject, StoreError, StoreResult};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -36,6 +36,8 @@ pub struct SqliteOptions {
     /// How long a request waits for a connection before `Unavailable`.
     pub acquire_timeout: Duration,
     pub clock: Arc<dyn Clock>,
+    /// Record every write in the change log (for a cache that drains it).
+    pub record_changes: bool,
 }
 
 impl SqliteOptions {
@@ -46,6 +48,7 @@ impl SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             acquire_timeout: Duration::from_secs(5),
             clock: Arc::new(SystemClock),
+            record_changes: false,
         }
     }
 
@@ -59,6 +62,7 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     clock: Arc<dyn Clock>,
+    record_changes: bool,
 }
 
 impl SqliteStore {
@@ -102,6 +106,7 @@ impl SqliteStore {
             writer,
             reader,
             clock: options.clock,
+            record_changes: options.record_changes,
         })
     }
 
@@ -136,6 +141,64 @@ impl SqliteStore {
 
     fn now(&self) -> Timestamp {
         self.clock.now()
+    }
+
+    /// A fresh version for a write to `subject`, recorded in the change log when asked to, in
+    /// the caller's transaction.
+    async fn stamp(&self, conn: &mut SqliteConnection, subject: ChangeSubject) -> StoreResult<u64> {
+        let version = next_version(conn).await?;
+        if self.record_changes {
+            let (kind, tenant, subject) = subject.columns();
+            sqlx::query("INSERT INTO changes (kind, tenant_id, subject, version, created_at) VALUES (?, ?, ?, ?, ?)")
+                .bind(kind)
+                .bind(tenant)
+                .bind(subject)
+                .bind(version_param(version)?)
+                .bind(micros(self.now()))
+                .execute(conn)
+                .await?;
+        }
+        Ok(version)
+    }
+}
+
+#[async_trait]
+impl ChangeLog for SqliteStore {
+    async fn changes_before(&self, before: Timestamp, limit: u32) -> StoreResult<Vec<Change>> {
+        let rows: Vec<(i64, String, Option<String>, Option<String>, i64, i64)> = sqlx::query_as(
+            "SELECT id, kind, tenant_id, subject, version, created_at FROM changes
+             WHERE created_at < ? ORDER BY id LIMIT ?",
+        )
+        .bind(micros(before))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|(id, kind, tenant, subject, version, at)| {
+                Ok(Change {
+                    id,
+                    subject: ChangeSubject::from_columns(
+                        &kind,
+                        tenant.as_deref(),
+                        subject.as_deref(),
+                    )?,
+                    version: to_u64(version, "version")?,
+                    at: copilot_domain::clock::from_micros(at),
+                })
+            })
+            .collect()
+    }
+
+    async fn forget_changes(&self, ids: &[i64]) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        for id in ids {
+            sqlx::query("DELETE FROM changes WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }
 

@@ -4,10 +4,10 @@ use copilot_domain::clock::from_micros;
 use copilot_domain::policy::{StoredPolicy, TenantLlmPolicy};
 use sqlx::Row;
 
-use super::{SqliteStore, micros, next_version, to_u64, version_param};
+use super::{SqliteStore, micros, to_u64, version_param};
 use crate::error::check_expected;
 use crate::traits::PolicyStore;
-use crate::{StoreError, StoreResult};
+use crate::{ChangeSubject, StoreError, StoreResult};
 
 #[async_trait]
 impl PolicyStore for SqliteStore {
@@ -48,7 +48,9 @@ impl PolicyStore for SqliteStore {
             current.map(|v| to_u64(v, "version")).transpose()?,
             expected_version,
         )?;
-        let version = next_version(&mut tx).await?;
+        let version = self
+            .stamp(&mut tx, ChangeSubject::Policy(policy.tenant_id.clone()))
+            .await?;
         let now = self.now();
         sqlx::query(
             "INSERT INTO tenant_llm_policies (tenant_id, document, version, updated_at, updated_by)
@@ -89,7 +91,9 @@ impl PolicyStore for SqliteStore {
             .bind(tenant.as_str())
             .execute(&mut *tx)
             .await?;
-        let version = next_version(&mut tx).await?;
+        let version = self
+            .stamp(&mut tx, ChangeSubject::Policy(tenant.clone()))
+            .await?;
         tx.commit().await?;
         Ok(version)
     }
