@@ -66,6 +66,7 @@ impl CircuitBreaker {
                 *inner = Inner::HalfOpen;
                 metrics::counter!("copilot_cache_breaker_transitions_total", "to" => "half-open")
                     .increment(1);
+                Self::publish_state(BreakerState::HalfOpen);
                 true
             }
             Inner::Open { .. } => false,
@@ -78,6 +79,7 @@ impl CircuitBreaker {
             if !matches!(*inner, Inner::Closed { .. }) {
                 metrics::counter!("copilot_cache_breaker_transitions_total", "to" => "closed")
                     .increment(1);
+                Self::publish_state(BreakerState::Closed);
                 tracing::info!("redis circuit breaker closed");
             }
             *inner = Inner::Closed { failures: 0 };
@@ -102,8 +104,19 @@ impl CircuitBreaker {
             };
             metrics::counter!("copilot_cache_breaker_transitions_total", "to" => "open")
                 .increment(1);
+            Self::publish_state(BreakerState::Open);
             tracing::warn!("redis circuit breaker opened");
         }
+    }
+
+    /// `copilot_cache_breaker_state`: 0 closed, 1 half-open, 2 open.
+    fn publish_state(state: BreakerState) {
+        let value = match state {
+            BreakerState::Closed => 0.0,
+            BreakerState::HalfOpen => 1.0,
+            BreakerState::Open => 2.0,
+        };
+        metrics::gauge!("copilot_cache_breaker_state").set(value);
     }
 
     pub fn state(&self) -> BreakerState {

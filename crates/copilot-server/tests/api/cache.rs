@@ -343,3 +343,58 @@ async fn regression_12_membership_changes_take_effect_everywhere_at_once() {
     .ok(200);
     a.get(&path, Who::Owner).await.problem(403, "forbidden");
 }
+
+/// Each flag really turns its own cache off (DESIGN.md 5.4): with the policy cache off, policy
+/// reads never hit a cache while the config cache still does.
+#[tokio::test]
+async fn each_flag_turns_its_own_cache_off() {
+    let dir = tempfile::tempdir().expect("temp dir").keep();
+    let url = format!("sqlite://{}/flags.db", dir.display());
+    let store = TestStore::Sqlite(Arc::new(
+        SqliteStore::open(SqliteOptions::new(url))
+            .await
+            .expect("sqlite"),
+    ));
+    let cache = CacheSettings {
+        flags: CacheFlags {
+            policy: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let s = TestServer::start_cached(store, TestServer::default_settings(false), cache).await;
+    s.put(
+        &format!("/v1/tenants/{TENANT}/llm-policy"),
+        Who::Admin,
+        json!({"defaultModel": "m", "defaultProvider": "p"}),
+    )
+    .await
+    .ok(200);
+    for _ in 0..5 {
+        s.get(&format!("/v1/tenants/{TENANT}/llm-policy"), Who::Owner)
+            .await
+            .ok(200);
+        s.get(
+            &format!("/v1/tenants/{TENANT}/config/effective"),
+            Who::Owner,
+        )
+        .await
+        .ok(200);
+    }
+    let state = s.get("/v1/admin/cache", Who::Service).await;
+    let state = state.ok(200);
+    assert_eq!(state["caches"]["policy"]["enabled"], false);
+    assert_eq!(
+        (
+            state["caches"]["policy"]["hits"].as_u64(),
+            state["caches"]["policy"]["misses"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+    assert_eq!(state["caches"]["config"]["enabled"], true);
+    assert!(state["caches"]["config"]["hits"].as_u64().unwrap() > 0);
+    assert_eq!(
+        state["caches"]["conversation"]["enabled"], false,
+        "conversation caching is opt-in"
+    );
+}
