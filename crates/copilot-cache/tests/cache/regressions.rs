@@ -309,3 +309,115 @@ async fn single_flight_shares_one_store_read() {
         "20 concurrent misses, one store read"
     );
 }
+
+/// Item 13 for the conversation and membership caches: the same race through the factory's
+/// decorators (a slow reader on B, a write on A in between).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_13_slow_reader_never_refills_an_old_conversation_or_membership() {
+    use copilot_cache::{CachedConversationStore, CachedMembershipStore};
+    use copilot_domain::TenantRole;
+    use copilot_domain::conversation::{ConversationUpdate, ShareAudience, TenantAccess};
+    use copilot_domain::membership::{MembershipInput, MembershipStatus};
+    use copilot_store::conformance::new_conversation;
+    use copilot_store::{ConversationStore, MembershipStore};
+
+    let Some(url) = redis_url("COPILOT_TEST_REDIS_URL") else {
+        return;
+    };
+    let store = counting().await;
+    let prefix = fresh_prefix();
+    let tier = |name: &'static str| {
+        let mut redis = copilot_cache::RedisSettings::new(&url);
+        redis.prefix = prefix.clone();
+        let l2 = Arc::new(copilot_cache::RedisL2::new(&redis).unwrap());
+        let settings = copilot_cache::TierSettings {
+            prefix: prefix.clone(),
+            ..copilot_cache::TierSettings::new(name, Duration::from_secs(60))
+        };
+        (settings, l2)
+    };
+    let conversations = |name| {
+        let (settings, l2) = tier(name);
+        Arc::new(CachedConversationStore::new(
+            store.inner.clone(),
+            copilot_cache::CacheTier::new(settings, Some(l2)),
+        ))
+    };
+    let members = |name| {
+        let (settings, l2) = tier(name);
+        Arc::new(CachedMembershipStore::new(
+            store.inner.clone(),
+            copilot_cache::CacheTier::new(settings, Some(l2)),
+        ))
+    };
+    let t = tenant("acme");
+
+    // Conversation: private, read slowly on B while A shares it with the tenant.
+    let (a, b) = (conversations("conversation"), conversations("conversation"));
+    let c = store
+        .inner
+        .create_conversation(&new_conversation(
+            &t,
+            Some("owner"),
+            ShareAudience::Private,
+            TenantAccess::View,
+        ))
+        .await
+        .unwrap();
+    let (read_done, go) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+    b.tier()
+        .set_fill_hook(Some(pause_first_fill(read_done.clone(), go.clone())));
+    let slow = {
+        let (b, t, id) = (b.clone(), t.clone(), c.id);
+        tokio::spawn(async move { b.get_conversation(&t, &id).await.unwrap().unwrap() })
+    };
+    read_done.notified().await;
+    let update = ConversationUpdate {
+        share_audience: Some(ShareAudience::Tenant),
+        ..Default::default()
+    };
+    a.update_conversation(&t, &c.id, &update, None)
+        .await
+        .unwrap();
+    go.add_permits(1);
+    assert_eq!(slow.await.unwrap().share_audience, ShareAudience::Private);
+    for instance in [&a, &b] {
+        let now = instance.get_conversation(&t, &c.id).await.unwrap().unwrap();
+        assert_eq!(
+            now.share_audience,
+            ShareAudience::Tenant,
+            "an old conversation record was served after the write"
+        );
+    }
+
+    // Membership: active, read slowly on B while A suspends it.
+    let (a, b) = (members("auth"), members("auth"));
+    let u = user("bob");
+    let active = MembershipInput {
+        role: TenantRole::Member,
+        status: MembershipStatus::Active,
+    };
+    store.inner.put_membership(&t, &u, &active).await.unwrap();
+    let (read_done, go) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
+    b.tier()
+        .set_fill_hook(Some(pause_first_fill(read_done.clone(), go.clone())));
+    let slow = {
+        let (b, t, u) = (b.clone(), t.clone(), u.clone());
+        tokio::spawn(async move { b.get_membership(&t, &u).await.unwrap().unwrap() })
+    };
+    read_done.notified().await;
+    let suspended = MembershipInput {
+        role: TenantRole::Member,
+        status: MembershipStatus::Suspended,
+    };
+    a.put_membership(&t, &u, &suspended).await.unwrap();
+    go.add_permits(1);
+    assert!(slow.await.unwrap().is_active());
+    for instance in [&a, &b] {
+        let now = instance.get_membership(&t, &u).await.unwrap().unwrap();
+        assert!(
+            !now.is_active(),
+            "a suspended membership came back active from the cache"
+        );
+    }
+}

@@ -173,6 +173,30 @@ fn migrate_doctor_and_bad_configuration() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("COPILOT_REQUIRE_MEMBERSHIP"));
+    // DESIGN.md section 9, item 3: a cache flag that is no boolean stops start-up, named.
+    let out = command(dir.path())
+        .env("ENABLE_REDIS_CACHING", "maybe")
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ENABLE_REDIS_CACHING"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = command(dir.path())
+        .env("ENABLE_REDIS_CACHING", "Off")
+        .args(["doctor", "--database-url", "sqlite://./m.db"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains("ENABLE_REDIS_CACHING=false")
+            && text.contains("policy cache: off"),
+        "{text}"
+    );
     let out = command(dir.path())
         .args(["token", "--tenant", "bad tenant"])
         .output()
