@@ -55,6 +55,12 @@ pub struct CacheSettings {
     /// re-sends it (younger ones are their writer's business).
     pub drain_every: Duration,
     pub drain_settle: Duration,
+    /// Lifetime of negative entries (at most 30 s for the auth cache).
+    pub negative_ttl: Duration,
+    /// L1: lifetime (at most 30 s) and bounds per cache.
+    pub l1_ttl: Duration,
+    pub l1_max_entries: usize,
+    pub l1_max_bytes: u64,
 }
 
 impl Default for CacheSettings {
@@ -69,6 +75,10 @@ impl Default for CacheSettings {
             auth_ttl: Duration::from_secs(300),
             drain_every: Duration::from_secs(1),
             drain_settle: Duration::from_secs(2),
+            negative_ttl: Duration::from_secs(30),
+            l1_ttl: Duration::from_secs(30),
+            l1_max_entries: 10_000,
+            l1_max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -149,6 +159,10 @@ impl CacheControl {
         let tier_settings = |name: &'static str, ttl: Duration| {
             let mut s = TierSettings::new(name, ttl);
             s.prefix = settings.prefix.clone();
+            s.negative_ttl = settings.negative_ttl;
+            s.l1_ttl = settings.l1_ttl.min(Duration::from_secs(30));
+            s.l1_capacity = settings.l1_max_entries;
+            s.l1_max_bytes = settings.l1_max_bytes;
             s
         };
         let mut out = stores.clone();

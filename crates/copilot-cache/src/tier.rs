@@ -39,7 +39,9 @@ pub struct TierSettings {
     pub tombstone_ttl: Duration,
     /// L1 lifetime (at most 30 s).
     pub l1_ttl: Duration,
+    /// L1 bounds: entries and (approximate, JSON-encoded) bytes.
     pub l1_capacity: usize,
+    pub l1_max_bytes: u64,
 }
 
 impl TierSettings {
@@ -52,6 +54,7 @@ impl TierSettings {
             tombstone_ttl: Duration::from_secs(60),
             l1_ttl: Duration::from_secs(30),
             l1_capacity: 10_000,
+            l1_max_bytes: 64 * 1024 * 1024,
         }
     }
 
@@ -69,6 +72,8 @@ impl TierSettings {
 struct L1Slot<T> {
     entry: Entry<T>,
     stored_at: Instant,
+    /// What the entry weighs against the byte bound.
+    weight: u64,
 }
 
 impl<T> Clone for L1Slot<T> {
@@ -76,20 +81,34 @@ impl<T> Clone for L1Slot<T> {
         Self {
             entry: self.entry.clone(),
             stored_at: self.stored_at,
+            weight: self.weight,
         }
+    }
+}
+
+/// Weighs an L1 slot by its encoded size, but at least `floor` (= byte bound / entry bound), so
+/// both bounds hold with one weight.
+#[derive(Clone)]
+struct SlotWeight {
+    floor: u64,
+}
+
+impl<T> quick_cache::Weighter<String, L1Slot<T>> for SlotWeight {
+    fn weight(&self, key: &String, slot: &L1Slot<T>) -> u64 {
+        (key.len() as u64 + slot.weight).max(self.floor)
     }
 }
 
 /// The in-process cache of one tier: bounded, versioned, with a lifetime per entry.
 struct L1<T> {
     name: &'static str,
-    cache: Cache<String, L1Slot<T>>,
+    cache: Cache<String, L1Slot<T>, SlotWeight>,
     /// Serializes compare-and-insert (reads stay lock-free).
     write: Mutex<()>,
     ttl: Duration,
 }
 
-impl<T> L1<T> {
+impl<T: Serialize> L1<T> {
     fn get(&self, key: &str) -> Option<Entry<T>> {
         self.cache
             .get(key)
@@ -102,11 +121,18 @@ impl<T> L1<T> {
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let existing = self.get(key);
         if entry.may_replace(existing.as_ref()) {
+            let weight = match &entry {
+                Entry::Value { value, .. } => {
+                    serde_json::to_vec(value.as_ref()).map_or(0, |v| v.len() as u64)
+                }
+                _ => 16,
+            };
             self.cache.insert(
                 key.to_owned(),
                 L1Slot {
                     entry,
                     stored_at: Instant::now(),
+                    weight,
                 },
             );
         } else {
@@ -115,7 +141,7 @@ impl<T> L1<T> {
     }
 }
 
-impl<T: Send + Sync + 'static> L1Sink for L1<T> {
+impl<T: Serialize + Send + Sync + 'static> L1Sink for L1<T> {
     fn cache_name(&self) -> &'static str {
         self.name
     }
@@ -168,7 +194,13 @@ where
         Self {
             l1: Arc::new(L1 {
                 name: settings.name,
-                cache: Cache::new(capacity),
+                cache: Cache::with_weighter(
+                    capacity,
+                    settings.l1_max_bytes.max(1024),
+                    SlotWeight {
+                        floor: settings.l1_max_bytes.max(1024) / capacity as u64,
+                    },
+                ),
                 write: Mutex::new(()),
                 ttl: settings.l1_ttl.min(Duration::from_secs(30)),
             }),

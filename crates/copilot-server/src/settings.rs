@@ -242,6 +242,19 @@ impl Settings {
             config_ttl: seconds("CONFIG_CACHE_TTL_SECONDS", 300)?,
             conversation_ttl: seconds("CONVERSATION_CACHE_TTL_SECONDS", 60)?,
             auth_ttl: seconds("AUTH_CACHE_TTL_SECONDS", 300)?,
+            negative_ttl: Duration::from_secs(number_var(
+                "COPILOT_CACHE_NEGATIVE_TTL_SECONDS",
+                30,
+                1..=30,
+            )?),
+            l1_ttl: Duration::from_secs(number_var("COPILOT_CACHE_L1_TTL_SECONDS", 30, 1..=30)?),
+            l1_max_entries: number_var("COPILOT_CACHE_L1_MAX_ENTRIES", 10_000, 16..=10_000_000)?
+                as usize,
+            l1_max_bytes: number_var(
+                "COPILOT_CACHE_L1_MAX_BYTES",
+                64 * 1024 * 1024,
+                1024..=(1 << 40),
+            )?,
             ..CacheSettings::default()
         };
         Ok(Self {
