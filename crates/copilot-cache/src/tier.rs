@@ -176,6 +176,35 @@ pub struct CacheTier<T> {
     enabled: Arc<AtomicBool>,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Registered once: a hit costs an atomic increment, not a registry lookup.
+    counters: Counters,
+}
+
+struct Counters {
+    l1_hit: metrics::Counter,
+    l1_miss: metrics::Counter,
+    l2_hit: metrics::Counter,
+    l2_miss: metrics::Counter,
+    l2_unavailable: metrics::Counter,
+    store_read: metrics::Counter,
+    bypass: metrics::Counter,
+}
+
+impl Counters {
+    /// `copilot_cache_requests_total{cache, tier, outcome}`. Register after the recorder is
+    /// installed (handles taken earlier count nothing).
+    fn new(cache: &'static str) -> Self {
+        let c = |tier: &'static str, outcome: &'static str| metrics::counter!("copilot_cache_requests_total", "cache" => cache, "tier" => tier, "outcome" => outcome);
+        Self {
+            l1_hit: c("l1", "hit"),
+            l1_miss: c("l1", "miss"),
+            l2_hit: c("l2", "hit"),
+            l2_miss: c("l2", "miss"),
+            l2_unavailable: c("l2", "unavailable"),
+            store_read: c("store", "read"),
+            bypass: c("store", "bypass"),
+        }
+    }
 }
 
 type Flight<T> = Arc<tokio::sync::Mutex<Option<Option<Arc<T>>>>>;
@@ -191,6 +220,7 @@ where
 {
     pub fn new(settings: TierSettings, l2: Option<Arc<RedisL2>>) -> Self {
         let capacity = settings.l1_capacity.max(16);
+        let name = settings.name;
         Self {
             l1: Arc::new(L1 {
                 name: settings.name,
@@ -213,6 +243,7 @@ where
             enabled: Arc::new(AtomicBool::new(true)),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            counters: Counters::new(name),
         }
     }
 
@@ -264,8 +295,16 @@ where
     }
 
     fn count(&self, tier: &'static str, outcome: &'static str) {
-        metrics::counter!("copilot_cache_requests_total", "cache" => self.settings.name, "tier" => tier, "outcome" => outcome)
-            .increment(1);
+        let counter = match (tier, outcome) {
+            ("l1", "hit") => &self.counters.l1_hit,
+            ("l1", "miss") => &self.counters.l1_miss,
+            ("l2", "hit") => &self.counters.l2_hit,
+            ("l2", "miss") => &self.counters.l2_miss,
+            ("l2", "unavailable") => &self.counters.l2_unavailable,
+            ("store", "read") => &self.counters.store_read,
+            _ => &self.counters.bypass,
+        };
+        counter.increment(1);
     }
 
     fn is_pending(&self, key: &str) -> bool {

@@ -179,6 +179,8 @@ fn jwt_secret(settings: &Settings) -> Result<(String, bool)> {
 }
 
 async fn run_serve(settings: Settings) -> Result<()> {
+    // The recorder first: the caches register their counters when they are built.
+    let metrics = telemetry::prometheus();
     let stores = open_stores(&settings)
         .await
         .context("cannot open the store")?;
@@ -200,7 +202,7 @@ async fn run_serve(settings: Settings) -> Result<()> {
             require_membership: settings.require_membership,
             store_timeout: settings.store_timeout,
         }),
-        metrics: telemetry::prometheus(),
+        metrics,
         cache: cache.clone(),
     };
     let listener = tokio::net::TcpListener::bind(settings.bind)

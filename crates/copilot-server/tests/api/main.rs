@@ -182,6 +182,7 @@ impl TestServer {
         settings: ServiceSettings,
         cache: CacheSettings,
     ) -> Self {
+        let metrics = copilot_server::telemetry::prometheus();
         let (stores, cache) = CacheControl::build(store.set(), cache).expect("cache");
         cache.follow_switch(std::time::Duration::from_millis(100));
         let state = AppState {
@@ -191,7 +192,7 @@ impl TestServer {
                 Authenticator::new(&JwtSettings::default(), Some(SECRET)).expect("auth"),
             ),
             service: Arc::new(settings),
-            metrics: copilot_server::telemetry::prometheus(),
+            metrics,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

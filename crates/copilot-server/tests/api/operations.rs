@@ -27,6 +27,10 @@ async fn health_readiness_metrics_and_openapi() {
     assert!(metrics.contains("route=\"/v1/tenants/{t}/config/effective\""));
     assert!(metrics.contains("copilot_http_request_duration_seconds"));
     assert!(metrics.contains("copilot_store_duration_seconds"));
+    assert!(
+        metrics.contains("copilot_cache_requests_total{cache=\"config\""),
+        "every cache branch has a metric"
+    );
 
     let doc = s.get("/openapi.json", Who::Nobody).await;
     let doc = doc.ok(200);
