@@ -11,7 +11,6 @@ use copilot_domain::config::{
 use copilot_domain::{TenantId, UserId};
 use copilot_store::{ConfigStore, StoreResult};
 
-use crate::entry::Entry;
 use crate::tier::CacheTier;
 
 pub struct CachedConfigStore {
@@ -41,16 +40,8 @@ impl CachedConfigStore {
     }
 
     async fn written(&self, stored: StoredPatch) -> StoredPatch {
-        let key = self.key(&stored.level);
-        self.tier.invalidate(&key, stored.version).await;
         self.tier
-            .fill(
-                &key,
-                Entry::Value {
-                    version: stored.version,
-                    value: Arc::new(stored.view()),
-                },
-            )
+            .write_through(&self.key(&stored.level), stored.version, stored.view())
             .await;
         stored
     }

@@ -13,7 +13,6 @@ use copilot_domain::conversation::{
 use copilot_domain::{ConversationId, MessageId, TenantId};
 use copilot_store::{ConversationStore, StoreResult};
 
-use crate::entry::Entry;
 use crate::tier::CacheTier;
 
 pub struct CachedConversationStore {
@@ -37,12 +36,9 @@ impl CachedConversationStore {
     /// After a write that produced `conversation`: tombstone, then the new record.
     async fn written(&self, conversation: &Conversation) {
         let key = self.key(&conversation.tenant_id, &conversation.id);
-        self.tier.invalidate(&key, conversation.version).await;
-        let entry = Entry::Value {
-            version: conversation.version,
-            value: Arc::new(conversation.clone()),
-        };
-        self.tier.fill(&key, entry).await;
+        self.tier
+            .write_through(&key, conversation.version, conversation.clone())
+            .await;
     }
 }
 

@@ -10,7 +10,6 @@ use copilot_domain::membership::{Membership, MembershipInput};
 use copilot_domain::{TenantId, UserId};
 use copilot_store::{MembershipStore, StoreResult};
 
-use crate::entry::Entry;
 use crate::tier::CacheTier;
 
 pub struct CachedMembershipStore {
@@ -59,16 +58,8 @@ impl MembershipStore for CachedMembershipStore {
         input: &MembershipInput,
     ) -> StoreResult<Membership> {
         let stored = self.inner.put_membership(tenant, user, input).await?;
-        let key = self.key(tenant, user);
-        self.tier.invalidate(&key, stored.version).await;
         self.tier
-            .fill(
-                &key,
-                Entry::Value {
-                    version: stored.version,
-                    value: Arc::new(stored.clone()),
-                },
-            )
+            .write_through(&self.key(tenant, user), stored.version, stored.clone())
             .await;
         Ok(stored)
     }

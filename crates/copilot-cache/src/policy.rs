@@ -8,7 +8,6 @@ use copilot_domain::TenantId;
 use copilot_domain::policy::{StoredPolicy, TenantLlmPolicy};
 use copilot_store::{PolicyStore, StoreResult};
 
-use crate::entry::Entry;
 use crate::tier::CacheTier;
 
 pub struct CachedPolicyStore {
@@ -52,17 +51,8 @@ impl PolicyStore for CachedPolicyStore {
             .inner
             .put_policy(policy, expected_version, actor)
             .await?;
-        let key = self.key(&policy.tenant_id);
-        self.tier.invalidate(&key, stored.version).await;
-        // Write-through: the row of this write replaces its own tombstone, never a newer one.
         self.tier
-            .fill(
-                &key,
-                Entry::Value {
-                    version: stored.version,
-                    value: Arc::new(stored.clone()),
-                },
-            )
+            .write_through(&self.key(&policy.tenant_id), stored.version, stored.clone())
             .await;
         Ok(stored)
     }

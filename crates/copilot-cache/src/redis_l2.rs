@@ -145,10 +145,23 @@ impl RedisL2 {
         encoded: &str,
         ttl: Duration,
     ) -> Option<bool> {
+        self.guarded("fill", &self.fill, key, version, encoded, ttl)
+            .await
+    }
+
+    /// Runs one of the version-guarded scripts; `Some(true)` when it stored.
+    async fn guarded(
+        &self,
+        op: &'static str,
+        script: &Script,
+        key: &str,
+        version: u64,
+        encoded: &str,
+        ttl: Duration,
+    ) -> Option<bool> {
         let mut conn = self.connection.clone();
-        let script = &self.fill;
         let ttl_ms = ttl.as_millis() as u64;
-        self.call("fill", async move {
+        self.call(op, async move {
             script
                 .key(key)
                 .arg(version)
@@ -187,20 +200,8 @@ impl RedisL2 {
         encoded: &str,
         ttl: Duration,
     ) -> Option<bool> {
-        let mut conn = self.connection.clone();
-        let script = &self.tombstone;
-        let ttl_ms = ttl.as_millis() as u64;
-        self.call("tombstone", async move {
-            script
-                .key(key)
-                .arg(version)
-                .arg(encoded)
-                .arg(ttl_ms)
-                .invoke_async::<i64>(&mut conn)
-                .await
-        })
-        .await
-        .map(|stored| stored == 1)
+        self.guarded("tombstone", &self.tombstone, key, version, encoded, ttl)
+            .await
     }
 
     /// A plain `GET` (`Some(None)`: no such key).

@@ -546,6 +546,21 @@ where
         }
     }
 
+    /// After a committed write that produced `value` at `version`: its tombstone (see
+    /// [`CacheTier::invalidate`]), then the row itself, so the next read is a hit. The row may
+    /// replace the tombstone of its own version, never a newer one.
+    pub async fn write_through(&self, key: &str, version: u64, value: T) {
+        self.invalidate(key, version).await;
+        self.fill(
+            key,
+            Entry::Value {
+                version,
+                value: Arc::new(value),
+            },
+        )
+        .await;
+    }
+
     /// After a committed write: a tombstone carrying the write's version in L1 and L2. If Redis
     /// cannot take it now, it is retried until it can.
     pub async fn invalidate(&self, key: &str, version: u64) {
