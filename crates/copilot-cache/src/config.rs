@@ -16,11 +16,17 @@ use crate::tier::CacheTier;
 pub struct CachedConfigStore {
     inner: Arc<dyn ConfigStore>,
     tier: CacheTier<StoredPatchView>,
+    global_key: String,
 }
 
 impl CachedConfigStore {
     pub fn new(inner: Arc<dyn ConfigStore>, tier: CacheTier<StoredPatchView>) -> Self {
-        Self { inner, tier }
+        let global_key = crate::keys::config(&tier.settings().prefix, &ConfigLevel::Global);
+        Self {
+            inner,
+            tier,
+            global_key,
+        }
     }
 
     pub fn tier(&self) -> &CacheTier<StoredPatchView> {
@@ -92,29 +98,27 @@ impl ConfigStore for CachedConfigStore {
         Ok(version)
     }
 
-    /// The three levels in one L2 round trip, merged in process.
+    /// The three levels in one L2 round trip (or three L1 lookups), merged in process.
     async fn get_effective(
         &self,
         tenant: &TenantId,
         user: Option<&UserId>,
     ) -> StoreResult<EffectiveConfig> {
-        let mut levels = vec![ConfigLevel::Global, ConfigLevel::Tenant(tenant.clone())];
-        if let Some(u) = user {
-            levels.push(ConfigLevel::User(tenant.clone(), u.clone()));
+        let tenant_level = ConfigLevel::Tenant(tenant.clone());
+        let user_level = user.map(|u| ConfigLevel::User(tenant.clone(), u.clone()));
+        let mut keys = vec![self.global_key.clone(), self.key(&tenant_level)];
+        if let Some(level) = &user_level {
+            keys.push(self.key(level));
         }
-        let keys: Vec<String> = levels.iter().map(|l| self.key(l)).collect();
-        let found = self.tier.get_many(&keys, |i| self.load(&levels[i])).await?;
-        let stored: Vec<Option<StoredPatch>> = found
-            .into_iter()
-            .zip(&levels)
-            .map(|(view, level)| view.map(|v| v.as_ref().clone().into_stored(level.clone())))
-            .collect();
-        Ok(effective_config(
-            tenant,
-            user,
-            stored.first().and_then(Option::as_ref),
-            stored.get(1).and_then(Option::as_ref),
-            stored.get(2).and_then(Option::as_ref),
-        ))
+        let found = self
+            .tier
+            .get_many(&keys, |i| match i {
+                0 => self.load(&ConfigLevel::Global),
+                1 => self.load(&tenant_level),
+                _ => self.load(user_level.as_ref().unwrap_or(&tenant_level)),
+            })
+            .await?;
+        let level = |i: usize| found.get(i).and_then(Option::as_deref);
+        Ok(effective_config(tenant, user, level(0), level(1), level(2)))
     }
 }

@@ -313,13 +313,43 @@ pub struct EffectiveConfig {
     pub versions: LevelVersions,
 }
 
+/// What the merge needs of a stored level: a [`StoredPatch`] or its JSON view.
+pub trait PatchRecord {
+    fn patch(&self) -> &ConfigPatch;
+    fn version(&self) -> u64;
+    fn updated_at(&self) -> DateTime<Utc>;
+    fn updated_by(&self) -> &str;
+}
+
+macro_rules! patch_record {
+    ($ty:ty) => {
+        impl PatchRecord for $ty {
+            fn patch(&self) -> &ConfigPatch {
+                &self.patch
+            }
+            fn version(&self) -> u64 {
+                self.version
+            }
+            fn updated_at(&self) -> DateTime<Utc> {
+                self.updated_at
+            }
+            fn updated_by(&self) -> &str {
+                &self.updated_by
+            }
+        }
+    };
+}
+
+patch_record!(StoredPatch);
+patch_record!(StoredPatchView);
+
 /// Merges the stored patches of the three levels field by field (DESIGN.md 3.4).
-pub fn effective_config(
+pub fn effective_config<P: PatchRecord>(
     tenant: &TenantId,
     user: Option<&UserId>,
-    global: Option<&StoredPatch>,
-    tenant_patch: Option<&StoredPatch>,
-    user_patch: Option<&StoredPatch>,
+    global: Option<&P>,
+    tenant_patch: Option<&P>,
+    user_patch: Option<&P>,
 ) -> EffectiveConfig {
     let mut values = ConfigValues::default();
     let mut sources = ConfigSources::all(ConfigSource::Default);
@@ -330,7 +360,7 @@ pub fn effective_config(
     ];
     for (source, stored) in levels {
         if let Some(stored) = stored {
-            apply_level(&mut values, &mut sources, &stored.patch, source);
+            apply_level(&mut values, &mut sources, stored.patch(), source);
         }
     }
     let config_level = levels
@@ -342,19 +372,19 @@ pub fn effective_config(
         .iter()
         .filter(|(source, _)| sources.iter().any(|s| s == *source))
         .filter_map(|(_, stored)| *stored)
-        .max_by_key(|stored| (stored.updated_at, stored.version));
+        .max_by_key(|stored| (stored.updated_at(), stored.version()));
     EffectiveConfig {
         tenant_id: tenant.clone(),
         user_id: user.cloned(),
         values,
         sources,
         config_level,
-        updated_at: newest_contributor.map(|s| s.updated_at),
-        updated_by: newest_contributor.map(|s| s.updated_by.clone()),
+        updated_at: newest_contributor.map(|s| s.updated_at()),
+        updated_by: newest_contributor.map(|s| s.updated_by().to_owned()),
         versions: LevelVersions {
-            global: global.map(|s| s.version),
-            tenant: tenant_patch.map(|s| s.version),
-            user: user_patch.map(|s| s.version),
+            global: global.map(|s| s.version()),
+            tenant: tenant_patch.map(|s| s.version()),
+            user: user_patch.map(|s| s.version()),
         },
     }
 }

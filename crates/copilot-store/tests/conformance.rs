@@ -43,8 +43,10 @@ mod postgres {
     /// A fresh database per test, from the migrated template (`None`: PostgreSQL not configured).
     async fn make() -> Option<StoreSet> {
         let url = fresh_postgres_database().await?;
+        // Generous acquire timeout: the whole suite runs in parallel on two cores.
         let store = PostgresStore::open(PostgresOptions {
             record_changes: true,
+            acquire_timeout: std::time::Duration::from_secs(10),
             ..PostgresOptions::new(url)
         })
         .await
@@ -76,6 +78,7 @@ mod postgres_pgbouncer {
         let mut options = PostgresOptions::new(format!("{bouncer}/{database}"));
         options.transaction_pooler = true;
         options.record_changes = true;
+        options.acquire_timeout = std::time::Duration::from_secs(10);
         let store = PostgresStore::connect_lazy(options).expect("pool");
         Some(StoreSet::from_backend(Arc::new(store)))
     }

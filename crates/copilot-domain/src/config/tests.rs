@@ -24,7 +24,7 @@ fn stored(level: ConfigLevel, patch: ConfigPatch, version: u64, age_secs: i64) -
 
 #[test]
 fn only_defaults() {
-    let e = effective_config(&tenant(), Some(&user()), None, None, None);
+    let e = effective_config::<StoredPatch>(&tenant(), Some(&user()), None, None, None);
     assert_eq!(e.values, ConfigValues::default());
     assert_eq!(e.config_level, ConfigSource::Default);
     assert_eq!(e.updated_at, None);

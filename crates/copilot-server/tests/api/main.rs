@@ -128,9 +128,12 @@ impl TestServer {
                     .await
                     .expect("COPILOT_TEST_POSTGRES_URL is required");
                 TestStore::Postgres(Arc::new(
-                    PostgresStore::open(PostgresOptions::new(url))
-                        .await
-                        .expect("postgres"),
+                    PostgresStore::open(PostgresOptions {
+                        acquire_timeout: std::time::Duration::from_secs(10),
+                        ..PostgresOptions::new(url)
+                    })
+                    .await
+                    .expect("postgres"),
                 ))
             }
             _ => {
