@@ -104,18 +104,28 @@ impl ConfigStore for CachedConfigStore {
         tenant: &TenantId,
         user: Option<&UserId>,
     ) -> StoreResult<EffectiveConfig> {
-        let tenant_level = ConfigLevel::Tenant(tenant.clone());
-        let user_level = user.map(|u| ConfigLevel::User(tenant.clone(), u.clone()));
-        let mut keys = vec![self.global_key.clone(), self.key(&tenant_level)];
-        if let Some(level) = &user_level {
-            keys.push(self.key(level));
-        }
+        // Keys straight from the ids; the levels are built only on a miss.
+        let prefix = &self.tier.settings().prefix;
+        let tenant_key = crate::keys::tenant_key(prefix, tenant.as_str(), "config");
+        let user_key =
+            user.map(|u| crate::keys::tenant_key(prefix, tenant.as_str(), &format!("config:{u}")));
+        let mut keys = [self.global_key.as_str(), tenant_key.as_str(), ""];
+        let count = match &user_key {
+            Some(k) => {
+                keys[2] = k.as_str();
+                3
+            }
+            None => 2,
+        };
         let found = self
             .tier
-            .get_many(&keys, |i| match i {
-                0 => self.load(&ConfigLevel::Global),
-                1 => self.load(&tenant_level),
-                _ => self.load(user_level.as_ref().unwrap_or(&tenant_level)),
+            .get_many(&keys[..count], |i| {
+                let level = match (i, user) {
+                    (0, _) => ConfigLevel::Global,
+                    (2, Some(u)) => ConfigLevel::User(tenant.clone(), u.clone()),
+                    _ => ConfigLevel::Tenant(tenant.clone()),
+                };
+                async move { self.load(&level).await }
             })
             .await?;
         let level = |i: usize| found.get(i).and_then(Option::as_deref);

@@ -355,7 +355,7 @@ where
             self.count("store", "bypass");
             return Ok(load().await?.map(|(_, value)| Arc::new(value)));
         }
-        let keys = [key.to_owned()];
+        let keys = [key];
         let mut found = self.lookup_cached(&keys).await;
         match found.pop() {
             Some(Lookup::Hit(value)) => {
@@ -367,11 +367,7 @@ where
     }
 
     /// Reads several keys with at most one L2 round trip (`MGET`), loading each miss.
-    pub async fn get_many<F, Fut>(
-        &self,
-        keys: &[String],
-        load: F,
-    ) -> StoreResult<Vec<Option<Arc<T>>>>
+    pub async fn get_many<F, Fut>(&self, keys: &[&str], load: F) -> StoreResult<Vec<Option<Arc<T>>>>
     where
         F: Fn(usize) -> Fut,
         Fut: Future<Output = StoreResult<Option<(u64, T)>>>,
@@ -391,22 +387,22 @@ where
                     self.hits.fetch_add(1, Ordering::Relaxed);
                     value
                 }
-                Lookup::Miss => self.load_and_fill(&keys[i], || load(i)).await?,
+                Lookup::Miss => self.load_and_fill(keys[i], || load(i)).await?,
             });
         }
         Ok(out)
     }
 
-    async fn lookup_cached(&self, keys: &[String]) -> Vec<Lookup<T>> {
+    async fn lookup_cached(&self, keys: &[&str]) -> Vec<Lookup<T>> {
         let mut found: Vec<Lookup<T>> = keys.iter().map(|k| self.l1_lookup(k)).collect();
         let Some(l2) = &self.l2 else { return found };
         let wanted: Vec<usize> = (0..keys.len())
-            .filter(|&i| matches!(found[i], Lookup::Miss) && !self.is_pending(&keys[i]))
+            .filter(|&i| matches!(found[i], Lookup::Miss) && !self.is_pending(keys[i]))
             .collect();
         if wanted.is_empty() {
             return found;
         }
-        let asked: Vec<String> = wanted.iter().map(|&i| keys[i].clone()).collect();
+        let asked: Vec<String> = wanted.iter().map(|&i| keys[i].to_owned()).collect();
         let Some(values) = l2.get_many(&asked).await else {
             self.count("l2", "unavailable");
             return found;
@@ -417,7 +413,7 @@ where
                     self.count("l2", "hit");
                     if self.l1_trusted() {
                         self.l1_store(
-                            &keys[i],
+                            keys[i],
                             Entry::Value {
                                 version,
                                 value: value.clone(),
