@@ -102,3 +102,41 @@ impl HitsMisses for copilot_cache::factory::CacheReport {
         (self.hits, self.misses)
     }
 }
+
+/// A Redis that accepts connections but never answers (SIGSTOP) is noticed within about a
+/// second: the bus turns unhealthy (L1 flushed and bypassed, Redis reported degraded), and
+/// healthy again once Redis answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_is_noticed_within_about_a_second() {
+    let Some(binary) = redis_url("COPILOT_TEST_REDIS_SERVER") else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis = crate::faults::OwnRedis::start(&binary, port);
+    let (_a, control, _b, _cb) = two_instances(&format!("redis://127.0.0.1:{port}")).await;
+    assert_eq!(control.redis_status(), "ok");
+    redis.signal("-STOP");
+    let paused = Instant::now();
+    while control.bus_healthy() {
+        assert!(
+            paused.elapsed() < Duration::from_millis(1600),
+            "a paused Redis went unnoticed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(control.redis_status(), "degraded");
+    eprintln!("paused Redis noticed after {:?}", paused.elapsed());
+    redis.signal("-CONT");
+    let resumed = Instant::now();
+    while !control.bus_healthy() {
+        assert!(
+            resumed.elapsed() < Duration::from_secs(5),
+            "the bus did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

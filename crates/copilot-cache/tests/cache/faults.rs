@@ -11,14 +11,14 @@ use copilot_store::PolicyStore;
 use crate::{counting, fresh_prefix, policy, redis_url, stack, tenant};
 
 /// A redis-server of this test's own, stopped (and continued first if paused) on drop.
-struct OwnRedis {
+pub struct OwnRedis {
     child: Child,
     port: u16,
     binary: String,
 }
 
 impl OwnRedis {
-    fn start(binary: &str, port: u16) -> Self {
+    pub fn start(binary: &str, port: u16) -> Self {
         let child = Command::new(binary)
             .args([
                 "--port",
@@ -48,7 +48,7 @@ impl OwnRedis {
         }
     }
 
-    fn signal(&self, signal: &str) {
+    pub fn signal(&self, signal: &str) {
         let _ = Command::new("kill")
             .args([signal, &self.child.id().to_string()])
             .status();
