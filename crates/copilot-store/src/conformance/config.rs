@@ -345,3 +345,45 @@ pub async fn regression_04_config_inheritance(s: &StoreSet) {
     let e = s.configs.get_effective(&t, Some(&u)).await.unwrap();
     assert_eq!(e.config_level, ConfigSource::Default);
 }
+
+/// Concurrent merge patches of one level, the first of which creates it, all land: none is
+/// lost to another (each sets a different field).
+pub async fn config_concurrent_merges_all_land(s: &StoreSet) {
+    let level = ConfigLevel::User(fresh_tenant(), user("u1"));
+    let changes = [
+        json!({"mergeCompressionStrategy": "minimal"}),
+        json!({"mergeMaxMessages": 2}),
+        json!({"mergePreservePinned": false}),
+        json!({"pathCompressionStrategy": "hybrid"}),
+        json!({"pathMaxMessages": 5}),
+        json!({"pathSlidingWindowSize": 6}),
+        json!({"pathCompressionThreshold": 0.5}),
+        json!({"autoCompactEnabled": false}),
+        json!({"compactionIntervalMinutes": 9}),
+    ];
+    let mut tasks = Vec::new();
+    for change in changes {
+        let (configs, level) = (s.configs.clone(), level.clone());
+        tasks.push(tokio::spawn(async move {
+            configs
+                .merge_patch(&level, &change, None, "w")
+                .await
+                .map(|p| p.version)
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task").expect("merge");
+    }
+    let stored = s
+        .configs
+        .get_patch(&level)
+        .await
+        .unwrap()
+        .expect("level exists");
+    assert_eq!(
+        stored.patch.len(),
+        9,
+        "a concurrent merge was lost: {:?}",
+        stored.patch
+    );
+}

@@ -42,6 +42,7 @@ macro_rules! conformance_suite {
             config_levels_round_trip,
             config_merge_patch_sets_clears_and_creates,
             config_expected_versions_and_delete,
+            config_concurrent_merges_all_land,
             config_effective_with_all_some_and_no_levels,
             regression_04_config_inheritance,
             conversation_create_get_update_delete,

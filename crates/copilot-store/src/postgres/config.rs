@@ -153,7 +153,24 @@ impl ConfigStore for PostgresStore {
         actor: &str,
     ) -> StoreResult<StoredPatch> {
         let mut tx = self.begin().await?;
-        let current = self.read_patch(&mut tx, level, true).await?;
+        // A missing level has no row to lock: claim it first (a placeholder with version 0 that
+        // this transaction either replaces or rolls back), so concurrent first merges queue up
+        // on the row instead of overwriting each other.
+        let (tenant, user) = key(level);
+        sqlx::query(
+            "INSERT INTO copilot.conversation_configs (tenant_id, user_id, patch, version, updated_at, updated_by)
+             VALUES ($1, $2, '{}', 0, now(), '')
+             ON CONFLICT ON CONSTRAINT conversation_configs_level DO NOTHING",
+        )
+        .persistent(self.persistent())
+        .bind(tenant)
+        .bind(user)
+        .execute(&mut *tx)
+        .await?;
+        let current = self
+            .read_patch(&mut tx, level, true)
+            .await?
+            .filter(|p| p.version > 0);
         check_expected(current.as_ref().map(|p| p.version), expected_version)?;
         let merged = current
             .map(|p| p.patch)
