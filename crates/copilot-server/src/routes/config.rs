@@ -139,7 +139,7 @@ pub async fn get_global(
 
 /// Replaces the global level's patch (services).
 #[utoipa::path(put, path = "/v1/config/global", tag = "config",
-    params(("If-Match" = Option<String>, Header, description = "Expected version")),
+    params(("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     request_body = ConfigPatchInput,
     responses((status = 200, description = "The stored patch", body = StoredPatchView,
         headers(("ETag" = String, description = "\"<version>\"")))))]
@@ -154,7 +154,7 @@ pub async fn put_global(
 
 /// JSON merge patch (RFC 7396) on the global level (services).
 #[utoipa::path(patch, path = "/v1/config/global", tag = "config",
-    params(("If-Match" = Option<String>, Header, description = "Expected version")),
+    params(("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     request_body(content = ConfigPatchInput, content_type = "application/merge-patch+json"),
     responses((status = 200, description = "The stored patch", body = StoredPatchView,
         headers(("ETag" = String, description = "\"<version>\"")))))]
@@ -169,7 +169,7 @@ pub async fn patch_global(
 
 /// Removes the global level's patch (services).
 #[utoipa::path(delete, path = "/v1/config/global", tag = "config",
-    params(("If-Match" = Option<String>, Header, description = "Expected version")),
+    params(("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     responses((status = 204, description = "Deleted")))]
 pub async fn delete_global(
     State(state): State<AppState>,
@@ -195,7 +195,7 @@ pub async fn get_tenant(
 /// Replaces the tenant level's patch (tenant admins and services).
 #[utoipa::path(put, path = "/v1/tenants/{t}/config", tag = "config",
     params(TenantPath,
-           ("If-Match" = Option<String>, Header, description = "Expected version")),
+           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     request_body = ConfigPatchInput,
     responses((status = 200, description = "The stored patch", body = StoredPatchView,
         headers(("ETag" = String, description = "\"<version>\"")))))]
@@ -212,7 +212,7 @@ pub async fn put_tenant(
 /// JSON merge patch on the tenant level (tenant admins and services).
 #[utoipa::path(patch, path = "/v1/tenants/{t}/config", tag = "config",
     params(TenantPath,
-           ("If-Match" = Option<String>, Header, description = "Expected version")),
+           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     request_body(content = ConfigPatchInput, content_type = "application/merge-patch+json"),
     responses((status = 200, description = "The stored patch", body = StoredPatchView,
         headers(("ETag" = String, description = "\"<version>\"")))))]
@@ -229,7 +229,7 @@ pub async fn patch_tenant(
 /// Removes the tenant level's patch (tenant admins and services).
 #[utoipa::path(delete, path = "/v1/tenants/{t}/config", tag = "config",
     params(TenantPath,
-           ("If-Match" = Option<String>, Header, description = "Expected version")),
+           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     responses((status = 204, description = "Deleted")))]
 pub async fn delete_tenant(
     State(state): State<AppState>,
@@ -256,7 +256,7 @@ pub async fn get_user(
 /// Replaces a user level's patch (that user, tenant admins, services).
 #[utoipa::path(put, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
     params(TenantUserPath,
-           ("If-Match" = Option<String>, Header, description = "Expected version")),
+           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     request_body = ConfigPatchInput,
     responses((status = 200, description = "The stored patch", body = StoredPatchView,
         headers(("ETag" = String, description = "\"<version>\"")))))]
@@ -273,7 +273,7 @@ pub async fn put_user(
 /// JSON merge patch on a user level (that user, tenant admins, services).
 #[utoipa::path(patch, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
     params(TenantUserPath,
-           ("If-Match" = Option<String>, Header, description = "Expected version")),
+           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     request_body(content = ConfigPatchInput, content_type = "application/merge-patch+json"),
     responses((status = 200, description = "The stored patch", body = StoredPatchView,
         headers(("ETag" = String, description = "\"<version>\"")))))]
@@ -290,7 +290,7 @@ pub async fn patch_user(
 /// Removes a user level's patch (that user, tenant admins, services).
 #[utoipa::path(delete, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
     params(TenantUserPath,
-           ("If-Match" = Option<String>, Header, description = "Expected version")),
+           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     responses((status = 204, description = "Deleted")))]
 pub async fn delete_user(
     State(state): State<AppState>,

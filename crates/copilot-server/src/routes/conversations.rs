@@ -97,7 +97,7 @@ pub struct ListParams {
 #[utoipa::path(get, path = "/v1/tenants/{t}/conversations", tag = "conversations",
     params(TenantPath,
            ("status" = Option<ConversationStatus>, Query, description = "active (default), archived or all"),
-           ("limit" = Option<u32>, Query, description = "1-100, default 20"),
+           ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1-100, default 20"),
            ("cursor" = Option<String>, Query, description = "nextCursor of the previous page")),
     responses((status = 200, description = "One page", body = ConversationPage)))]
 pub async fn list(
@@ -152,7 +152,7 @@ pub async fn get(
 /// Changes title, sharing and archive state in one atomic update.
 #[utoipa::path(patch, path = "/v1/tenants/{t}/conversations/{id}", tag = "conversations",
     params(ConversationPath,
-           ("If-Match" = Option<String>, Header, description = "Expected version")),
+           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     request_body = ConversationUpdateInput,
     responses((status = 200, description = "The updated conversation", body = Conversation,
         headers(("ETag" = String, description = "\"<version>\"")))))]
@@ -182,7 +182,7 @@ pub async fn update(
 /// Deletes a conversation and its messages.
 #[utoipa::path(delete, path = "/v1/tenants/{t}/conversations/{id}", tag = "conversations",
     params(ConversationPath,
-           ("If-Match" = Option<String>, Header, description = "Expected version")),
+           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     responses((status = 204, description = "Deleted")))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -250,9 +250,9 @@ pub struct MessageParams {
 /// Messages in ascending `seq`: the newest `limit` by default; `before`/`after` page.
 #[utoipa::path(get, path = "/v1/tenants/{t}/conversations/{id}/messages", tag = "messages",
     params(ConversationPath,
-           ("limit" = Option<u32>, Query, description = "1-500, default 50"),
-           ("before" = Option<u64>, Query, description = "Only messages with a smaller seq"),
-           ("after" = Option<u64>, Query, description = "Only messages with a larger seq (oldest first)"),
+           ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1-500, default 50"),
+           ("before" = Option<u64>, Query, maximum = 9223372036854775807_u64, description = "Only messages with a smaller seq"),
+           ("after" = Option<u64>, Query, maximum = 9223372036854775807_u64, description = "Only messages with a larger seq (oldest first)"),
            ("includeDeleted" = Option<bool>, Query, description = "Include tombstones (content null)")),
     responses((status = 200, description = "One page", body = MessagePage)))]
 pub async fn messages(

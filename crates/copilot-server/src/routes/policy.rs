@@ -34,7 +34,7 @@ pub async fn get_policy(
 /// Creates or replaces the tenant's policy (tenant admins and services).
 #[utoipa::path(put, path = "/v1/tenants/{t}/llm-policy", tag = "policy",
     params(TenantPath,
-           ("If-Match" = Option<String>, Header, description = "Expected version, \"<version>\"")),
+           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     request_body = PolicyInput,
     responses((status = 200, description = "The stored policy with its new version", body = StoredPolicy,
         headers(("ETag" = String, description = "\"<version>\"")))))]
@@ -68,7 +68,7 @@ pub async fn put_policy(
 /// Deletes the tenant's policy (tenant admins and services).
 #[utoipa::path(delete, path = "/v1/tenants/{t}/llm-policy", tag = "policy",
     params(TenantPath,
-           ("If-Match" = Option<String>, Header, description = "Expected version")),
+           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     responses((status = 204, description = "Deleted")))]
 pub async fn delete_policy(
     State(state): State<AppState>,
