@@ -274,3 +274,115 @@ async fn postgres_through_the_command_line() {
     assert_eq!(r.status(), 200);
     assert!(stop(child).success());
 }
+
+/// Two `copilot-state serve` processes over one SQLite file and one Redis: a write answered by
+/// one is served by the other within 100 ms (DESIGN.md 5.2), through L2 and the bus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_serve_processes_share_one_redis() {
+    let Ok(redis) = std::env::var("COPILOT_TEST_REDIS_URL") else {
+        assert!(
+            std::env::var("COPILOT_TEST_REQUIRE_SERVICES").is_err(),
+            "COPILOT_TEST_REDIS_URL is required"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("cli{}", std::process::id());
+    let start = |port: u16| {
+        command(dir.path())
+            .env("DATABASE_URL", "sqlite://./shared.db")
+            .env("COPILOT_JWT_SECRET", crate::SECRET)
+            .env("REDIS_URL", &redis)
+            .env("COPILOT_CACHE_PREFIX", &prefix)
+            .env("ENABLE_CONVERSATION_CACHING", "true")
+            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (port_a, port_b) = (free_port(), free_port());
+    let a = start(port_a);
+    // The second process starts after the first has migrated the shared file.
+    let client = reqwest::Client::new();
+    let ready = |port: u16| {
+        let client = client.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(r) = client
+                    .get(format!("http://127.0.0.1:{port}/readyz"))
+                    .send()
+                    .await
+                {
+                    if r.json::<serde_json::Value>()
+                        .await
+                        .map(|v| v["redis"] == "ok")
+                        .unwrap_or(false)
+                    {
+                        return;
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "instance on {port} never became ready with Redis ok"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    ready(port_a).await;
+    let b = start(port_b);
+    ready(port_b).await;
+
+    let token = crate::Who::Service.token().unwrap();
+    let policy = |port: u16| format!("http://127.0.0.1:{port}/v1/tenants/acme/llm-policy");
+    for i in 0..20 {
+        let model = format!("m{i}");
+        let put = client
+            .put(policy(port_a))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"defaultModel": model, "defaultProvider": "openai"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 200);
+        let written = Instant::now();
+        loop {
+            let got: serde_json::Value = client
+                .get(policy(port_b))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if got["defaultModel"] == model.as_str() {
+                break;
+            }
+            assert!(
+                written.elapsed() < Duration::from_millis(100),
+                "write {i} did not reach the other process in 100 ms"
+            );
+        }
+    }
+    let state: serde_json::Value = client
+        .get(format!("http://127.0.0.1:{port_b}/v1/admin/cache"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            state["redis"].as_str(),
+            state["caches"]["conversation"]["enabled"].as_bool()
+        ),
+        (Some("ok"), Some(true))
+    );
+    assert!(stop(a).success());
+    assert!(stop(b).success());
+}
