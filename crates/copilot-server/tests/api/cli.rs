@@ -314,14 +314,12 @@ async fn two_serve_processes_share_one_redis() {
                     .get(format!("http://127.0.0.1:{port}/readyz"))
                     .send()
                     .await
-                {
-                    if r.json::<serde_json::Value>()
+                    && r.json::<serde_json::Value>()
                         .await
                         .map(|v| v["redis"] == "ok")
                         .unwrap_or(false)
-                    {
-                        return;
-                    }
+                {
+                    return;
                 }
                 assert!(
                     Instant::now() < deadline,
