@@ -398,7 +398,7 @@ impl CacheControl {
         ] {
             let tiers = match (self.enabled() && flag, self.redis_use(flag)) {
                 (false, _) => "off".to_owned(),
-                (true, true) => "Redis L2".to_owned(),
+                (true, true) => "L1 (while the invalidation bus is healthy) + Redis L2".to_owned(),
                 (true, false) => "in-process L1 only".to_owned(),
             };
             lines.push(format!("{name} cache: {tiers} ({var}={flag})"));
