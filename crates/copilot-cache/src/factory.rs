@@ -132,6 +132,9 @@ where
     }
 }
 
+/// The drainer's store calls give up after this (they run in the background, not per request).
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
 /// The Redis key that carries the global switch between instances.
 fn switch_key(prefix: &str) -> String {
     format!("{prefix}:v1:global:cache-enabled")
@@ -239,7 +242,9 @@ impl CacheControl {
                 let every = control.settings.drain_every;
                 let before = chrono::Utc::now()
                     - chrono::Duration::from_std(control.settings.drain_settle).unwrap_or_default();
-                if let Ok(batch) = changes.changes_before(before, 500).await {
+                if let Ok(Ok(batch)) =
+                    tokio::time::timeout(DRAIN_DEADLINE, changes.changes_before(before, 500)).await
+                {
                     let mut done = Vec::with_capacity(batch.len());
                     for change in &batch {
                         if control.resend(&change.subject, change.version).await {
@@ -248,7 +253,13 @@ impl CacheControl {
                             break;
                         }
                     }
-                    if !done.is_empty() && changes.forget_changes(&done).await.is_ok() {
+                    if !done.is_empty()
+                        && matches!(
+                            tokio::time::timeout(DRAIN_DEADLINE, changes.forget_changes(&done))
+                                .await,
+                            Ok(Ok(()))
+                        )
+                    {
                         metrics::counter!("copilot_cache_changes_drained_total")
                             .increment(done.len() as u64);
                     }
