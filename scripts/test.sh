@@ -190,12 +190,13 @@ API="http://127.0.0.1:$FUZZ_PORT" TOKEN="$TOKEN" ALICE="$ALICE" bash -euo pipefa
 echo "tour: every command answered 2xx"
 log "API fuzz (schemathesis) from /openapi.json"
 set +e
-python3 -c 'import sys; from schemathesis.cli import schemathesis; sys.argv[0] = "schemathesis"; sys.exit(schemathesis())' \
+# Run from the temporary directory: schemathesis keeps a cache where it runs.
+(cd "$FUZZ_DIR" && python3 -c 'import sys; from schemathesis.cli import schemathesis; sys.argv[0] = "schemathesis"; sys.exit(schemathesis())' \
   run "http://127.0.0.1:$FUZZ_PORT/openapi.json" \
   --header "Authorization: Bearer $TOKEN" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
   --phases examples,coverage,fuzzing --max-examples 30 --seed 1 --no-color \
-  >"$FUZZ_DIR/schemathesis.log" 2>&1
+  >"$FUZZ_DIR/schemathesis.log" 2>&1)
 FUZZ_STATUS=$?
 set -e
 kill "$SERVE_PID" 2>/dev/null || true
