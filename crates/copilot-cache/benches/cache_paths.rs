@@ -62,7 +62,6 @@ fn bench(c: &mut Criterion) {
         // Redis round trip.
         let ((policies, configs), l2) = rt.block_on(async {
             let mut settings = copilot_cache::RedisSettings::new(&url);
-            settings.prefix = "bench-l2".into();
             settings.timeout = Duration::from_millis(200);
             let l2 = std::sync::Arc::new(copilot_cache::RedisL2::new(&settings).unwrap());
             let policy_tier = copilot_cache::CacheTier::new(

@@ -74,11 +74,7 @@ pub fn cached(
     prefix: &str,
 ) -> (StoreSet, Arc<CacheControl>) {
     let settings = CacheSettings {
-        redis: redis.map(|url| {
-            let mut r = RedisSettings::new(url);
-            r.prefix = prefix.to_owned();
-            r
-        }),
+        redis: redis.map(RedisSettings::new),
         flags: CacheFlags::default(),
         prefix: prefix.to_owned(),
         ..Default::default()

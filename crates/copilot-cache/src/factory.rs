@@ -83,6 +83,45 @@ impl Default for CacheSettings {
     }
 }
 
+impl CacheSettings {
+    /// What these settings turn on, one line per cache (start-up banner, `doctor`); needs no
+    /// connection.
+    pub fn describe(&self) -> Vec<String> {
+        let flags = &self.flags;
+        let redis = if self.redis.is_some() {
+            "configured"
+        } else {
+            "not configured (REDIS_URL unset)"
+        };
+        let mut lines = vec![format!(
+            "global switch ENABLE_REDIS_CACHING={}; Redis {redis}",
+            flags.global
+        )];
+        for (name, flag, var) in [
+            ("policy", flags.policy, "ENABLE_LLM_POLICY_CACHE"),
+            ("config", flags.config, "ENABLE_CONVERSATION_CONFIG_CACHE"),
+            (
+                "conversation",
+                flags.conversation,
+                "ENABLE_CONVERSATION_CACHING",
+            ),
+            ("auth", flags.auth, "ENABLE_AUTH_VALIDATION_CACHE"),
+        ] {
+            let tiers = match (flags.global && flag, self.redis.is_some()) {
+                (false, _) => "off".to_owned(),
+                (true, true) => "L1 (while the invalidation bus is healthy) + Redis L2".to_owned(),
+                (true, false) => "in-process L1 only".to_owned(),
+            };
+            lines.push(format!("{name} cache: {tiers} ({var}={flag})"));
+        }
+        lines.push(format!(
+            "rate limiter and event hubs: in-process (Redis variants not built yet; flags {} / {})",
+            flags.rate_limiter, flags.events
+        ));
+        lines
+    }
+}
+
 /// `GET /v1/admin/cache`, one cache.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -321,11 +360,6 @@ impl CacheControl {
         });
     }
 
-    /// Whether a Redis use is active: global switch AND its own flag AND Redis configured.
-    fn redis_use(&self, own_flag: bool) -> bool {
-        self.enabled() && own_flag && self.l2.is_some()
-    }
-
     /// `ok` (breaker closed and bus healthy), `degraded` or `disabled`.
     pub fn redis_status(&self) -> &'static str {
         match &self.l2 {
@@ -387,37 +421,6 @@ impl CacheControl {
 
     /// One line per cache, for the start-up banner.
     pub fn describe(&self) -> Vec<String> {
-        let flags = &self.settings.flags;
-        let redis = if self.l2.is_some() {
-            "configured"
-        } else {
-            "not configured (REDIS_URL unset)"
-        };
-        let mut lines = vec![format!(
-            "global switch ENABLE_REDIS_CACHING={}; Redis {redis}",
-            flags.global
-        )];
-        for (name, flag, var) in [
-            ("policy", flags.policy, "ENABLE_LLM_POLICY_CACHE"),
-            ("config", flags.config, "ENABLE_CONVERSATION_CONFIG_CACHE"),
-            (
-                "conversation",
-                flags.conversation,
-                "ENABLE_CONVERSATION_CACHING",
-            ),
-            ("auth", flags.auth, "ENABLE_AUTH_VALIDATION_CACHE"),
-        ] {
-            let tiers = match (self.enabled() && flag, self.redis_use(flag)) {
-                (false, _) => "off".to_owned(),
-                (true, true) => "L1 (while the invalidation bus is healthy) + Redis L2".to_owned(),
-                (true, false) => "in-process L1 only".to_owned(),
-            };
-            lines.push(format!("{name} cache: {tiers} ({var}={flag})"));
-        }
-        lines.push(format!(
-            "rate limiter and event hubs: in-process (Redis variants not built yet; flags {} / {})",
-            flags.rate_limiter, flags.events
-        ));
-        lines
+        self.settings.describe()
     }
 }

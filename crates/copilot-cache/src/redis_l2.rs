@@ -37,8 +37,6 @@ return 1
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
     pub url: String,
-    /// `COPILOT_CACHE_PREFIX`: environments sharing a Redis never collide.
-    pub prefix: String,
     /// `REDIS_TIMEOUT_MS`: the deadline of every Redis call.
     pub timeout: Duration,
     pub breaker_failures: u32,
@@ -49,7 +47,6 @@ impl RedisSettings {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
-            prefix: "copilot".into(),
             timeout: Duration::from_millis(50),
             breaker_failures: 3,
             breaker_open_for: Duration::from_secs(1),

@@ -57,16 +57,6 @@ impl TierSettings {
             l1_max_bytes: 64 * 1024 * 1024,
         }
     }
-
-    /// `{prefix}:v1:{tenant}:<rest>` (the tenant is a Redis Cluster hash tag).
-    pub fn tenant_key(&self, tenant: &str, rest: &str) -> String {
-        crate::keys::tenant_key(&self.prefix, tenant, rest)
-    }
-
-    /// `{prefix}:v1:global:<rest>`.
-    pub fn global_key(&self, rest: &str) -> String {
-        crate::keys::global_key(&self.prefix, rest)
-    }
 }
 
 struct L1Slot<T> {

@@ -283,7 +283,6 @@ async fn doctor(settings: Settings) -> Result<()> {
         .await
         .context("database: does not answer")?;
     println!("database: ok ({} ms)", started.elapsed().as_millis());
-    let (_, cache) = CacheControl::build(stores, settings.cache.clone()).context("REDIS_URL")?;
     match (&settings.redis_url, &settings.cache.redis) {
         (Some(url), Some(redis)) => {
             let l2 = copilot_cache::RedisL2::new(redis).context("REDIS_URL")?;
@@ -302,7 +301,7 @@ async fn doctor(settings: Settings) -> Result<()> {
         }
         _ => println!("redis: disabled (REDIS_URL is not set)"),
     }
-    for line in cache.describe() {
+    for line in settings.cache.describe() {
         println!("cache: {line}");
     }
     Ok(())

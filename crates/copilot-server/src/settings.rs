@@ -228,7 +228,6 @@ impl Settings {
                     url,
                     var("REDIS_PASSWORD").or_else(|| var("REDIS_TOKEN")),
                 ));
-                settings.prefix = prefix.clone();
                 settings.timeout =
                     Duration::from_millis(number_var("REDIS_TIMEOUT_MS", 50, 1..=10_000)?);
                 Some(settings)
@@ -407,7 +406,7 @@ mod tests {
         let redis = s.cache.redis.unwrap();
         assert_eq!(redis.url, "redis://:pw@cache:6379");
         assert_eq!(redis.timeout, Duration::from_millis(20));
-        assert_eq!(redis.prefix, "staging");
+        assert_eq!(s.cache.prefix, "staging");
         assert!(
             load(&[], Overrides::default())
                 .unwrap()

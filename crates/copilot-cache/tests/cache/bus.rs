@@ -18,8 +18,7 @@ pub async fn two_instances(
     let base = StoreSet::from_backend(sqlite().await);
     let prefix = fresh_prefix();
     let settings = || {
-        let mut redis = RedisSettings::new(url);
-        redis.prefix = prefix.clone();
+        let redis = RedisSettings::new(url);
         CacheSettings {
             redis: Some(redis),
             flags: CacheFlags {

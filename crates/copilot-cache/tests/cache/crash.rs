@@ -11,8 +11,7 @@ use copilot_store::{SqliteStore, StoreSet};
 use crate::{fresh_prefix, policy, redis_url, sqlite, tenant};
 
 fn settings(url: &str, prefix: &str) -> CacheSettings {
-    let mut redis = RedisSettings::new(url);
-    redis.prefix = prefix.to_owned();
+    let redis = RedisSettings::new(url);
     CacheSettings {
         redis: Some(redis),
         flags: CacheFlags::default(),

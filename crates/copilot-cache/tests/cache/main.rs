@@ -134,8 +134,7 @@ pub struct Stack {
 
 pub fn stack(store: Arc<Counting>, redis: Option<&str>, prefix: &str) -> Stack {
     let l2 = redis.map(|url| {
-        let mut settings = RedisSettings::new(url);
-        settings.prefix = prefix.to_owned();
+        let settings = RedisSettings::new(url);
         Arc::new(RedisL2::new(&settings).expect("redis client"))
     });
     let tier = |name: &'static str| {
@@ -170,11 +169,7 @@ pub async fn cached_store_set(redis: Option<&str>) -> StoreSet {
     let base = StoreSet::from_backend(sqlite().await);
     let prefix = fresh_prefix();
     let settings = CacheSettings {
-        redis: redis.map(|url| {
-            let mut r = RedisSettings::new(url);
-            r.prefix = prefix.clone();
-            r
-        }),
+        redis: redis.map(RedisSettings::new),
         flags: CacheFlags {
             conversation: true,
             ..Default::default()

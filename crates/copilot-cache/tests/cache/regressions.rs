@@ -327,8 +327,7 @@ async fn regression_13_slow_reader_never_refills_an_old_conversation_or_membersh
     let store = counting().await;
     let prefix = fresh_prefix();
     let tier = |name: &'static str| {
-        let mut redis = copilot_cache::RedisSettings::new(&url);
-        redis.prefix = prefix.clone();
+        let redis = copilot_cache::RedisSettings::new(&url);
         let l2 = Arc::new(copilot_cache::RedisL2::new(&redis).unwrap());
         let settings = copilot_cache::TierSettings {
             prefix: prefix.clone(),

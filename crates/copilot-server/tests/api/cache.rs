@@ -39,8 +39,7 @@ async fn two_instances(require_membership: bool) -> Option<(TestServer, TestServ
     let prefix = format!("http{}", std::process::id())
         + &format!("{:?}", Instant::now()).replace(['.', ' ', '{', '}', ':', ','], "");
     let settings = || {
-        let mut redis = RedisSettings::new(&url);
-        redis.prefix = prefix.clone();
+        let redis = RedisSettings::new(&url);
         CacheSettings {
             redis: Some(redis),
             flags: CacheFlags {

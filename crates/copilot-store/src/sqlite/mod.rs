@@ -190,13 +190,17 @@ impl ChangeLog for SqliteStore {
     }
 
     async fn forget_changes(&self, ids: &[i64]) -> StoreResult<()> {
-        let mut tx = self.begin_write().await?;
-        for id in ids {
-            sqlx::query("DELETE FROM changes WHERE id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+        if ids.is_empty() {
+            return Ok(());
         }
+        let mut sql = sqlx::QueryBuilder::<Sqlite>::new("DELETE FROM changes WHERE id IN (");
+        let mut list = sql.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        sql.push(")");
+        let mut tx = self.begin_write().await?;
+        sql.build().execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
     }
