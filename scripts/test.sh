@@ -176,7 +176,7 @@ FUZZ_DIR="$WORK_DIR/fuzz"
 mkdir -p "$FUZZ_DIR"
 FUZZ_PORT=$(free_port)
 BIN="$PWD/target/debug/copilot-state"
-(cd "$FUZZ_DIR" && exec env -u DATABASE_URL -u COPILOT_JWT_SECRET -u REDIS_URL \
+(cd "$FUZZ_DIR" && exec env -u DATABASE_URL -u COPILOT_JWT_SECRET -u REDIS_URL COPILOT_RATE_LIMIT=100000/min \
   "$BIN" serve --bind "127.0.0.1:$FUZZ_PORT" >"$FUZZ_DIR/serve.out" 2>"$FUZZ_DIR/serve.err") &
 SERVE_PID=$!
 PIDS+=("$SERVE_PID")

@@ -10,6 +10,8 @@ use serde::Serialize;
 
 use crate::breaker::BreakerState;
 use crate::bus::Bus;
+use crate::events::{EventHub, HubSettings};
+use crate::ratelimit::{RateLimitSettings, RateLimiterService};
 use crate::redis_l2::{RedisL2, RedisSettings};
 use crate::tier::{CacheTier, TierSettings};
 use crate::{CachedConfigStore, CachedConversationStore, CachedMembershipStore, CachedPolicyStore};
@@ -61,6 +63,10 @@ pub struct CacheSettings {
     pub l1_ttl: Duration,
     pub l1_max_entries: usize,
     pub l1_max_bytes: u64,
+    /// The event hub's replay window and buffers (the prefix is this one's).
+    pub events: HubSettings,
+    /// `None`: rate limiting turned off (`COPILOT_RATE_LIMIT=off`).
+    pub rate_limit: Option<RateLimitSettings>,
 }
 
 impl Default for CacheSettings {
@@ -79,6 +85,8 @@ impl Default for CacheSettings {
             l1_ttl: Duration::from_secs(30),
             l1_max_entries: 10_000,
             l1_max_bytes: 64 * 1024 * 1024,
+            events: HubSettings::default(),
+            rate_limit: Some(RateLimitSettings::default()),
         }
     }
 }
@@ -114,10 +122,36 @@ impl CacheSettings {
             };
             lines.push(format!("{name} cache: {tiers} ({var}={flag})"));
         }
-        lines.push(format!(
-            "rate limiter and event hubs: in-process (Redis variants not built yet; flags {} / {})",
-            flags.rate_limiter, flags.events
-        ));
+        let shared = |flag: bool| flags.global && flag && self.redis.is_some();
+        lines.push(match &self.rate_limit {
+            None => "rate limiter: off (COPILOT_RATE_LIMIT=off)".to_owned(),
+            Some(rl) if shared(flags.rate_limiter) => format!(
+                "rate limiter: shared through Redis (GCRA, {} per {:?}, burst {}); in-process share 1/{} while Redis is unavailable (ENABLE_RATE_LIMITER_REDIS=true)",
+                rl.limit, rl.period, rl.burst, rl.instances
+            ),
+            Some(rl) => format!(
+                "rate limiter: in-process, 1/{} of {} per {:?}, burst {} (ENABLE_RATE_LIMITER_REDIS={}{})",
+                rl.instances,
+                rl.limit,
+                rl.period,
+                rl.burst,
+                flags.rate_limiter,
+                if self.redis.is_some() { "" } else { "; REDIS_URL unset" }
+            ),
+        });
+        lines.push(if shared(flags.events) {
+            format!(
+                "event hubs: across instances through Redis pub/sub, replay from streams of {} events (ENABLE_REDIS_EVENT_HUBS=true)",
+                self.events.replay_len
+            )
+        } else {
+            format!(
+                "event hubs: in-process (this instance's subscribers only), replay ring of {} events (ENABLE_REDIS_EVENT_HUBS={}{})",
+                self.events.replay_len,
+                flags.events,
+                if self.redis.is_some() { "" } else { "; REDIS_URL unset" }
+            )
+        });
         lines
     }
 }
@@ -152,6 +186,8 @@ pub struct CacheControl {
     bus: Option<Arc<Bus>>,
     settings: CacheSettings,
     stats: Vec<(&'static str, Stats)>,
+    events: EventHub,
+    limiter: Option<Arc<RateLimiterService>>,
 }
 
 /// One tier on the shared Redis, switch and bus.
@@ -258,15 +294,58 @@ impl CacheControl {
             stats.push(("auth", Arc::new(move || c.tier().stats())));
             out.members = cached;
         }
+        let events = Self::build_events(&settings, &l2, &switch)?;
+        let limiter = settings.rate_limit.clone().map(|mut rl| {
+            rl.prefix = settings.prefix.clone();
+            let (switch, flag) = (switch.clone(), settings.flags.rate_limiter);
+            RateLimiterService::new(
+                rl,
+                l2.clone(),
+                Box::new(move || flag && switch.load(Ordering::Relaxed)),
+            )
+        });
         let control = Arc::new(Self {
             switch,
             l2,
             bus,
             settings,
             stats,
+            events,
+            limiter,
         });
         control.drain(stores.changes.clone());
         Ok((out, control))
+    }
+
+    fn build_events(
+        settings: &CacheSettings,
+        l2: &Option<Arc<RedisL2>>,
+        switch: &Arc<AtomicBool>,
+    ) -> Result<EventHub, redis::RedisError> {
+        let mut hub_settings = settings.events.clone();
+        hub_settings.prefix = settings.prefix.clone();
+        match (l2, &settings.redis) {
+            (Some(l2), Some(redis)) => {
+                let (switch, flag) = (switch.clone(), settings.flags.events);
+                EventHub::with_redis(
+                    hub_settings,
+                    l2.clone(),
+                    &redis.url,
+                    Box::new(move || flag && switch.load(Ordering::Relaxed)),
+                )
+            }
+            _ => Ok(EventHub::local(hub_settings)),
+        }
+    }
+
+    /// The event hub (DESIGN.md 6.3).
+    pub fn events(&self) -> &EventHub {
+        &self.events
+    }
+
+    /// The rate limiter; `None` when turned off.
+    pub fn rate_limiter(&self) -> Option<&Arc<RateLimiterService>> {
+        self.limiter.as_ref()
     }
 
     /// Re-sends, every `drain_every`, the invalidations of recorded changes older than
@@ -384,18 +463,28 @@ impl CacheControl {
             ("rateLimiter", flags.rate_limiter),
             ("events", flags.events),
         ] {
-            let (hits, misses) = self
-                .stats
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map_or((0, 0), |(_, s)| s());
-            let built = self.stats.iter().any(|(n, _)| *n == name);
+            // The limiter: decisions through Redis (hits) and in-process (misses); the hub:
+            // events delivered (hits) and subscribers dropped for falling behind (misses).
+            let (built, (hits, misses)) = match name {
+                "rateLimiter" => (
+                    self.limiter.is_some() && self.l2.is_some(),
+                    self.limiter.as_ref().map_or((0, 0), |l| l.stats()),
+                ),
+                "events" => (self.l2.is_some(), self.events.stats()),
+                _ => (
+                    self.stats.iter().any(|(n, _)| *n == name),
+                    self.stats
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map_or((0, 0), |(_, s)| s()),
+                ),
+            };
             let total = hits + misses;
             caches.insert(
                 name,
                 CacheReport {
-                    // Caches of this build: on when the flags say so (L1 alone without Redis).
-                    // The Redis rate limiter and event hubs are not built yet: reported off.
+                    // Caches: on when the flags say so (L1 alone without Redis). The limiter and
+                    // the hub: on when they go through Redis (else they run in-process).
                     enabled: built && self.enabled() && flag,
                     hits,
                     misses,

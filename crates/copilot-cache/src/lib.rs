@@ -22,10 +22,12 @@ pub mod bus;
 pub mod config;
 pub mod conversation;
 pub mod entry;
+pub mod events;
 pub mod factory;
 pub mod keys;
 pub mod membership;
 pub mod policy;
+pub mod ratelimit;
 pub mod redis_l2;
 pub mod tier;
 

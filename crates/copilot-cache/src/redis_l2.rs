@@ -248,3 +248,49 @@ impl RedisL2 {
         .is_some()
     }
 }
+
+impl RedisL2 {
+    /// The deadline of every call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Whether calls go out now (the breaker is not open).
+    pub fn available(&self) -> bool {
+        self.breaker.state() != BreakerState::Open
+    }
+
+    /// Any command, under the breaker and the deadline (streams, rate-limit reads).
+    pub async fn query<T: redis::FromRedisValue + Send>(
+        &self,
+        op: &'static str,
+        cmd: redis::Cmd,
+    ) -> Option<T> {
+        let mut conn = self.connection.clone();
+        self.call(op, async move { cmd.query_async::<T>(&mut conn).await })
+            .await
+    }
+
+    /// A Lua script with its keys and arguments, under the breaker and the deadline.
+    pub async fn script<T: redis::FromRedisValue + Send>(
+        &self,
+        op: &'static str,
+        script: &Script,
+        keys: &[&str],
+        args: &[String],
+    ) -> Option<T> {
+        let mut conn = self.connection.clone();
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(*key);
+        }
+        for arg in args {
+            invocation.arg(arg.as_str());
+        }
+        self.call(
+            op,
+            async move { invocation.invoke_async::<T>(&mut conn).await },
+        )
+        .await
+    }
+}

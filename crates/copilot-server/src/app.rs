@@ -3,15 +3,20 @@
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use copilot_cache::ratelimit::{RateDecision, RateKey};
+use copilot_domain::{Principal, TenantId};
+
+use crate::auth::{VerifiedPrincipal, bearer_token};
 use crate::error::ApiError;
-use crate::routes::{admin, config, conversations, health, members, policy};
+use crate::routes::{admin, config, conversations, events, health, members, policy};
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
@@ -54,6 +59,14 @@ pub fn router(state: AppState) -> Router {
             post(conversations::create).get(conversations::list),
         )
         .route(
+            "/v1/tenants/{t}/conversations/events",
+            get(events::list_events),
+        )
+        .route(
+            "/v1/tenants/{t}/conversations/{id}/events",
+            get(events::conversation_events).post(events::post_event),
+        )
+        .route(
             "/v1/tenants/{t}/conversations/{id}",
             get(conversations::get)
                 .patch(conversations::update)
@@ -78,9 +91,10 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .with_state(state);
+        .with_state(state.clone());
 
-    api.layer(middleware::from_fn(record_metrics))
+    api.layer(middleware::from_fn_with_state(state, rate_limit))
+        .layer(middleware::from_fn(record_metrics))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request| {
                 let request_id = req
@@ -112,4 +126,75 @@ async fn record_metrics(req: Request, next: Next) -> Response {
     metrics::histogram!("copilot_http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// Rate limiting of every `/v1` request (DESIGN.md 6.5), keyed by the verified principal, or by
+/// the client address when there is none; `RateLimit-*` headers on every answer, 429 with
+/// `Retry-After` past the limit. The principal verified here is handed to the `Auth` extractor.
+async fn rate_limit(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let Some(limiter) = state.cache.rate_limiter().cloned() else {
+        return next.run(req).await;
+    };
+    if !req.uri().path().starts_with("/v1/") {
+        return next.run(req).await;
+    }
+    let principal = bearer_token(req.headers()).and_then(|t| state.auth.verify(t).ok());
+    let key = match &principal {
+        Some(Principal::User(u)) => RateKey::Principal {
+            tenant: u.tenant_id.to_string(),
+            subject: u.user_id.to_string(),
+        },
+        Some(Principal::Service { .. }) => RateKey::Principal {
+            tenant: path_tenant(req.uri().path()).unwrap_or_else(|| "global".to_owned()),
+            subject: "service".to_owned(),
+        },
+        None => {
+            let peer = req
+                .extensions()
+                .get::<ConnectInfo<std::net::SocketAddr>>()
+                .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+            let forwarded = req
+                .headers()
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok());
+            RateKey::Peer(crate::net::client_address(
+                peer,
+                forwarded,
+                &state.service.trusted_proxies,
+            ))
+        }
+    };
+    if let Some(p) = principal {
+        req.extensions_mut().insert(VerifiedPrincipal(p));
+    }
+    let decision = limiter.check(&key).await;
+    let mut response = if decision.allowed {
+        next.run(req).await
+    } else {
+        ApiError::RateLimited(ceil_seconds(decision.retry_after)).into_response()
+    };
+    rate_limit_headers(&mut response, &decision);
+    response
+}
+
+/// The tenant a service principal acts in, from `/v1/tenants/{t}/...` (valid ids only).
+fn path_tenant(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/v1/tenants/")?;
+    let tenant = rest.split('/').next()?;
+    TenantId::parse(tenant).ok().map(|t| t.to_string())
+}
+
+fn ceil_seconds(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+fn rate_limit_headers(response: &mut Response, decision: &RateDecision) {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("ratelimit-limit", u64::from(decision.limit)),
+        ("ratelimit-remaining", u64::from(decision.remaining)),
+        ("ratelimit-reset", ceil_seconds(decision.reset)),
+    ] {
+        headers.insert(name, HeaderValue::from(value));
+    }
 }

@@ -165,8 +165,23 @@ fn principal_from(claims: Claims) -> Result<Principal, ApiError> {
     }
 }
 
-/// The verified principal of a request; with memberships required, a user must also have an
-/// active membership (its `admin` role counts as the token's `tenant_role`).
+/// A principal the rate limiter already verified for this request (so the token is checked once).
+#[derive(Clone, Debug)]
+pub struct VerifiedPrincipal(pub Principal);
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme in any case).
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The verified principal of a request. A user's active membership row with role `admin` makes
+/// it a tenant admin whatever its token says (DESIGN.md 3.6); with memberships required, a user
+/// without an active membership is refused.
 pub struct Auth(pub Principal);
 
 impl FromRequestParts<AppState> for Auth {
@@ -176,38 +191,38 @@ impl FromRequestParts<AppState> for Auth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or_else(|| ApiError::Unauthenticated("missing bearer token".into()))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::Unauthenticated("Authorization must be 'Bearer <token>'".into())
-            })?;
-        let principal = state.auth.verify(token)?;
+        let principal = match parts.extensions.get::<VerifiedPrincipal>() {
+            Some(VerifiedPrincipal(p)) => p.clone(),
+            None => {
+                if !parts.headers.contains_key(AUTHORIZATION) {
+                    return Err(ApiError::Unauthenticated("missing bearer token".into()));
+                }
+                let token = bearer_token(&parts.headers).ok_or_else(|| {
+                    ApiError::Unauthenticated("Authorization must be 'Bearer <token>'".into())
+                })?;
+                state.auth.verify(token)?
+            }
+        };
         let principal = match principal {
-            Principal::User(mut user) if state.service.require_membership => {
+            Principal::User(mut user) => {
                 let membership = state
-                    .stores
-                    .members
-                    .get_membership(&user.tenant_id, &user.user_id)
+                    .store(
+                        "get_membership",
+                        state
+                            .stores
+                            .members
+                            .get_membership(&user.tenant_id, &user.user_id),
+                    )
                     .await?;
                 match membership {
-                    Some(m) if m.is_active() => {
-                        if m.role == TenantRole::Admin {
-                            user.role = TenantRole::Admin;
-                        }
-                        Principal::User(user)
+                    Some(m) if m.is_active() && m.role == TenantRole::Admin => {
+                        user.role = TenantRole::Admin;
                     }
-                    _ => return Err(ApiError::Forbidden),
+                    Some(m) if m.is_active() => {}
+                    _ if state.service.require_membership => return Err(ApiError::Forbidden),
+                    _ => {}
                 }
+                Principal::User(user)
             }
             other => other,
         };

@@ -4,6 +4,7 @@ pub mod app;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod net;
 pub mod openapi;
 pub mod routes;
 pub mod secret;
@@ -49,13 +50,23 @@ pub async fn open_stores(settings: &Settings) -> Result<StoreSet, StoreError> {
     }
 }
 
-/// Serves `state` on `listener` until `shutdown` completes, then drains in-flight requests.
+/// Serves `state` on `listener` until `shutdown` completes, then ends the event streams and
+/// drains in-flight requests.
 pub async fn serve(
     listener: TcpListener,
     state: state::AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let events = state.cache.events().clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Open SSE responses would otherwise hold the drain forever.
+        events.close();
+    };
+    axum::serve(
+        listener,
+        app::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

@@ -201,6 +201,7 @@ async fn run_serve(settings: Settings) -> Result<()> {
             max_message_bytes: settings.max_message_bytes,
             require_membership: settings.require_membership,
             store_timeout: settings.store_timeout,
+            trusted_proxies: settings.trusted_proxies.clone(),
         }),
         metrics,
         cache: cache.clone(),

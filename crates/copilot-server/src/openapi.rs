@@ -232,6 +232,7 @@ pub struct CacheStateDoc {
         routes::conversations::create, routes::conversations::list, routes::conversations::get,
         routes::conversations::update, routes::conversations::delete,
         routes::conversations::append, routes::conversations::messages, routes::conversations::delete_message,
+        routes::events::conversation_events, routes::events::list_events, routes::events::post_event,
         routes::members::list, routes::members::put, routes::members::delete,
         routes::admin::get_cache, routes::admin::put_cache,
     ),
@@ -241,6 +242,7 @@ pub struct CacheStateDoc {
         EffectiveConfig, StoredPatchView, MergeCompressionStrategy, PathCompressionStrategy, Conversation,
         ConversationPage, Message, MessagePage, MessageRole, ShareAudience, TenantAccess, Membership,
         MembershipStatus, TenantRole, CacheSwitchInput, CacheReportDoc, CacheStateDoc,
+        routes::events::EventPostInput, routes::events::EventAccepted,
     )),
     modifiers(&BearerSecurity, &ProblemResponses),
     tags(
@@ -248,6 +250,7 @@ pub struct CacheStateDoc {
         (name = "config", description = "Conversation configuration: global, tenant and user levels"),
         (name = "conversations", description = "Conversations, sharing and archive"),
         (name = "messages", description = "Messages of a conversation"),
+        (name = "events", description = "Live events (server-sent events) and custom events"),
         (name = "members", description = "Tenant memberships"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )

@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use copilot_cache::events::HubSettings;
+use copilot_cache::ratelimit::RateLimitSettings;
 use copilot_cache::{CacheFlags, CacheSettings, RedisSettings};
+
+use crate::net::Cidr;
 use copilot_domain::conversation::DEFAULT_MAX_MESSAGE_BYTES;
 use copilot_domain::egress::EgressMode;
 use copilot_domain::policy::is_valid_provider;
@@ -75,8 +79,10 @@ pub struct Settings {
     /// Deadline of every store call made by a request (`COPILOT_STORE_TIMEOUT_MS`).
     pub store_timeout: Duration,
     pub postgres: PostgresSettings,
-    /// DESIGN.md 5.4: Redis, the seven flags, TTLs.
+    /// DESIGN.md 5.4: Redis, the seven flags, TTLs; the event hub and the rate limiter.
     pub cache: CacheSettings,
+    /// `COPILOT_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// Connection settings used when `DATABASE_URL` is `postgres://`.
@@ -254,10 +260,38 @@ impl Settings {
                 64 * 1024 * 1024,
                 1024..=(1 << 40),
             )?,
+            events: HubSettings {
+                replay_len: number_var("COPILOT_EVENT_REPLAY", 1_000, 1..=1_000_000)? as usize,
+                subscriber_buffer: number_var("COPILOT_EVENT_BUFFER", 256, 1..=100_000)? as usize,
+                stream_ttl: Duration::from_secs(number_var(
+                    "COPILOT_EVENT_TTL_SECONDS",
+                    3_600,
+                    1..=30 * 86_400,
+                )?),
+                ..HubSettings::default()
+            },
+            rate_limit: rate_limit_settings(&var, &number_var)?,
             ..CacheSettings::default()
+        };
+        let trusted_proxies = match var("COPILOT_TRUSTED_PROXIES") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse::<Cidr>().map_err(|_| {
+                        invalid(
+                            "COPILOT_TRUSTED_PROXIES",
+                            format!("'{s}' is not an address or CIDR (e.g. 10.0.0.0/8)"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
         };
         Ok(Self {
             cache,
+            trusted_proxies,
             store_timeout,
             postgres,
             bind,
@@ -287,6 +321,53 @@ impl Settings {
             None => PathBuf::from("copilot-state.jwt-secret"),
         }
     }
+}
+
+/// `COPILOT_RATE_LIMIT` (`<n>/<s|sec|second|m|min|minute|h|hour>`, default `600/min`, or `off`),
+/// `COPILOT_RATE_LIMIT_BURST` (default a tenth of the limit, at least 1) and
+/// `COPILOT_RATE_LIMIT_INSTANCES` (the in-process fallback's share, default 1).
+type NumberVar<'a> =
+    &'a dyn Fn(&str, u64, std::ops::RangeInclusive<u64>) -> Result<u64, SettingsError>;
+
+fn rate_limit_settings(
+    var: &dyn Fn(&str) -> Option<String>,
+    number_var: NumberVar<'_>,
+) -> Result<Option<RateLimitSettings>, SettingsError> {
+    let text = var("COPILOT_RATE_LIMIT").unwrap_or_else(|| "600/min".to_owned());
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let bad = || {
+        invalid(
+            "COPILOT_RATE_LIMIT",
+            format!("'{text}' must be like 600/min (per s, min or hour) or off"),
+        )
+    };
+    let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+    let limit: u32 = count
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(bad)?;
+    let period = match unit.trim().to_ascii_lowercase().as_str() {
+        "s" | "sec" | "second" => Duration::from_secs(1),
+        "m" | "min" | "minute" => Duration::from_secs(60),
+        "h" | "hour" => Duration::from_secs(3_600),
+        _ => return Err(bad()),
+    };
+    let burst = number_var(
+        "COPILOT_RATE_LIMIT_BURST",
+        u64::from((limit / 10).max(1)),
+        1..=1_000_000_000,
+    )? as u32;
+    Ok(Some(RateLimitSettings {
+        limit,
+        period,
+        burst,
+        instances: number_var("COPILOT_RATE_LIMIT_INSTANCES", 1, 1..=10_000)? as u32,
+        ..RateLimitSettings::default()
+    }))
 }
 
 /// Puts `REDIS_PASSWORD` / `REDIS_TOKEN` into a URL that carries no credentials.

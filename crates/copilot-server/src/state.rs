@@ -18,6 +18,8 @@ pub struct ServiceSettings {
     pub require_membership: bool,
     /// Deadline of each store call: past it the request answers 503 `store_unavailable`.
     pub store_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` is believed (`COPILOT_TRUSTED_PROXIES`).
+    pub trusted_proxies: Vec<crate::net::Cidr>,
 }
 
 #[derive(Clone)]

@@ -15,24 +15,32 @@ pub struct OwnRedis {
     child: Child,
     port: u16,
     binary: String,
+    dir: Option<std::path::PathBuf>,
 }
 
 impl OwnRedis {
     pub fn start(binary: &str, port: u16) -> Self {
-        let child = Command::new(binary)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server");
+        Self::start_in(binary, port, None)
+    }
+
+    /// With `dir`, Redis keeps an append-only file there (it survives a restart).
+    pub fn start_in(binary: &str, port: u16, dir: Option<&std::path::Path>) -> Self {
+        let mut command = Command::new(binary);
+        command.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ]);
+        match dir {
+            Some(dir) => command
+                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                .arg(dir),
+            None => command.args(["--appendonly", "no"]),
+        };
+        let child = command.stdout(Stdio::null()).spawn().expect("redis-server");
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -45,7 +53,21 @@ impl OwnRedis {
             child,
             port,
             binary: binary.to_owned(),
+            dir: dir.map(std::path::Path::to_path_buf),
         }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it (SIGTERM: an append-only file is flushed) and starts it again on its port.
+    pub fn restart_gracefully(&mut self) {
+        self.signal("-CONT");
+        self.signal("-TERM");
+        let _ = self.child.wait();
+        let (binary, dir) = (self.binary.clone(), self.dir.clone());
+        *self = Self::start_in(&binary, self.port, dir.as_deref());
     }
 
     pub fn signal(&self, signal: &str) {

@@ -19,6 +19,7 @@ use serde_json::json;
 
 mod bus;
 mod crash;
+mod events;
 mod faults;
 mod regressions;
 

@@ -21,10 +21,11 @@ use crate::extract::{
 };
 use crate::openapi::{ConversationCreateInput, ConversationUpdateInput, MessageCreateInput};
 use crate::openapi::{ConversationPath, MessagePath, TenantPath};
+use crate::routes::events::{Change, publish};
 use crate::state::AppState;
 
 /// Loads a conversation the principal may read; anything else is 404 (no existence oracle).
-async fn readable(
+pub(crate) async fn readable(
     state: &AppState,
     principal: &Principal,
     tenant: &TenantId,
@@ -83,6 +84,7 @@ pub async fn create(
             state.stores.conversations.create_conversation(&new),
         )
         .await?;
+    publish(state.cache.events(), Change::Created(&created)).await;
     Ok(with_etag(StatusCode::CREATED, created.version, &created))
 }
 
@@ -176,6 +178,14 @@ pub async fn update(
                 .update_conversation(&tenant, &id, &update, expected),
         )
         .await?;
+    publish(
+        state.cache.events(),
+        Change::Updated {
+            before: &conversation,
+            after: &updated,
+        },
+    )
+    .await;
     Ok(with_etag(StatusCode::OK, updated.version, &updated))
 }
 
@@ -202,6 +212,7 @@ pub async fn delete(
                 .delete_conversation(&tenant, &id, expected),
         )
         .await?;
+    publish(state.cache.events(), Change::Deleted(&conversation)).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -235,6 +246,15 @@ pub async fn append(
                 .append_message(&tenant, &id, &message),
         )
         .await?;
+    publish(
+        state.cache.events(),
+        Change::MessageAppended {
+            message: &written.message,
+            before: &conversation,
+            after: &written.conversation,
+        },
+    )
+    .await;
     Ok((StatusCode::CREATED, axum::Json(written.message)).into_response())
 }
 
@@ -309,7 +329,7 @@ pub async fn delete_message(
         .await?
         .ok_or(ApiError::NotFound)?;
     authorize_delete_message(&principal, &conversation, &message)?;
-    state
+    let written = state
         .store(
             "soft_delete_message",
             state
@@ -318,5 +338,16 @@ pub async fn delete_message(
                 .soft_delete_message(&tenant, &id, &mid, principal.actor()),
         )
         .await?;
+    if !message.is_deleted() {
+        publish(
+            state.cache.events(),
+            Change::MessageDeleted {
+                message: &written.message,
+                before: &conversation,
+                after: &written.conversation,
+            },
+        )
+        .await;
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -55,6 +55,13 @@ pub async fn put(
             state.stores.members.put_membership(&tenant, &user, &input),
         )
         .await?;
+    crate::routes::events::publish_member_change(
+        state.cache.events(),
+        &tenant,
+        &user,
+        membership.is_active(),
+    )
+    .await;
     Ok(axum::Json(membership).into_response())
 }
 
@@ -75,5 +82,6 @@ pub async fn delete(
             state.stores.members.delete_membership(&tenant, &user),
         )
         .await?;
+    crate::routes::events::publish_member_change(state.cache.events(), &tenant, &user, false).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod config;
 pub mod conversations;
+pub mod events;
 pub mod health;
 pub mod members;
 pub mod policy;

@@ -12,6 +12,7 @@ mod postgres_faults;
 
 use std::sync::Arc;
 
+use copilot_cache::ratelimit::RateLimitSettings;
 use copilot_cache::{CacheControl, CacheFlags, CacheSettings};
 use copilot_domain::TenantId;
 use copilot_domain::route::RouterDefaults;
@@ -149,13 +150,20 @@ impl TestServer {
         Self::start_over(store, Self::default_settings(require_membership)).await
     }
 
-    /// In-process caches for every store, as a single instance without Redis runs.
+    /// In-process caches for every store, as a single instance without Redis runs; a rate
+    /// limit no test reaches unless it means to.
     pub fn default_cache() -> CacheSettings {
         CacheSettings {
             flags: CacheFlags {
                 conversation: true,
                 ..Default::default()
             },
+            rate_limit: Some(RateLimitSettings {
+                limit: 1_000_000,
+                period: std::time::Duration::from_secs(1),
+                burst: 1_000_000,
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -171,6 +179,7 @@ impl TestServer {
             max_message_bytes: 1024,
             require_membership,
             store_timeout: std::time::Duration::from_secs(5),
+            trusted_proxies: Vec::new(),
         }
     }
 
