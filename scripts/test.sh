@@ -7,23 +7,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '\n== %s\n' "$*"; }
-
 WORK_DIR=$(mktemp -d -t copilot-state-test.XXXXXX)
 chmod 755 "$WORK_DIR"
 # Everything the tests create in a temporary directory goes away with this run.
 mkdir -m 755 "$WORK_DIR/tmp"
 export TMPDIR="$WORK_DIR/tmp"
 PIDS=()
+source scripts/services.sh
 cleanup() {
   local status=$?
-  if [ -n "${PG_DATA:-}" ] && [ -f "$PG_DATA/postmaster.pid" ]; then
-    as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" stop -m immediate >/dev/null 2>&1 || true
-  fi
-  for pid in "${PIDS[@]:-}"; do
-    # A paused process gets its SIGTERM only once continued.
-    [ -n "$pid" ] && { kill "$pid" 2>/dev/null; kill -CONT "$pid" 2>/dev/null; } || true
-  done
+  stop_all
   rm -rf "$WORK_DIR"
   exit "$status"
 }
@@ -40,58 +33,15 @@ else
   RUNNER=(cargo test --no-fail-fast)
 fi
 
-# PostgreSQL (Debian packages; the image may already have the binaries).
-PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
-if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/pg_ctl" ]; then
-  log "installing postgresql"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
-  PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-fi
-for tool in pgbouncer:pgbouncer curl:curl redis-server:redis-server; do
-  command_name=${tool%%:*}
-  package=${tool##*:}
-  if ! command -v "$command_name" >/dev/null; then
-    log "installing $package"
-    [ -n "${APT_UPDATED:-}" ] || { apt-get update -qq; APT_UPDATED=1; }
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null
-  fi
-done
+# PostgreSQL (Debian packages; the image may already have the binaries), PgBouncer, Redis.
+find_postgres
+install_missing pgbouncer:pgbouncer curl:curl redis-server:redis-server
 
 # Schemathesis (from PyPI) fuzzes the HTTP API from its own OpenAPI document.
 if ! python3 -c 'import schemathesis' 2>/dev/null; then
   log "installing schemathesis"
   python3 -m pip install --quiet --disable-pip-version-check 'schemathesis>=4,<5'
 fi
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-# Waits until $1 answers or $2 seconds pass.
-wait_for_http() {
-  local url=$1 deadline=$((SECONDS + $2))
-  until curl -fsS -o /dev/null "$url" 2>/dev/null; do
-    [ "$SECONDS" -lt "$deadline" ] || { echo "timed out waiting for $url" >&2; return 1; }
-    sleep 0.1
-  done
-}
-
-# PostgreSQL refuses to run as root: the cluster belongs to the postgres OS user.
-as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-
-start_postgres() {
-  PG_PORT=$(free_port)
-  PG_DATA="$WORK_DIR/pg/data"
-  mkdir -p "$WORK_DIR/pg"
-  [ "$(id -u)" = 0 ] && chown postgres "$WORK_DIR/pg"
-  as_postgres "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 >/dev/null
-  as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$WORK_DIR/pg/log" -w \
-    -o "-p $PG_PORT -k $WORK_DIR/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null
-  PG_PID=$(head -1 "$PG_DATA/postmaster.pid")
-  PIDS+=("$PG_PID")
-  export COPILOT_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
-  export COPILOT_TEST_PG_BIN="$PG_BIN"
-}
 
 # PgBouncer in transaction mode in front of that PostgreSQL (it refuses to run as root).
 start_pgbouncer() {
@@ -122,33 +72,18 @@ INI
 }
 
 start_redis() {
-  REDIS_PORT=$(free_port)
-  mkdir -p "$WORK_DIR/redis"
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK_DIR/redis" --save '' --appendonly no \
-    --daemonize no >"$WORK_DIR/redis/log" 2>&1 &
-  PIDS+=("$!")
-  wait_for_port "$REDIS_PORT" 10
+  local pid
+  read -r REDIS_PORT pid < <(start_redis_server main)
+  PIDS+=("$pid")
   export COPILOT_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
   # A Redis that accepts connections and never answers: started, then paused with SIGSTOP.
-  PAUSED_REDIS_PORT=$(free_port)
-  redis-server --port "$PAUSED_REDIS_PORT" --bind 127.0.0.1 --dir "$WORK_DIR/redis" --save '' --appendonly no \
-    --daemonize no >"$WORK_DIR/redis/paused.log" 2>&1 &
-  PAUSED_REDIS_PID=$!
+  read -r PAUSED_REDIS_PORT PAUSED_REDIS_PID < <(start_redis_server paused)
   PIDS+=("$PAUSED_REDIS_PID")
-  wait_for_port "$PAUSED_REDIS_PORT" 10
   kill -STOP "$PAUSED_REDIS_PID"
   export COPILOT_TEST_REDIS_PAUSED_URL="redis://127.0.0.1:$PAUSED_REDIS_PORT"
   # Fault tests start (and kill, and pause) Redis servers of their own.
   export COPILOT_TEST_REDIS_SERVER
   COPILOT_TEST_REDIS_SERVER=$(command -v redis-server)
-}
-
-wait_for_port() {
-  local deadline=$((SECONDS + $2))
-  until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
-    [ "$SECONDS" -lt "$deadline" ] || { echo "timed out waiting for port $1" >&2; return 1; }
-    sleep 0.1
-  done
 }
 
 # --- build (one build shared by every test binary and the fuzz run) --------------------------
@@ -158,6 +93,8 @@ cargo build --workspace --all-targets
 # --- services ---------------------------------------------------------------------------------
 log "starting PostgreSQL"
 start_postgres
+export COPILOT_TEST_POSTGRES_URL="$PG_URL"
+export COPILOT_TEST_PG_BIN="$PG_BIN"
 # A migrated template: each test creates its own database from it in ~60 ms.
 "$PG_BIN/psql" -q -d "$COPILOT_TEST_POSTGRES_URL" -c 'CREATE DATABASE copilot_template'
 ./target/debug/copilot-state migrate --database-url "${COPILOT_TEST_POSTGRES_URL%/postgres}/copilot_template" >/dev/null
@@ -195,6 +132,8 @@ set +e
   run "http://127.0.0.1:$FUZZ_PORT/openapi.json" \
   --header "Authorization: Bearer $TOKEN" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
+  --exclude-name 'GET /v1/tenants/{t}/conversations/{id}/events' \
+  --exclude-name 'GET /v1/tenants/{t}/conversations/events' --request-timeout 10 \
   --phases examples,coverage,fuzzing --max-examples 30 --seed 1 --no-color \
   >"$FUZZ_DIR/schemathesis.log" 2>&1)
 FUZZ_STATUS=$?

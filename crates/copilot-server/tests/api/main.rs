@@ -5,6 +5,7 @@ mod cache;
 mod cli;
 mod config;
 mod conversations;
+mod events;
 mod fleet;
 mod members;
 mod operations;

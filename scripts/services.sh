@@ -1,0 +1,94 @@
+# Shared by scripts/test.sh and the benchmark scripts: install and start PostgreSQL and Redis on
+# private ports under $WORK_DIR, recording every PID in PIDS for the caller's cleanup trap.
+# Source it after setting WORK_DIR and PIDS=().
+
+log() { printf '\n== %s\n' "$*"; }
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Waits until $1 answers or $2 seconds pass.
+wait_for_http() {
+  local url=$1 deadline=$((SECONDS + $2))
+  until curl -fsS -o /dev/null "$url" 2>/dev/null; do
+    [ "$SECONDS" -lt "$deadline" ] || { echo "timed out waiting for $url" >&2; return 1; }
+    sleep 0.1
+  done
+}
+
+wait_for_port() {
+  local deadline=$((SECONDS + $2))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
+    [ "$SECONDS" -lt "$deadline" ] || { echo "timed out waiting for port $1" >&2; return 1; }
+    sleep 0.1
+  done
+}
+
+# Installs Debian packages (once per run) when their command is missing: "command:package ...".
+install_missing() {
+  local tool command_name package
+  for tool in "$@"; do
+    command_name=${tool%%:*}
+    package=${tool##*:}
+    if ! command -v "$command_name" >/dev/null; then
+      log "installing $package"
+      [ -n "${APT_UPDATED:-}" ] || { apt-get update -qq; APT_UPDATED=1; }
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null
+    fi
+  done
+}
+
+# PostgreSQL refuses to run as root: the cluster belongs to the postgres OS user.
+as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+find_postgres() {
+  PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+  if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/pg_ctl" ]; then
+    log "installing postgresql"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    APT_UPDATED=1
+    PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  fi
+}
+
+# Starts PostgreSQL; sets PG_PORT, PG_DATA, PG_PID and PG_URL (the postgres database).
+start_postgres() {
+  [ -n "${PG_BIN:-}" ] || find_postgres
+  PG_PORT=$(free_port)
+  PG_DATA="$WORK_DIR/pg/data"
+  mkdir -p "$WORK_DIR/pg"
+  [ "$(id -u)" = 0 ] && chown postgres "$WORK_DIR/pg"
+  as_postgres "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 >/dev/null
+  as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$WORK_DIR/pg/log" -w \
+    -o "-p $PG_PORT -k $WORK_DIR/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300 ${PG_EXTRA_OPTIONS:-}" start >/dev/null
+  PG_PID=$(head -1 "$PG_DATA/postmaster.pid")
+  PIDS+=("$PG_PID")
+  PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+}
+
+stop_postgres() {
+  if [ -n "${PG_DATA:-}" ] && [ -f "$PG_DATA/postmaster.pid" ]; then
+    as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" stop -m immediate >/dev/null 2>&1 || true
+  fi
+}
+
+# Starts a redis-server on a free port; prints "<port> <pid>". $1 names its log file.
+start_redis_server() {
+  local port dir="$WORK_DIR/redis"
+  port=$(free_port)
+  mkdir -p "$dir"
+  redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --save '' --appendonly no \
+    --daemonize no >"$dir/$1.log" 2>&1 &
+  local pid=$!
+  wait_for_port "$port" 10
+  echo "$port $pid"
+}
+
+# Stops what was started (a paused process gets its SIGTERM only once continued).
+stop_all() {
+  stop_postgres
+  for pid in "${PIDS[@]:-}"; do
+    [ -n "$pid" ] && { kill "$pid" 2>/dev/null; kill -CONT "$pid" 2>/dev/null; } || true
+  done
+}
