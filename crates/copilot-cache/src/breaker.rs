@@ -3,6 +3,7 @@
 //! let through (half-open); its success closes the breaker, its failure opens it again.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -39,6 +40,8 @@ enum Inner {
 #[derive(Debug)]
 pub struct CircuitBreaker {
     inner: Mutex<Inner>,
+    /// Mirrors "the state is `Open`" for readers that must not take the lock on every request.
+    open: AtomicBool,
     failure_threshold: u32,
     open_for: Duration,
 }
@@ -47,6 +50,7 @@ impl CircuitBreaker {
     pub fn new(failure_threshold: u32, open_for: Duration) -> Self {
         Self {
             inner: Mutex::new(Inner::Closed { failures: 0 }),
+            open: AtomicBool::new(false),
             failure_threshold: failure_threshold.max(1),
             open_for,
         }
@@ -64,6 +68,7 @@ impl CircuitBreaker {
             Inner::HalfOpen => false,
             Inner::Open { until } if Instant::now() >= until => {
                 *inner = Inner::HalfOpen;
+                self.open.store(false, Ordering::Relaxed);
                 metrics::counter!("copilot_cache_breaker_transitions_total", "to" => "half-open")
                     .increment(1);
                 Self::publish_state(BreakerState::HalfOpen);
@@ -83,6 +88,7 @@ impl CircuitBreaker {
                 tracing::info!("redis circuit breaker closed");
             }
             *inner = Inner::Closed { failures: 0 };
+            self.open.store(false, Ordering::Relaxed);
         }
     }
 
@@ -102,6 +108,7 @@ impl CircuitBreaker {
             *inner = Inner::Open {
                 until: Instant::now() + self.open_for,
             };
+            self.open.store(true, Ordering::Relaxed);
             metrics::counter!("copilot_cache_breaker_transitions_total", "to" => "open")
                 .increment(1);
             Self::publish_state(BreakerState::Open);
@@ -117,6 +124,12 @@ impl CircuitBreaker {
             BreakerState::Open => 2.0,
         };
         metrics::gauge!("copilot_cache_breaker_state").set(value);
+    }
+
+    /// Whether the breaker is open (calls refused), without taking its lock. An open breaker
+    /// whose time is up still reads as open until a call moves it to half-open.
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::Relaxed)
     }
 
     pub fn state(&self) -> BreakerState {

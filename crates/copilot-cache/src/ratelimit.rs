@@ -13,7 +13,7 @@
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -131,16 +131,36 @@ pub struct RateDecision {
     pub retry_after: Duration,
 }
 
-#[derive(Debug)]
+/// One key's lease. The hot path (spend a leased token, or refuse until the retry time) is a
+/// few atomic operations; only a refill takes the lock, and the others wait for it.
+#[derive(Debug, Default)]
 struct Lease {
-    tokens: u32,
-    expires: Instant,
-    denied_until: Option<Instant>,
+    /// Leased tokens left (may go below zero while racing a refill; then it is empty).
+    tokens: AtomicI64,
+    /// Microseconds since the limiter's epoch: tokens are spendable until then.
+    expires_us: AtomicU64,
+    /// Refused until then (microseconds since the epoch; 0: not refused).
+    denied_until_us: AtomicU64,
+    /// The shared budget left at the last refill, and when the key is full again.
+    remaining: AtomicU32,
+    reset_at_us: AtomicU64,
+    refill: tokio::sync::Mutex<Refill>,
+}
+
+#[derive(Debug)]
+struct Refill {
     /// Tokens to ask for next time.
     want: u32,
-    refilled: Option<Instant>,
-    remaining: u32,
-    reset_at: Instant,
+    last_us: Option<u64>,
+}
+
+impl Default for Refill {
+    fn default() -> Self {
+        Self {
+            want: 1,
+            last_us: None,
+        }
+    }
 }
 
 type LocalLimiter =
@@ -151,7 +171,9 @@ pub struct RateLimiterService {
     l2: Option<Arc<RedisL2>>,
     /// Whether Redis should be used now (`ENABLE_RATE_LIMITER_REDIS` and the global switch).
     wanted: Box<dyn Fn() -> bool + Send + Sync>,
-    leases: Cache<String, Arc<tokio::sync::Mutex<Lease>>>,
+    leases: Cache<String, Arc<Lease>>,
+    /// Lease times are microseconds since this instant.
+    epoch: Instant,
     local: LocalLimiter,
     script: Script,
     /// Which backend decided last (for logging and counting the switch-over).
@@ -175,6 +197,7 @@ impl RateLimiterService {
         let local = RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>();
         let limiter = Arc::new(Self {
             leases: Cache::new(settings.max_keys.max(16)),
+            epoch: Instant::now(),
             settings,
             using_redis: AtomicBool::new(l2.is_some()),
             l2,
@@ -217,7 +240,7 @@ impl RateLimiterService {
         }
     }
 
-    /// (decisions taken through Redis leases, decisions taken in-process).
+    /// (tokens and refusals taken from Redis, decisions taken in-process).
     pub fn stats(&self) -> (u64, u64) {
         (
             self.redis_decisions.load(Ordering::Relaxed),
@@ -230,35 +253,30 @@ impl RateLimiterService {
     }
 
     pub async fn check(&self, key: &RateKey) -> RateDecision {
-        let decision = match &self.l2 {
-            Some(l2) if self.redis_usable() => match self.check_shared(l2, key).await {
-                Some(decision) => {
-                    self.switched(true);
-                    self.redis_decisions.fetch_add(1, Ordering::Relaxed);
-                    decision
-                }
-                None => {
-                    self.switched(false);
-                    self.check_local(key)
-                }
-            },
-            _ => {
-                self.switched(false);
-                self.check_local(key)
-            }
+        let shared = match &self.l2 {
+            Some(l2) if self.redis_usable() => self.check_shared(l2, key).await,
+            _ => None,
+        };
+        self.switched(shared.is_some());
+        let (decision, backend) = match shared {
+            Some(decision) => (decision, "redis"),
+            None => (self.check_local(key), "in-process"),
         };
         let outcome = if decision.allowed {
             "allowed"
         } else {
             "limited"
         };
-        metrics::counter!("copilot_rate_limit_decisions_total", "outcome" => outcome, "backend" => self.backend())
+        metrics::counter!("copilot_rate_limit_decisions_total", "outcome" => outcome, "backend" => backend)
             .increment(1);
         decision
     }
 
     fn switched(&self, to_redis: bool) {
-        if self.using_redis.swap(to_redis, Ordering::Relaxed) != to_redis {
+        // A load first: the common case writes nothing (no cache line bouncing between cores).
+        if self.using_redis.load(Ordering::Relaxed) != to_redis
+            && self.using_redis.swap(to_redis, Ordering::Relaxed) != to_redis
+        {
             let to = if to_redis { "redis" } else { "in-process" };
             metrics::counter!("copilot_rate_limit_backend_switches_total", "to" => to).increment(1);
             if to_redis {
@@ -302,57 +320,70 @@ impl RateLimiterService {
         }
     }
 
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// A decision from the lease alone, if it can make one.
+    fn from_lease(&self, lease: &Lease, now: u64) -> Option<RateDecision> {
+        let limit = self.settings.limit;
+        let reset = |now: u64| {
+            Duration::from_micros(
+                lease
+                    .reset_at_us
+                    .load(Ordering::Acquire)
+                    .saturating_sub(now),
+            )
+        };
+        if now < lease.expires_us.load(Ordering::Acquire) {
+            let left = lease.tokens.fetch_sub(1, Ordering::AcqRel);
+            if left > 0 {
+                return Some(RateDecision {
+                    allowed: true,
+                    limit,
+                    remaining: lease.remaining.load(Ordering::Relaxed) + (left - 1) as u32,
+                    reset: reset(now),
+                    retry_after: Duration::ZERO,
+                });
+            }
+        }
+        let denied_until = lease.denied_until_us.load(Ordering::Acquire);
+        (now < denied_until).then(|| RateDecision {
+            allowed: false,
+            limit,
+            remaining: 0,
+            reset: reset(now),
+            retry_after: Duration::from_micros(denied_until - now),
+        })
+    }
+
     /// `None` when Redis did not answer (the caller falls back).
     async fn check_shared(&self, l2: &RedisL2, key: &RateKey) -> Option<RateDecision> {
         let name = key.local();
-        let entry = match self.leases.get(&name) {
-            Some(entry) => entry,
+        let lease = match self.leases.get(&name) {
+            Some(lease) => lease,
             None => {
-                let now = Instant::now();
-                let entry = Arc::new(tokio::sync::Mutex::new(Lease {
-                    tokens: 0,
-                    expires: now,
-                    denied_until: None,
-                    want: 1,
-                    refilled: None,
-                    remaining: 0,
-                    reset_at: now,
-                }));
-                self.leases.insert(name, entry.clone());
-                entry
+                let lease = Arc::new(Lease::default());
+                self.leases.insert(name, lease.clone());
+                lease
             }
         };
-        // One refill per key at a time; the others wait for it and spend its tokens.
-        let mut lease = entry.lock().await;
-        let now = Instant::now();
-        let limit = self.settings.limit;
-        if lease.tokens > 0 && now < lease.expires {
-            lease.tokens -= 1;
-            return Some(RateDecision {
-                allowed: true,
-                limit,
-                remaining: lease.remaining + lease.tokens,
-                reset: lease.reset_at.saturating_duration_since(now),
-                retry_after: Duration::ZERO,
-            });
+        if let Some(decision) = self.from_lease(&lease, self.now_us()) {
+            return Some(decision);
         }
-        if let Some(until) = lease.denied_until
-            && now < until
-        {
-            return Some(RateDecision {
-                allowed: false,
-                limit,
-                remaining: 0,
-                reset: lease.reset_at.saturating_duration_since(now),
-                retry_after: until - now,
-            });
+        // One refill per key at a time; those who waited use what it brought.
+        let mut refill = lease.refill.lock().await;
+        let now = self.now_us();
+        if let Some(decision) = self.from_lease(&lease, now) {
+            return Some(decision);
         }
         // Used up quickly: ask for twice as much; idle: ask for less.
-        let want = match lease.refilled {
-            Some(at) if now.duration_since(at) < self.settings.lease_ttl => {
-                (lease.want * 2).min(self.settings.max_lease())
+        let ttl_us = self.settings.lease_ttl.as_micros() as u64;
+        let want = match refill.last_us {
+            Some(at) if now.saturating_sub(at) < ttl_us => {
+                (refill.want * 2).min(self.settings.max_lease())
             }
-            _ => (lease.want / 2).max(1),
+            _ => (refill.want / 2).max(1),
         };
         let interval = self.settings.interval().as_micros().max(1);
         let tolerance = interval * u128::from(self.settings.burst.max(1));
@@ -371,30 +402,37 @@ impl RateLimiterService {
         let [granted, remaining, retry_us, reset_us] = reply[..] else {
             return None;
         };
-        let micros = |n: i64| Duration::from_micros(n.max(0) as u64);
-        lease.reset_at = now + micros(reset_us);
-        lease.remaining = remaining.max(0) as u32;
-        lease.refilled = Some(now);
-        lease.want = want;
+        let (retry_us, reset_us) = (retry_us.max(0) as u64, reset_us.max(0) as u64);
+        refill.want = want;
+        refill.last_us = Some(now);
+        self.redis_decisions
+            .fetch_add(granted.max(1) as u64, Ordering::Relaxed);
+        let remaining = remaining.max(0) as u32;
+        lease.remaining.store(remaining, Ordering::Relaxed);
+        lease.reset_at_us.store(now + reset_us, Ordering::Release);
+        let limit = self.settings.limit;
         if granted <= 0 {
-            lease.tokens = 0;
-            lease.denied_until = Some(now + micros(retry_us));
+            lease.tokens.store(0, Ordering::Release);
+            lease
+                .denied_until_us
+                .store(now + retry_us, Ordering::Release);
             return Some(RateDecision {
                 allowed: false,
                 limit,
                 remaining: 0,
-                reset: micros(reset_us),
-                retry_after: micros(retry_us),
+                reset: Duration::from_micros(reset_us),
+                retry_after: Duration::from_micros(retry_us),
             });
         }
-        lease.denied_until = None;
-        lease.tokens = granted as u32 - 1;
-        lease.expires = now + self.settings.lease_ttl;
+        // This request takes one; the rest are spendable until the lease expires.
+        lease.denied_until_us.store(0, Ordering::Release);
+        lease.tokens.store(granted - 1, Ordering::Release);
+        lease.expires_us.store(now + ttl_us, Ordering::Release);
         Some(RateDecision {
             allowed: true,
             limit,
-            remaining: lease.remaining + lease.tokens,
-            reset: micros(reset_us),
+            remaining: remaining + (granted - 1) as u32,
+            reset: Duration::from_micros(reset_us),
             retry_after: Duration::ZERO,
         })
     }

@@ -257,7 +257,7 @@ impl RedisL2 {
 
     /// Whether calls go out now (the breaker is not open).
     pub fn available(&self) -> bool {
-        self.breaker.state() != BreakerState::Open
+        !self.breaker.is_open()
     }
 
     /// Any command, under the breaker and the deadline (streams, rate-limit reads).

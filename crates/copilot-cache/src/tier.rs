@@ -414,6 +414,12 @@ where
                 }
                 Some(Entry::Absent) => {
                     self.count("l2", "hit");
+                    // Kept in L1 too (only where L1 knows nothing of the key, as for a negative
+                    // fill from the store): otherwise the instance that did not fill a "none"
+                    // entry would ask Redis on every read while the others hit L1.
+                    if self.l1_trusted() {
+                        self.l1_store(keys[i], Entry::Absent);
+                    }
                     found[i] = Lookup::Hit(None);
                 }
                 _ => self.count("l2", "miss"),

@@ -11,10 +11,12 @@ use axum::routing::{get, post, put};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use copilot_cache::ratelimit::{RateDecision, RateKey};
+use std::sync::Arc;
+
+use copilot_cache::ratelimit::{RateDecision, RateKey, RateLimiterService};
 use copilot_domain::{Principal, TenantId};
 
-use crate::auth::{VerifiedPrincipal, bearer_token};
+use crate::auth::{Authenticator, VerifiedPrincipal, bearer_token};
 use crate::error::ApiError;
 use crate::routes::{admin, config, conversations, events, health, members, policy};
 use crate::state::AppState;
@@ -93,8 +95,14 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state.clone());
 
-    api.layer(middleware::from_fn_with_state(state, rate_limit))
-        .layer(middleware::from_fn(record_metrics))
+    let limiting = Arc::new(Limiting {
+        limiter: state.cache.rate_limiter().cloned(),
+        auth: state.auth.clone(),
+        trusted_proxies: state.service.trusted_proxies.clone(),
+    });
+    // One middleware for metrics and limits: each layer costs a service clone and a boxed
+    // future per request.
+    api.layer(middleware::from_fn_with_state(limiting, edge))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request| {
                 let request_id = req
@@ -111,15 +119,16 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
-/// `copilot_http_requests_total` and `copilot_http_request_duration_seconds` by route and status.
-async fn record_metrics(req: Request, next: Next) -> Response {
+/// `copilot_http_requests_total` and `copilot_http_request_duration_seconds` by route and
+/// status, around the rate limit.
+async fn edge(State(state): State<Arc<Limiting>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = req.method().to_string();
-    let response = next.run(req).await;
+    let response = rate_limit(&state, req, next).await;
     let status = response.status().as_u16().to_string();
     let labels = [("route", route), ("method", method), ("status", status)];
     metrics::counter!("copilot_http_requests_total", &labels).increment(1);
@@ -128,11 +137,18 @@ async fn record_metrics(req: Request, next: Next) -> Response {
     response
 }
 
+/// What the rate-limit layer needs: one `Arc` to clone per request, not the whole `AppState`.
+struct Limiting {
+    limiter: Option<Arc<RateLimiterService>>,
+    auth: Arc<Authenticator>,
+    trusted_proxies: Vec<crate::net::Cidr>,
+}
+
 /// Rate limiting of every `/v1` request (DESIGN.md 6.5), keyed by the verified principal, or by
 /// the client address when there is none; `RateLimit-*` headers on every answer, 429 with
 /// `Retry-After` past the limit. The principal verified here is handed to the `Auth` extractor.
-async fn rate_limit(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let Some(limiter) = state.cache.rate_limiter().cloned() else {
+async fn rate_limit(state: &Limiting, mut req: Request, next: Next) -> Response {
+    let Some(limiter) = &state.limiter else {
         return next.run(req).await;
     };
     if !req.uri().path().starts_with("/v1/") {
@@ -160,7 +176,7 @@ async fn rate_limit(State(state): State<AppState>, mut req: Request, next: Next)
             RateKey::Peer(crate::net::client_address(
                 peer,
                 forwarded,
-                &state.service.trusted_proxies,
+                &state.trusted_proxies,
             ))
         }
     };
