@@ -325,7 +325,7 @@ impl RateLimiterService {
     }
 
     /// A decision from the lease alone, if it can make one.
-    fn from_lease(&self, lease: &Lease, now: u64) -> Option<RateDecision> {
+    fn decide_from_lease(&self, lease: &Lease, now: u64) -> Option<RateDecision> {
         let limit = self.settings.limit;
         let reset = |now: u64| {
             Duration::from_micros(
@@ -368,13 +368,13 @@ impl RateLimiterService {
                 lease
             }
         };
-        if let Some(decision) = self.from_lease(&lease, self.now_us()) {
+        if let Some(decision) = self.decide_from_lease(&lease, self.now_us()) {
             return Some(decision);
         }
         // One refill per key at a time; those who waited use what it brought.
         let mut refill = lease.refill.lock().await;
         let now = self.now_us();
-        if let Some(decision) = self.from_lease(&lease, now) {
+        if let Some(decision) = self.decide_from_lease(&lease, now) {
             return Some(decision);
         }
         // Used up quickly: ask for twice as much; idle: ask for less.
