@@ -14,7 +14,8 @@ source scripts/services.sh
 trap 'status=$?; stop_all; rm -rf "$WORK_DIR"; exit $status' EXIT INT TERM
 
 EVENTS=${EVENTS:-1000} FANOUT=${FANOUT:-1000} IDLE=${IDLE:-5000}
-ulimit -n 65536
+# Each idle subscriber is a socket on both sides.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 install_missing curl:curl redis-server:redis-server
 log "build (release)"
 cargo build --release -q --bin copilot-state --example events_load
