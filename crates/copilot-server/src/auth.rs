@@ -20,6 +20,8 @@ use crate::state::AppState;
 
 pub const SERVICE_ROLE: &str = "service_role";
 pub const AUTHENTICATED_ROLE: &str = "authenticated";
+/// RFC 7518 3.2: an HS256 key must be at least as long as the hash output.
+pub const MIN_SECRET_BYTES: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {
@@ -27,6 +29,10 @@ pub enum AuthSetupError {
     Jwks { path: String, message: String },
     #[error("no JWT key configured: set COPILOT_JWT_SECRET or COPILOT_JWKS_FILE")]
     NoKey,
+    #[error(
+        "COPILOT_JWT_SECRET is {0} bytes; an HS256 secret must be at least {MIN_SECRET_BYTES} bytes"
+    )]
+    ShortSecret(usize),
 }
 
 struct AsymmetricKey {
@@ -92,6 +98,11 @@ impl Authenticator {
                 return Err(jwks_error("no RS256 or ES256 key in the set".into()));
             }
         }
+        if let Some(secret) = secret
+            && secret.len() < MIN_SECRET_BYTES
+        {
+            return Err(AuthSetupError::ShortSecret(secret.len()));
+        }
         let hs256 = secret.map(|s| DecodingKey::from_secret(s.as_bytes()));
         if hs256.is_none() && asymmetric.is_empty() {
             return Err(AuthSetupError::NoKey);
@@ -119,7 +130,12 @@ impl Authenticator {
         }
         .ok_or_else(|| unauthenticated("token algorithm or key is not accepted"))?;
         let mut validation = Validation::new(header.alg);
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured audience or issuer must be present, not merely equal when present.
+        let mut required = vec!["exp"];
+        required.extend(self.audience.as_ref().map(|_| "aud"));
+        required.extend(self.issuer.as_ref().map(|_| "iss"));
+        validation.set_required_spec_claims(&required);
+        validation.validate_nbf = true;
         validation.leeway = 30;
         match &self.audience {
             Some(aud) => validation.set_audience(&[aud]),
@@ -289,33 +305,42 @@ pub fn issue_token(
 mod tests {
     use super::*;
 
+    const TEST_SECRET: &str = "unit-test-secret-of-32-bytes-min";
+
     fn authenticator(secret: &str) -> Authenticator {
         Authenticator::new(&JwtSettings::default(), Some(secret)).unwrap()
     }
 
     #[test]
     fn issued_tokens_verify_into_principals() {
-        let a = authenticator("s3cret");
+        let a = authenticator(TEST_SECRET);
         let t = TenantId::parse("acme").unwrap();
-        let token = issue_token("s3cret", Some(&t), "alice", TokenRole::Admin, 60).unwrap();
+        let token = issue_token(TEST_SECRET, Some(&t), "alice", TokenRole::Admin, 60).unwrap();
         assert_eq!(
             a.verify(&token).unwrap(),
             Principal::user(&t, &UserId::parse("alice").unwrap(), TenantRole::Admin)
         );
-        let token = issue_token("s3cret", None, "backend", TokenRole::Service, 60).unwrap();
+        let token = issue_token(TEST_SECRET, None, "backend", TokenRole::Service, 60).unwrap();
         assert_eq!(a.verify(&token).unwrap(), Principal::service("backend"));
     }
 
     #[test]
     fn bad_tokens_are_unauthenticated() {
-        let a = authenticator("s3cret");
+        let a = authenticator(TEST_SECRET);
         let t = TenantId::parse("acme").unwrap();
-        let wrong_key = issue_token("other", Some(&t), "alice", TokenRole::Member, 60).unwrap();
+        let wrong_key = issue_token(
+            "another-secret-of-32-bytes-or-so",
+            Some(&t),
+            "alice",
+            TokenRole::Member,
+            60,
+        )
+        .unwrap();
         assert!(matches!(
             a.verify(&wrong_key),
             Err(ApiError::Unauthenticated(_))
         ));
-        let no_tenant = issue_token("s3cret", None, "alice", TokenRole::Member, 60).unwrap();
+        let no_tenant = issue_token(TEST_SECRET, None, "alice", TokenRole::Member, 60).unwrap();
         assert!(matches!(
             a.verify(&no_tenant),
             Err(ApiError::Unauthenticated(_))
@@ -333,7 +358,7 @@ mod tests {
         let expired = encode(
             &Header::new(Algorithm::HS256),
             &claims,
-            &EncodingKey::from_secret(b"s3cret"),
+            &EncodingKey::from_secret(TEST_SECRET.as_bytes()),
         )
         .unwrap();
         assert!(matches!(
@@ -345,7 +370,7 @@ mod tests {
         let no_exp = encode(
             &Header::new(Algorithm::HS256),
             &claims,
-            &EncodingKey::from_secret(b"s3cret"),
+            &EncodingKey::from_secret(TEST_SECRET.as_bytes()),
         )
         .unwrap();
         assert!(matches!(
@@ -356,7 +381,7 @@ mod tests {
 
     #[test]
     fn supabase_style_app_metadata_tenant() {
-        let a = authenticator("s3cret");
+        let a = authenticator(TEST_SECRET);
         let exp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
@@ -366,7 +391,7 @@ mod tests {
         let token = encode(
             &Header::new(Algorithm::HS256),
             &claims,
-            &EncodingKey::from_secret(b"s3cret"),
+            &EncodingKey::from_secret(TEST_SECRET.as_bytes()),
         )
         .unwrap();
         assert!(
@@ -379,10 +404,19 @@ mod tests {
         let token = encode(
             &Header::new(Algorithm::HS256),
             &anon,
-            &EncodingKey::from_secret(b"s3cret"),
+            &EncodingKey::from_secret(TEST_SECRET.as_bytes()),
         )
         .unwrap();
         assert!(a.verify(&token).is_err());
+    }
+
+    #[test]
+    fn a_short_hs256_secret_stops_start_up() {
+        let err = Authenticator::new(&JwtSettings::default(), Some("too-short")).err();
+        assert!(
+            matches!(err, Some(AuthSetupError::ShortSecret(9))),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -392,7 +426,7 @@ mod tests {
             issuer: Some("https://idp".into()),
             ..Default::default()
         };
-        let a = Authenticator::new(&jwt, Some("s3cret")).unwrap();
+        let a = Authenticator::new(&jwt, Some(TEST_SECRET)).unwrap();
         let exp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
@@ -402,7 +436,7 @@ mod tests {
             encode(
                 &Header::new(Algorithm::HS256),
                 &claims,
-                &EncodingKey::from_secret(b"s3cret"),
+                &EncodingKey::from_secret(TEST_SECRET.as_bytes()),
             )
             .unwrap()
         };
@@ -418,6 +452,20 @@ mod tests {
             serde_json::json!({"sub": "s", "role": "service_role", "exp": exp, "aud": "copilot", "iss": "x"}),
         );
         assert!(a.verify(&bad_iss).is_err());
+        // Configured but missing: refused too (it used to pass).
+        let no_aud = sign(
+            serde_json::json!({"sub": "s", "role": "service_role", "exp": exp, "iss": "https://idp"}),
+        );
+        assert!(a.verify(&no_aud).is_err(), "a missing aud is refused");
+        let no_iss = sign(
+            serde_json::json!({"sub": "s", "role": "service_role", "exp": exp, "aud": "copilot"}),
+        );
+        assert!(a.verify(&no_iss).is_err(), "a missing iss is refused");
+        // Not valid yet (beyond the leeway).
+        let early = sign(
+            serde_json::json!({"sub": "s", "role": "service_role", "exp": exp + 3600, "nbf": exp + 600, "aud": "copilot", "iss": "https://idp"}),
+        );
+        assert!(a.verify(&early).is_err(), "nbf in the future is refused");
     }
 
     /// RS256 and ES256 keys from a JWKS file, chosen by `kid`.

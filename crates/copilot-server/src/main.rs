@@ -144,7 +144,7 @@ async fn run(command: Command) -> Result<()> {
                 TokenRole::Service => "service".into(),
                 TokenRole::Member => "user".into(),
             });
-            let (secret, _) = jwt_secret(&settings)?;
+            let (secret, _) = jwt_secret(&settings, false)?;
             let tenant_claim = (role != TokenRole::Service).then_some(&tenant);
             println!(
                 "{}",
@@ -167,13 +167,27 @@ async fn run(command: Command) -> Result<()> {
     }
 }
 
-/// The HS256 secret in force: `COPILOT_JWT_SECRET`, else the generated file beside the database.
-/// With only a JWKS file configured there is none.
-fn jwt_secret(settings: &Settings) -> Result<(String, bool)> {
+/// The HS256 secret in force: `COPILOT_JWT_SECRET`, else (SQLite only) the generated file beside
+/// the database, created when `create` and missing. On PostgreSQL every instance must be given
+/// the key: instances that each generated their own would refuse each other's tokens.
+fn jwt_secret(settings: &Settings, create: bool) -> Result<(String, bool)> {
     if let Some(secret) = &settings.jwt.secret {
         return Ok((secret.clone(), false));
     }
+    if !settings.is_sqlite() {
+        bail!(
+            "no JWT key: on PostgreSQL set COPILOT_JWT_SECRET (at least {} bytes; the same on every instance) or COPILOT_JWKS_FILE",
+            copilot_server::auth::MIN_SECRET_BYTES
+        );
+    }
     let path = settings.secret_file();
+    if !create && !path.exists() {
+        bail!(
+            "no JWT secret at {} (this is where `serve` keeps the one it generates for {}): run this where `serve` runs, pass the same --database-url, or set COPILOT_JWT_SECRET",
+            path.display(),
+            settings.database_url
+        );
+    }
     secret::load_or_create(&path)
         .with_context(|| format!("cannot read or create the JWT secret {}", path.display()))
 }
@@ -190,7 +204,7 @@ async fn run_serve(settings: Settings) -> Result<()> {
     let secret = if settings.jwt.secret.is_none() && settings.jwt.jwks_file.is_some() {
         None
     } else {
-        Some(jwt_secret(&settings)?)
+        Some(jwt_secret(&settings, true)?)
     };
     let auth = Authenticator::new(&settings.jwt, secret.as_ref().map(|(s, _)| s.as_str()))?;
     let state = AppState {
@@ -327,6 +341,9 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// A minted token lives at most a year (and a day).
+const MAX_TOKEN_TTL_SECONDS: u64 = 366 * 86_400;
+
 fn parse_ttl(text: &str) -> Result<u64> {
     let (number, unit) = text.split_at(
         text.find(|c: char| !c.is_ascii_digit())
@@ -335,17 +352,18 @@ fn parse_ttl(text: &str) -> Result<u64> {
     let n: u64 = number
         .parse()
         .with_context(|| format!("--ttl '{text}': expected e.g. 30s, 15m, 1h, 7d"))?;
-    let seconds = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let unit_seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => bail!("--ttl '{text}': unit must be s, m, h or d"),
     };
-    if seconds == 0 {
-        bail!("--ttl must be positive");
+    match n.checked_mul(unit_seconds) {
+        Some(0) => bail!("--ttl must be positive"),
+        Some(seconds) if seconds <= MAX_TOKEN_TTL_SECONDS => Ok(seconds),
+        _ => bail!("--ttl '{text}' is too long: at most 366d"),
     }
-    Ok(seconds)
 }
 
 async fn shutdown_signal() {

@@ -370,14 +370,28 @@ fn rate_limit_settings(
     }))
 }
 
-/// Puts `REDIS_PASSWORD` / `REDIS_TOKEN` into a URL that carries no credentials.
+/// Puts `REDIS_PASSWORD` / `REDIS_TOKEN` into a URL that carries no credentials,
+/// percent-encoded (a password may hold `@`, `:`, `/`, `#`, ...).
 fn with_password(url: &str, password: Option<String>) -> String {
     match (password, url.split_once("://")) {
         (Some(password), Some((scheme, rest))) if !rest.contains('@') => {
-            format!("{scheme}://:{password}@{rest}")
+            format!("{scheme}://:{}@{rest}", percent_encode(&password))
         }
         _ => url.to_owned(),
     }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 pub fn is_sqlite(url: &str) -> bool {
@@ -488,6 +502,22 @@ mod tests {
         assert_eq!(redis.url, "redis://:pw@cache:6379");
         assert_eq!(redis.timeout, Duration::from_millis(20));
         assert_eq!(s.cache.prefix, "staging");
+        // Reserved characters in a password are encoded, so the URL still parses as meant.
+        let encoded = load(
+            &[
+                ("REDIS_URL", "redis://cache:6379"),
+                ("REDIS_PASSWORD", "p@ss:w/rd#1"),
+            ],
+            Overrides::default(),
+        )
+        .unwrap();
+        let url = encoded.cache.redis.unwrap().url;
+        assert_eq!(url, "redis://:p%40ss%3Aw%2Frd%231@cache:6379");
+        let info = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection_info()
+            .clone();
+        assert_eq!(info.redis_settings().password(), Some("p@ss:w/rd#1"));
         assert!(
             load(&[], Overrides::default())
                 .unwrap()

@@ -97,7 +97,17 @@ async fn serve_with_no_configuration_then_restart_and_sigterm() {
         std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    assert!(dir.path().join("copilot-state.db").exists());
+    // The database and its WAL files are private too (they hold every tenant's conversations).
+    for file in [
+        "copilot-state.db",
+        "copilot-state.db-wal",
+        "copilot-state.db-shm",
+    ] {
+        let mode = std::fs::metadata(dir.path().join(file))
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(mode, 0o600, "{file}");
+    }
     let token = token_from(&banner, "TOKEN");
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/v1/config/global");
@@ -385,4 +395,58 @@ async fn two_serve_processes_share_one_redis() {
     );
     assert!(stop(a).success());
     assert!(stop(b).success());
+}
+
+/// `token` never makes a secret of its own (its tokens would be refused); a token lifetime
+/// beyond a year, a short configured secret, and PostgreSQL without a configured key are clear
+/// errors at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_and_token_lifetimes_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = command(dir.path())
+        .args(["token", "--tenant", "acme"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("no JWT secret at"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("copilot-state.db.jwt-secret").exists());
+    for ttl in ["99999999999999d", "400d", "0s", "1w"] {
+        let out = command(dir.path())
+            .env("COPILOT_JWT_SECRET", crate::SECRET)
+            .args(["token", "--tenant", "acme", "--ttl", ttl])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("--ttl"),
+            "{ttl}: {stderr}"
+        );
+    }
+    let out = command(dir.path())
+        .env("COPILOT_JWT_SECRET", "short")
+        .args(["serve", "--bind", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("at least 32 bytes"),
+        "{stderr}"
+    );
+    let Some(url) = copilot_store::conformance::fresh_postgres_database().await else {
+        return;
+    };
+    let out = command(dir.path())
+        .env("DATABASE_URL", &url)
+        .args(["serve", "--bind", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("COPILOT_JWT_SECRET"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("copilot-state.jwt-secret").exists());
 }

@@ -27,7 +27,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-pub const SECRET: &str = "test-secret-of-enough-length";
+pub const SECRET: &str = "test-secret-of-enough-length-0123456789";
 pub const TENANT: &str = "acme";
 pub const OTHER_TENANT: &str = "globex";
 

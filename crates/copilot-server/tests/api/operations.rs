@@ -184,3 +184,41 @@ async fn store_down_means_not_ready_and_503_store_unavailable() {
     // Liveness does not depend on the store.
     s.get("/healthz", Who::Nobody).await.ok(200);
 }
+
+/// The bearer scheme is case-insensitive (RFC 9110 11.1), and clients cannot mint metric series:
+/// invented methods share one label value.
+#[tokio::test]
+async fn bearer_in_any_case_and_metric_labels_that_clients_cannot_choose() {
+    let s = TestServer::start().await;
+    let token = Who::Owner.token().unwrap();
+    let client = reqwest::Client::new();
+    for scheme in ["Bearer", "bearer", "BEARER", "BeArEr"] {
+        let r = client
+            .get(format!(
+                "{}/v1/tenants/{}/config/effective",
+                s.base,
+                crate::TENANT
+            ))
+            .header("authorization", format!("{scheme} {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{scheme}");
+    }
+    for i in 0..20 {
+        let method = reqwest::Method::from_bytes(format!("INVENTED{i}").as_bytes()).unwrap();
+        let _ = client
+            .request(method, format!("{}/v1/config/global", s.base))
+            .send()
+            .await
+            .unwrap();
+    }
+    let metrics = reqwest::get(format!("{}/metrics", s.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains("INVENTED"), "a client-chosen label value");
+    assert!(metrics.contains("method=\"other\""));
+}

@@ -65,6 +65,25 @@ pub struct SqliteStore {
     record_changes: bool,
 }
 
+/// Creates the database file with mode 0600 when it does not exist yet: it holds every tenant's
+/// conversations, and SQLite gives its `-wal` and `-shm` files the database file's mode.
+fn create_private(path: &std::path::Path) -> StoreResult<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "cannot create the SQLite database {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database. Does not migrate: call [`SqliteStore::migrate`].
     pub async fn connect(options: SqliteOptions) -> StoreResult<Self> {
@@ -76,6 +95,9 @@ impl SqliteStore {
             .busy_timeout(options.busy_timeout)
             .foreign_keys(true);
         let in_memory = options.url.contains(":memory:") || options.url.contains("mode=memory");
+        if !in_memory {
+            create_private(connect.get_filename())?;
+        }
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(u32::from(in_memory))
