@@ -100,3 +100,62 @@ pub(crate) fn char_len_between(s: &str, min: usize, max: usize) -> bool {
     let n = s.chars().count();
     n >= min && n <= max
 }
+
+/// DESIGN.md 6.1: strings never carry U+0000 (PostgreSQL cannot store it, and no client means
+/// it). Every string and key of a body is checked, whatever the endpoint; each offending field
+/// is named (`metadata.note`, `tasks[0].model`).
+pub fn reject_nul_characters(value: &Value) -> Result<(), crate::InputError> {
+    fn walk(value: &Value, at: &str, errors: &mut Errors) {
+        match value {
+            Value::String(s) if s.contains('\0') => errors.push(
+                if at.is_empty() { "$" } else { at },
+                "must not contain U+0000",
+            ),
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, &format!("{at}[{i}]"), errors);
+                }
+            }
+            Value::Object(map) => {
+                for (key, item) in map {
+                    let field = path(at, key);
+                    if key.contains('\0') {
+                        errors.push(field.replace('\0', "\\u0000"), "must not contain U+0000");
+                    } else {
+                        walk(item, &field, errors);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut errors = Errors::default();
+    walk(value, "", &mut errors);
+    errors.check()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::InputError;
+
+    #[test]
+    fn nul_characters_are_refused_by_field() {
+        assert!(reject_nul_characters(&json!({"title": "fine", "n": 1})).is_ok());
+        let Err(InputError::Invalid(errors)) = reject_nul_characters(&json!({
+            "title": "a\u{0}b",
+            "metadata": {"note": "x\u{0}", "ok": "y"},
+            "tasks": [{"model": "fine"}, {"model": "\u{0}"}],
+            "k\u{0}": 1
+        })) else {
+            panic!("refused");
+        };
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        for field in ["title", "metadata.note", "tasks[1].model", "k\\u0000"] {
+            assert!(fields.contains(&field), "{field} in {fields:?}");
+        }
+        assert_eq!(fields.len(), 4);
+    }
+}

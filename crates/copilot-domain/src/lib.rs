@@ -13,7 +13,7 @@ pub mod cursor;
 pub mod egress;
 pub mod error;
 pub mod id;
-mod json;
+pub mod json;
 pub mod membership;
 pub mod policy;
 pub mod route;

@@ -41,6 +41,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         }
         let value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::InvalidRequest(format!("malformed JSON: {e}")))?;
+        copilot_domain::json::reject_nul_characters(&value)?;
         Ok(Self(value, bytes.len()))
     }
 }

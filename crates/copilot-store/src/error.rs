@@ -51,6 +51,13 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) if is_transient_code(db.code().as_deref()) => {
                 Self::Unavailable(e.to_string())
             }
+            // PostgreSQL cannot store U+0000 in text or jsonb: the input is invalid, not the
+            // store broken (the HTTP layer refuses it earlier, naming the field).
+            sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("22021" | "22P05")) =>
+            {
+                Self::Invalid(InputError::field("$", "must not contain U+0000"))
+            }
             _ => Self::Internal(e.to_string()),
         }
     }

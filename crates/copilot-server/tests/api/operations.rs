@@ -222,3 +222,78 @@ async fn bearer_in_any_case_and_metric_labels_that_clients_cannot_choose() {
     assert!(!metrics.contains("INVENTED"), "a client-chosen label value");
     assert!(metrics.contains("method=\"other\""));
 }
+
+/// DESIGN.md 6.1: a U+0000 anywhere in a body is 422 naming the field, on every backend alike
+/// (it was a 500 on PostgreSQL). The HTTP tests run over SQLite and again over PostgreSQL.
+#[tokio::test]
+async fn nul_characters_are_422_naming_the_field_and_nothing_is_written() {
+    let s = TestServer::start().await;
+    let conversation = crate::conversation(&s, Who::Owner, json!({"title": "fine"})).await;
+    let cases = [
+        (
+            Method::POST,
+            format!("/v1/tenants/{TENANT}/conversations"),
+            json!({"title": "a\u{0}b"}),
+            "title",
+        ),
+        (
+            Method::POST,
+            format!("/v1/tenants/{TENANT}/conversations/{conversation}/messages"),
+            json!({"role": "user", "content": "hi\u{0}"}),
+            "content",
+        ),
+        (
+            Method::POST,
+            format!("/v1/tenants/{TENANT}/conversations/{conversation}/messages"),
+            json!({"role": "user", "content": "hi", "metadata": {"note": "\u{0}"}}),
+            "metadata.note",
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/tenants/{TENANT}/conversations/{conversation}"),
+            json!({"title": "\u{0}"}),
+            "title",
+        ),
+        (
+            Method::PUT,
+            format!("/v1/tenants/{TENANT}/llm-policy"),
+            json!({"defaultModel": "m\u{0}", "defaultProvider": "openai",
+                   "tasks": [{"task": "t", "model": "x\u{0}", "provider": "openai"}]}),
+            "tasks[0].model",
+        ),
+        (
+            Method::POST,
+            format!("/v1/tenants/{TENANT}/llm-route"),
+            json!({"task": "\u{0}"}),
+            "task",
+        ),
+    ];
+    for (method, path, body, field) in cases {
+        let r = s
+            .call(method.clone(), &path, Who::Service, Some(body))
+            .await;
+        r.problem(422, "validation_failed");
+        let fields: Vec<&str> = r.body["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["field"].as_str())
+            .collect();
+        assert!(fields.contains(&field), "{method} {path}: {fields:?}");
+    }
+    // Nothing was written.
+    let list = s
+        .get(&format!("/v1/tenants/{TENANT}/conversations"), Who::Owner)
+        .await;
+    assert_eq!(list.ok(200)["items"].as_array().unwrap().len(), 1);
+    let messages = s
+        .get(
+            &format!("/v1/tenants/{TENANT}/conversations/{conversation}/messages"),
+            Who::Owner,
+        )
+        .await;
+    assert_eq!(messages.ok(200)["items"].as_array().unwrap().len(), 0);
+    s.get(&format!("/v1/tenants/{TENANT}/llm-policy"), Who::Owner)
+        .await
+        .problem(404, "policy_not_found");
+}
