@@ -35,7 +35,13 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         }
         let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
             .await
-            .map_err(|_| too_large())?;
+            .map_err(|e| {
+                if caused_by_timeout(&*e.into_inner()) {
+                    ApiError::RequestTimeout
+                } else {
+                    too_large()
+                }
+            })?;
         if bytes.is_empty() {
             return Err(ApiError::InvalidRequest("a JSON body is required".into()));
         }
@@ -44,6 +50,18 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         copilot_domain::json::reject_nul_characters(&value)?;
         Ok(Self(value, bytes.len()))
     }
+}
+
+/// Whether a body error comes from the body read timeout (somewhere down its source chain).
+fn caused_by_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// Query parameters; a bad one is 400 `invalid_request`.

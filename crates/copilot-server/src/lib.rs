@@ -8,6 +8,7 @@ pub mod net;
 pub mod openapi;
 pub mod routes;
 pub mod secret;
+pub mod server;
 pub mod settings;
 pub mod state;
 pub mod telemetry;
@@ -50,23 +51,27 @@ pub async fn open_stores(settings: &Settings) -> Result<StoreSet, StoreError> {
     }
 }
 
-/// Serves `state` on `listener` until `shutdown` completes, then ends the event streams and
-/// drains in-flight requests.
+/// Serves `state` on `listener` with the default limits (see [`serve_with`]).
 pub async fn serve(
     listener: TcpListener,
     state: state::AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, state, server::ServerLimits::default(), shutdown).await
+}
+
+/// Serves `state` on `listener` until `shutdown` completes, then ends the event streams (open
+/// SSE responses would otherwise hold the drain forever) and drains in-flight requests for at
+/// most `limits.drain`.
+pub async fn serve_with(
+    listener: TcpListener,
+    state: state::AppState,
+    limits: server::ServerLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let events = state.cache.events().clone();
-    let shutdown = async move {
-        shutdown.await;
-        // Open SSE responses would otherwise hold the drain forever.
-        events.close();
-    };
-    axum::serve(
-        listener,
-        app::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
+    server::run(listener, app::router(state), limits, shutdown, move || {
+        events.close()
+    })
     .await
 }

@@ -11,7 +11,7 @@ use copilot_domain::TenantId;
 use copilot_server::auth::{Authenticator, TokenRole, issue_token};
 use copilot_server::settings::{Overrides, Settings};
 use copilot_server::state::{AppState, ServiceSettings};
-use copilot_server::{open_stores, secret, serve, telemetry};
+use copilot_server::{open_stores, secret, serve_with, telemetry};
 
 /// Prints to stdout, ignoring a closed pipe: whoever started `serve` may stop reading its banner,
 /// and that must never take the service down.
@@ -228,7 +228,7 @@ async fn run_serve(settings: Settings) -> Result<()> {
         say!("  cache: {line}");
     }
     print_banner(&settings, address, secret.as_ref());
-    serve(listener, state, shutdown_signal()).await?;
+    serve_with(listener, state, settings.server.clone(), shutdown_signal()).await?;
     tracing::info!("shut down cleanly");
     Ok(())
 }

@@ -287,6 +287,10 @@ const API_ERRORS: &[(&str, &str)] = &[
     ("405", "method_not_allowed"),
     ("409", "no_local_route or conversation_archived"),
     ("412", "precondition_failed: If-Match does not match"),
+    (
+        "408",
+        "request_timeout: the body did not arrive within COPILOT_BODY_TIMEOUT_MS",
+    ),
     ("413", "payload_too_large"),
     ("422", "validation_failed, one entry per bad field"),
     ("429", "rate_limited"),

@@ -10,6 +10,7 @@ use copilot_cache::ratelimit::RateLimitSettings;
 use copilot_cache::{CacheFlags, CacheSettings, RedisSettings};
 
 use crate::net::Cidr;
+use crate::server::ServerLimits;
 use copilot_domain::conversation::DEFAULT_MAX_MESSAGE_BYTES;
 use copilot_domain::egress::EgressMode;
 use copilot_domain::policy::is_valid_provider;
@@ -83,6 +84,8 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// `COPILOT_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<Cidr>,
+    /// Timeouts, the connection cap and the shutdown drain.
+    pub server: ServerLimits,
 }
 
 /// Connection settings used when `DATABASE_URL` is `postgres://`.
@@ -289,8 +292,19 @@ impl Settings {
                 })
                 .collect::<Result<_, _>>()?,
         };
+        let millis = |name: &str, default: u64| {
+            number_var(name, default, 10..=3_600_000).map(Duration::from_millis)
+        };
+        let server = ServerLimits {
+            header_timeout: millis("COPILOT_HEADER_TIMEOUT_MS", 10_000)?,
+            body_timeout: millis("COPILOT_BODY_TIMEOUT_MS", 30_000)?,
+            idle_timeout: millis("COPILOT_IDLE_TIMEOUT_MS", 60_000)?,
+            max_connections: number_var("COPILOT_MAX_CONNECTIONS", 10_000, 1..=1_000_000)? as usize,
+            drain: millis("COPILOT_SHUTDOWN_DRAIN_MS", 10_000)?,
+        };
         Ok(Self {
             cache,
+            server,
             trusted_proxies,
             store_timeout,
             postgres,

@@ -7,6 +7,7 @@ mod config;
 mod conversations;
 mod events;
 mod fleet;
+mod limits;
 mod members;
 mod operations;
 mod policy;
@@ -19,6 +20,7 @@ use copilot_cache::{CacheControl, CacheFlags, CacheSettings};
 use copilot_domain::TenantId;
 use copilot_domain::route::RouterDefaults;
 use copilot_server::auth::{Authenticator, TokenRole, issue_token};
+use copilot_server::server::ServerLimits;
 use copilot_server::settings::JwtSettings;
 use copilot_server::state::{AppState, ServiceSettings};
 use copilot_store::conformance::fresh_postgres_database;
@@ -196,6 +198,16 @@ impl TestServer {
         settings: ServiceSettings,
         cache: CacheSettings,
     ) -> Self {
+        Self::start_limited(store, settings, cache, ServerLimits::default()).await
+    }
+
+    /// Serves with explicit connection limits and timeouts.
+    pub async fn start_limited(
+        store: TestStore,
+        settings: ServiceSettings,
+        cache: CacheSettings,
+        limits: ServerLimits,
+    ) -> Self {
         let metrics = copilot_server::telemetry::prometheus();
         let (stores, cache) = CacheControl::build(store.set(), cache).expect("cache");
         cache.follow_switch(std::time::Duration::from_millis(100));
@@ -213,7 +225,7 @@ impl TestServer {
             .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(copilot_server::serve(listener, state, async {
+        let task = tokio::spawn(copilot_server::serve_with(listener, state, limits, async {
             let _ = rx.await;
         }));
         Self {
