@@ -11,6 +11,7 @@ mod config;
 mod conversations;
 mod membership;
 mod messages;
+mod ordering;
 mod policy;
 
 pub use changes::*;
@@ -18,6 +19,7 @@ pub use config::*;
 pub use conversations::*;
 pub use membership::*;
 pub use messages::*;
+pub use ordering::*;
 pub use policy::*;
 
 use copilot_domain::conversation::{Conversation, NewConversation, ShareAudience, TenantAccess};
@@ -61,6 +63,7 @@ macro_rules! conformance_suite {
             delete_conversation_removes_its_messages,
             membership_put_get_list_delete_and_suspend,
             change_log_records_committed_writes,
+            concurrent_first_writers_store_the_highest_version,
         );
     };
     (@each $make:expr; $($name:ident),+ $(,)?) => {

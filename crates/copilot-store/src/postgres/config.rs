@@ -135,7 +135,9 @@ impl ConfigStore for PostgresStore {
         expected_version: Option<u64>,
         actor: &str,
     ) -> StoreResult<StoredPatch> {
-        let mut tx = self.begin().await?;
+        let mut tx = self
+            .begin_locked(&ChangeSubject::Config(level.clone()))
+            .await?;
         let current = self.read_patch(&mut tx, level, true).await?;
         check_expected(current.map(|p| p.version), expected_version)?;
         let stored = self
@@ -152,7 +154,9 @@ impl ConfigStore for PostgresStore {
         expected_version: Option<u64>,
         actor: &str,
     ) -> StoreResult<StoredPatch> {
-        let mut tx = self.begin().await?;
+        let mut tx = self
+            .begin_locked(&ChangeSubject::Config(level.clone()))
+            .await?;
         // A missing level has no row to lock: claim it first (a placeholder with version 0 that
         // this transaction either replaces or rolls back), so concurrent first merges queue up
         // on the row instead of overwriting each other.
@@ -186,7 +190,9 @@ impl ConfigStore for PostgresStore {
         level: &ConfigLevel,
         expected_version: Option<u64>,
     ) -> StoreResult<u64> {
-        let mut tx = self.begin().await?;
+        let mut tx = self
+            .begin_locked(&ChangeSubject::Config(level.clone()))
+            .await?;
         let current = self
             .read_patch(&mut tx, level, true)
             .await?

@@ -59,7 +59,9 @@ impl MembershipStore for PostgresStore {
         user: &UserId,
         input: &MembershipInput,
     ) -> StoreResult<Membership> {
-        let mut tx = self.begin().await?;
+        let mut tx = self
+            .begin_locked(&ChangeSubject::Membership(tenant.clone(), user.clone()))
+            .await?;
         let version = self
             .stamp(
                 &mut tx,
@@ -90,7 +92,9 @@ impl MembershipStore for PostgresStore {
     }
 
     async fn delete_membership(&self, tenant: &TenantId, user: &UserId) -> StoreResult<u64> {
-        let mut tx = self.begin().await?;
+        let mut tx = self
+            .begin_locked(&ChangeSubject::Membership(tenant.clone(), user.clone()))
+            .await?;
         let deleted = sqlx::query(
             "DELETE FROM copilot.tenant_memberships WHERE tenant_id = $1 AND user_id = $2",
         )

@@ -152,6 +152,28 @@ impl PostgresStore {
         !self.transaction_pooler
     }
 
+    /// A transaction holding the write lock of `subject` (a transaction-scoped advisory lock),
+    /// taken before anything else: writers of one key, the first ones included (no row to lock
+    /// yet) and deletes, take their versions and commit one after the other, so a key's
+    /// version never goes backwards.
+    async fn begin_locked(
+        &self,
+        subject: &ChangeSubject,
+    ) -> StoreResult<Transaction<'static, Postgres>> {
+        let mut tx = self.begin().await?;
+        let (kind, tenant, key) = subject.columns();
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .persistent(self.persistent())
+            .bind(format!(
+                "{kind}|{}|{}",
+                tenant.unwrap_or_default(),
+                key.unwrap_or_default()
+            ))
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
     async fn begin(&self) -> StoreResult<Transaction<'static, Postgres>> {
         Ok(self.pool.begin().await?)
     }

@@ -39,7 +39,9 @@ impl PolicyStore for PostgresStore {
         expected_version: Option<u64>,
         actor: &str,
     ) -> StoreResult<StoredPolicy> {
-        let mut tx = self.begin().await?;
+        let mut tx = self
+            .begin_locked(&ChangeSubject::Policy(policy.tenant_id.clone()))
+            .await?;
         // FOR UPDATE serializes writers of one tenant's policy, so the version check holds.
         let current: Option<i64> = sqlx::query_scalar(
             "SELECT version FROM copilot.tenant_llm_policies WHERE tenant_id = $1 FOR UPDATE",
@@ -84,7 +86,9 @@ impl PolicyStore for PostgresStore {
         tenant: &TenantId,
         expected_version: Option<u64>,
     ) -> StoreResult<u64> {
-        let mut tx = self.begin().await?;
+        let mut tx = self
+            .begin_locked(&ChangeSubject::Policy(tenant.clone()))
+            .await?;
         let current: Option<i64> = sqlx::query_scalar(
             "SELECT version FROM copilot.tenant_llm_policies WHERE tenant_id = $1 FOR UPDATE",
         )
