@@ -17,6 +17,8 @@ const FORMAT_V1: u8 = 1;
 const TAG_LABEL: &[u8] = b"copilot-state/list-cursor/v1";
 const BODY_LEN: usize = 1 + 1 + 8 + 16;
 const TAG_LEN: usize = 8;
+/// 9999-12-31T23:59:59.999999Z.
+const MAX_MICROS: i64 = 253_402_300_799_999_999;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListCursor {
@@ -68,6 +70,11 @@ impl ListCursor {
         let cursor_status = status_from_byte(body[1]).ok_or(CursorError::Malformed)?;
         let micros =
             i64::from_be_bytes(body[2..10].try_into().map_err(|_| CursorError::Malformed)?);
+        // Only instants a store can hold (a forged tag once carried year -290,000 into a
+        // PostgreSQL query: a 500, not the 400 it is).
+        if !(0..=MAX_MICROS).contains(&micros) {
+            return Err(CursorError::Malformed);
+        }
         let uuid = Uuid::from_slice(&body[10..26]).map_err(|_| CursorError::Malformed)?;
         if cursor_status != status {
             return Err(CursorError::WrongListing);
@@ -141,6 +148,22 @@ mod tests {
                     "position {i}"
                 );
             }
+        }
+    }
+
+    /// A cursor whose tag is right but whose instant no store can hold is malformed.
+    #[test]
+    fn instants_out_of_range_are_malformed() {
+        for micros in [i64::MIN, -1, MAX_MICROS + 1, i64::MAX] {
+            let forged = ListCursor {
+                last_activity_micros: micros,
+                ..sample()
+            };
+            assert_eq!(
+                ListCursor::decode(&forged.encode(), ConversationStatus::Active),
+                Err(CursorError::Malformed),
+                "{micros}"
+            );
         }
     }
 

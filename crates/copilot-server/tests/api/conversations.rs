@@ -434,3 +434,27 @@ async fn public_share_link_is_read_only_for_other_tenants() {
         .ok(200);
     s.get(&path, Who::Stranger).await.problem(404, "not_found");
 }
+
+/// A cursor with a well-formed tag but an instant no store can hold is 400 `invalid_cursor` on
+/// every backend (it was a 500 on PostgreSQL).
+#[tokio::test]
+async fn a_forged_cursor_is_400_invalid_cursor() {
+    use copilot_domain::ConversationId;
+    use copilot_domain::conversation::ConversationStatus;
+    use copilot_domain::cursor::ListCursor;
+    let s = TestServer::start().await;
+    for micros in [i64::MIN, -1, i64::MAX] {
+        let forged = ListCursor {
+            status: ConversationStatus::Active,
+            last_activity_micros: micros,
+            id: ConversationId::new_v7(chrono::Utc::now()),
+        }
+        .encode();
+        s.get(
+            &format!("/v1/tenants/{TENANT}/conversations?cursor={forged}"),
+            Who::Owner,
+        )
+        .await
+        .problem(400, "invalid_cursor");
+    }
+}
