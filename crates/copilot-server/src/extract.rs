@@ -108,32 +108,86 @@ pub fn message_id(s: &str) -> Result<MessageId, ApiError> {
     MessageId::parse(s).map_err(|e| ApiError::InvalidId(format!("message id {e}")))
 }
 
-/// `If-Match: "<version>"` (also `W/"<version>"`, a bare number, or `*` for "any").
-/// A value that is no version can never match: 412.
-pub struct IfMatch(pub Option<u64>);
+/// An `If-Match` precondition (RFC 9110 13.1.1), parsed once for every versioned resource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    /// No `If-Match`: write unconditionally.
+    None,
+    /// One strong validator `"<version>"` (a bare number is accepted too): the store checks it
+    /// atomically.
+    Exact(u64),
+    /// `*`: the resource must exist.
+    Any,
+    /// Several strong validators: the current version must be one of them.
+    OneOf(Vec<u64>),
+    /// Only weak (`W/"..."`) or unparsable validators: strong comparison never matches.
+    Never,
+}
+
+impl Precondition {
+    /// The version the write must find (handed to the store, which compares atomically), or
+    /// 412. `current` reads the resource's version; only `*` and lists need it.
+    pub async fn expected<F>(self, current: impl FnOnce() -> F) -> Result<Option<u64>, ApiError>
+    where
+        F: Future<Output = Result<Option<u64>, ApiError>>,
+    {
+        match self {
+            Self::None => Ok(None),
+            Self::Exact(version) => Ok(Some(version)),
+            Self::Never => Err(ApiError::PreconditionFailed),
+            Self::Any => current()
+                .await?
+                .map(Some)
+                .ok_or(ApiError::PreconditionFailed),
+            Self::OneOf(versions) => match current().await? {
+                Some(v) if versions.contains(&v) => Ok(Some(v)),
+                _ => Err(ApiError::PreconditionFailed),
+            },
+        }
+    }
+
+    fn parse(values: &[&str]) -> Self {
+        let joined = values.join(",");
+        if joined.trim() == "*" {
+            return Self::Any;
+        }
+        let strong: Vec<u64> = joined
+            .split(',')
+            .map(str::trim)
+            .filter(|tag| !tag.starts_with("W/"))
+            .filter_map(|tag| {
+                let bare = tag
+                    .strip_prefix('"')
+                    .and_then(|t| t.strip_suffix('"'))
+                    .unwrap_or(tag);
+                bare.parse::<u64>().ok()
+            })
+            .collect();
+        match strong.as_slice() {
+            [] => Self::Never,
+            [one] => Self::Exact(*one),
+            _ => Self::OneOf(strong),
+        }
+    }
+}
+
+/// The request's `If-Match`.
+pub struct IfMatch(pub Precondition);
 
 impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let Some(value) = parts.headers.get(IF_MATCH) else {
-            return Ok(Self(None));
-        };
-        let text = value
-            .to_str()
-            .map_err(|_| ApiError::PreconditionFailed)?
-            .trim();
-        if text == "*" {
-            return Ok(Self(None));
+        let values: Vec<&str> = parts
+            .headers
+            .get_all(IF_MATCH)
+            .iter()
+            .map(|v| v.to_str().unwrap_or(""))
+            .collect();
+        if values.is_empty() {
+            return Ok(Self(Precondition::None));
         }
-        let text = text.strip_prefix("W/").unwrap_or(text);
-        let text = text
-            .strip_prefix('"')
-            .and_then(|t| t.strip_suffix('"'))
-            .unwrap_or(text);
-        text.parse::<u64>()
-            .map(|v| Self(Some(v)))
-            .map_err(|_| ApiError::PreconditionFailed)
+        Ok(Self(Precondition::parse(&values)))
     }
 }
 
@@ -144,4 +198,26 @@ pub fn with_etag<T: Serialize>(status: StatusCode, version: u64, body: &T) -> Re
         response.headers_mut().insert(ETAG, v);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Precondition;
+
+    #[test]
+    fn if_match_follows_rfc_9110() {
+        assert_eq!(Precondition::parse(&["*"]), Precondition::Any);
+        assert_eq!(Precondition::parse(&["\"7\""]), Precondition::Exact(7));
+        assert_eq!(Precondition::parse(&["7"]), Precondition::Exact(7));
+        assert_eq!(Precondition::parse(&["W/\"7\""]), Precondition::Never);
+        assert_eq!(Precondition::parse(&["nonsense"]), Precondition::Never);
+        assert_eq!(
+            Precondition::parse(&["\"3\", W/\"4\", \"5\""]),
+            Precondition::OneOf(vec![3, 5])
+        );
+        assert_eq!(
+            Precondition::parse(&["\"3\"", "\"5\""]),
+            Precondition::OneOf(vec![3, 5])
+        );
+    }
 }

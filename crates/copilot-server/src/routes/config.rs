@@ -8,7 +8,9 @@ use serde::Deserialize;
 
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{IfMatch, JsonBody, PathParams, Query, tenant_id, user_id, with_etag};
+use crate::extract::{
+    IfMatch, JsonBody, PathParams, Precondition, Query, tenant_id, user_id, with_etag,
+};
 use crate::openapi::{ConfigPatchInput, TenantPath, TenantUserPath};
 use crate::state::AppState;
 
@@ -48,6 +50,14 @@ pub async fn effective(
     Ok(axum::Json(effective).into_response())
 }
 
+/// A level's stored version, for `If-Match: *` and lists.
+async fn current_version(state: &AppState, level: &ConfigLevel) -> ApiResult<Option<u64>> {
+    Ok(state
+        .store("get_patch", state.stores.configs.get_patch(level))
+        .await?
+        .map(|p| p.version))
+}
+
 async fn get_level(
     state: &AppState,
     principal: &Principal,
@@ -65,10 +75,11 @@ async fn put_level(
     state: &AppState,
     principal: &Principal,
     level: ConfigLevel,
-    expected: Option<u64>,
+    expected: Precondition,
     body: &serde_json::Value,
 ) -> ApiResult<Response> {
     authorize_config_write(principal, &level)?;
+    let expected = expected.expected(|| current_version(state, &level)).await?;
     let patch = ConfigPatch::from_json(body)?;
     let stored = state
         .store(
@@ -86,10 +97,11 @@ async fn patch_level(
     state: &AppState,
     principal: &Principal,
     level: ConfigLevel,
-    expected: Option<u64>,
+    expected: Precondition,
     body: &serde_json::Value,
 ) -> ApiResult<Response> {
     authorize_config_write(principal, &level)?;
+    let expected = expected.expected(|| current_version(state, &level)).await?;
     let stored = state
         .store(
             "merge_patch",
@@ -106,9 +118,10 @@ async fn delete_level(
     state: &AppState,
     principal: &Principal,
     level: ConfigLevel,
-    expected: Option<u64>,
+    expected: Precondition,
 ) -> ApiResult<Response> {
     authorize_config_write(principal, &level)?;
+    let expected = expected.expected(|| current_version(state, &level)).await?;
     state
         .store(
             "delete_patch",

@@ -169,6 +169,9 @@ pub async fn update(
     let update = ConversationUpdate::from_json(&body)?;
     let conversation = readable(&state, &principal, &tenant, &id).await?;
     authorize_manage(&principal, &conversation)?;
+    let expected = expected
+        .expected(|| async { Ok(Some(conversation.version)) })
+        .await?;
     let updated = state
         .store(
             "update_conversation",
@@ -203,6 +206,9 @@ pub async fn delete(
     let (tenant, id) = (tenant_id(&t)?, conversation_id(&id)?);
     let conversation = readable(&state, &principal, &tenant, &id).await?;
     authorize_manage(&principal, &conversation)?;
+    let expected = expected
+        .expected(|| async { Ok(Some(conversation.version)) })
+        .await?;
     state
         .store(
             "delete_conversation",

@@ -1,6 +1,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use copilot_domain::TenantId;
 use copilot_domain::access::{authorize_tenant, authorize_tenant_admin};
 use copilot_domain::policy::{MAX_POLICY_BYTES, StoredPolicy, TenantLlmPolicy};
 use copilot_domain::route::{Route, RouteRequest, resolve_route};
@@ -53,6 +54,9 @@ pub async fn put_policy(
         )));
     }
     let policy = TenantLlmPolicy::from_json(&body, &tenant)?;
+    let expected = expected
+        .expected(|| current_version(&state, &tenant))
+        .await?;
     let stored = state
         .store(
             "put_policy",
@@ -78,6 +82,9 @@ pub async fn delete_policy(
 ) -> ApiResult<Response> {
     let tenant = tenant_id(&t)?;
     authorize_tenant_admin(&principal, &tenant)?;
+    let expected = expected
+        .expected(|| current_version(&state, &tenant))
+        .await?;
     match state
         .store(
             "delete_policy",
@@ -89,6 +96,14 @@ pub async fn delete_policy(
         Err(ApiError::NotFound) => Err(ApiError::PolicyNotFound),
         Err(e) => Err(e),
     }
+}
+
+/// The stored policy's version, for `If-Match: *` and lists.
+async fn current_version(state: &AppState, tenant: &TenantId) -> ApiResult<Option<u64>> {
+    Ok(state
+        .store("get_policy", state.stores.policies.get_policy(tenant))
+        .await?
+        .map(|p| p.version))
 }
 
 /// Resolves the route (provider, model, egress) one call must use (DESIGN.md 3.3).

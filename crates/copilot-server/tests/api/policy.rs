@@ -246,3 +246,113 @@ async fn route_resolution_over_http() {
         "local"
     );
 }
+
+/// `If-Match` as RFC 9110 13.1.1 says, on every versioned resource: `*` needs the resource to
+/// exist; weak validators never match (strong comparison); a list matches when it holds the
+/// current version.
+#[tokio::test]
+async fn if_match_star_weak_validators_and_lists() {
+    let s = TestServer::start().await;
+    let policy = format!("/v1/tenants/{TENANT}/llm-policy");
+    let level = format!("/v1/tenants/{TENANT}/config");
+    let send = |method: Method, path: String, body: Option<serde_json::Value>, if_match: String| {
+        let s = &s;
+        async move {
+            s.send(
+                method,
+                &path,
+                Who::Service,
+                body,
+                &[("if-match", &if_match)],
+            )
+            .await
+        }
+    };
+    let config_doc = || Some(json!({"mergeMaxMessages": 7}));
+    // `*` on nothing: 412, and nothing is created.
+    send(Method::PUT, policy.clone(), Some(policy_doc()), "*".into())
+        .await
+        .problem(412, "precondition_failed");
+    send(Method::PUT, level.clone(), config_doc(), "*".into())
+        .await
+        .problem(412, "precondition_failed");
+    s.get(&policy, Who::Owner)
+        .await
+        .problem(404, "policy_not_found");
+    // Created without a precondition, then `*` matches.
+    let v1 = s.put(&policy, Who::Service, policy_doc()).await.ok(200)["version"]
+        .as_u64()
+        .unwrap();
+    let v2 = send(Method::PUT, policy.clone(), Some(policy_doc()), "*".into())
+        .await
+        .ok(200)["version"]
+        .as_u64()
+        .unwrap();
+    assert!(v2 > v1);
+    // A weak validator of the current version does not match.
+    send(
+        Method::PUT,
+        policy.clone(),
+        Some(policy_doc()),
+        format!("W/\"{v2}\""),
+    )
+    .await
+    .problem(412, "precondition_failed");
+    // Lists: any strong member equal to the current version.
+    send(
+        Method::PUT,
+        policy.clone(),
+        Some(policy_doc()),
+        format!("\"{v1}\", \"999999\""),
+    )
+    .await
+    .problem(412, "precondition_failed");
+    let v3 = send(
+        Method::PUT,
+        policy.clone(),
+        Some(policy_doc()),
+        format!("\"{v1}\", \"{v2}\""),
+    )
+    .await
+    .ok(200)["version"]
+        .as_u64()
+        .unwrap();
+    send(
+        Method::DELETE,
+        policy.clone(),
+        None,
+        format!("W/\"{v3}\", \"{v1}\""),
+    )
+    .await
+    .problem(412, "precondition_failed");
+    let r = send(Method::DELETE, policy.clone(), None, "*".into()).await;
+    assert_eq!(r.status, 204);
+    // The same rules on a config level and a conversation.
+    s.put(&level, Who::Service, json!({"mergeMaxMessages": 7}))
+        .await
+        .ok(200);
+    send(Method::PATCH, level.clone(), config_doc(), "*".into())
+        .await
+        .ok(200);
+    let id = crate::conversation(&s, Who::Owner, json!({})).await;
+    let conversation = format!("/v1/tenants/{TENANT}/conversations/{id}");
+    let version = s.get(&conversation, Who::Owner).await.ok(200)["version"]
+        .as_u64()
+        .unwrap();
+    send(
+        Method::PATCH,
+        conversation.clone(),
+        Some(json!({"title": "x"})),
+        format!("W/\"{version}\""),
+    )
+    .await
+    .problem(412, "precondition_failed");
+    send(
+        Method::PATCH,
+        conversation.clone(),
+        Some(json!({"title": "x"})),
+        format!("\"1\", \"{version}\""),
+    )
+    .await
+    .ok(200);
+}
