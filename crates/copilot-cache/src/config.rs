@@ -15,7 +15,7 @@ use crate::tier::CacheTier;
 
 pub struct CachedConfigStore {
     inner: Arc<dyn ConfigStore>,
-    tier: CacheTier<StoredPatchView>,
+    tier: Arc<CacheTier<StoredPatchView>>,
     global_key: String,
 }
 
@@ -24,7 +24,7 @@ impl CachedConfigStore {
         let global_key = crate::keys::config(&tier.settings().prefix, &ConfigLevel::Global);
         Self {
             inner,
-            tier,
+            tier: Arc::new(tier),
             global_key,
         }
     }

@@ -17,12 +17,15 @@ use crate::tier::CacheTier;
 
 pub struct CachedConversationStore {
     inner: Arc<dyn ConversationStore>,
-    tier: CacheTier<Conversation>,
+    tier: Arc<CacheTier<Conversation>>,
 }
 
 impl CachedConversationStore {
     pub fn new(inner: Arc<dyn ConversationStore>, tier: CacheTier<Conversation>) -> Self {
-        Self { inner, tier }
+        Self {
+            inner,
+            tier: Arc::new(tier),
+        }
     }
 
     pub fn tier(&self) -> &CacheTier<Conversation> {

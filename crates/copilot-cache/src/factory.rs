@@ -63,6 +63,9 @@ pub struct CacheSettings {
     pub l1_ttl: Duration,
     pub l1_max_entries: usize,
     pub l1_max_bytes: u64,
+    /// The longest a store call can take (store deadline plus pool wait): tombstones outlive
+    /// it with margin, so no delayed reader can put an older row back after one expired.
+    pub store_deadline: Duration,
     /// The event hub's replay window and buffers (the prefix is this one's).
     pub events: HubSettings,
     /// `None`: rate limiting turned off (`COPILOT_RATE_LIMIT=off`).
@@ -85,6 +88,7 @@ impl Default for CacheSettings {
             l1_ttl: Duration::from_secs(30),
             l1_max_entries: 10_000,
             l1_max_bytes: 64 * 1024 * 1024,
+            store_deadline: Duration::from_millis(5_500),
             events: HubSettings::default(),
             rate_limit: Some(RateLimitSettings::default()),
         }
@@ -92,6 +96,11 @@ impl Default for CacheSettings {
 }
 
 impl CacheSettings {
+    /// DESIGN.md 5.2.3: twice the longest store call, and never under a minute.
+    pub fn tombstone_ttl(&self) -> Duration {
+        (self.store_deadline * 2).max(Duration::from_secs(60))
+    }
+
     /// What these settings turn on, one line per cache (start-up banner, `doctor`); needs no
     /// connection.
     pub fn describe(&self) -> Vec<String> {
@@ -238,6 +247,7 @@ impl CacheControl {
             let mut s = TierSettings::new(name, ttl);
             s.prefix = settings.prefix.clone();
             s.negative_ttl = settings.negative_ttl;
+            s.tombstone_ttl = settings.tombstone_ttl();
             s.l1_ttl = settings.l1_ttl.min(Duration::from_secs(30));
             s.l1_capacity = settings.l1_max_entries;
             s.l1_max_bytes = settings.l1_max_bytes;
@@ -394,7 +404,7 @@ impl CacheControl {
         let (cache, key) = crate::keys::for_change(&self.settings.prefix, subject);
         let encoded = crate::entry::Entry::<()>::Tombstone { version }.encode();
         if l2
-            .tombstone(&key, version, &encoded, Duration::from_secs(60))
+            .tombstone(&key, version, &encoded, self.settings.tombstone_ttl())
             .await
             .is_none()
         {
@@ -511,5 +521,19 @@ impl CacheControl {
     /// One line per cache, for the start-up banner.
     pub fn describe(&self) -> Vec<String> {
         self.settings.describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// DESIGN.md 5.2.3: a tombstone outlives the longest store read, whatever the deadlines.
+    #[test]
+    fn tombstones_outlive_the_store_deadline() {
+        let mut settings = CacheSettings::default();
+        assert_eq!(settings.tombstone_ttl(), Duration::from_secs(60));
+        settings.store_deadline = Duration::from_secs(120);
+        assert!(settings.tombstone_ttl() >= Duration::from_secs(240));
     }
 }

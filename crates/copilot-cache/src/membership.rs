@@ -14,12 +14,15 @@ use crate::tier::CacheTier;
 
 pub struct CachedMembershipStore {
     inner: Arc<dyn MembershipStore>,
-    tier: CacheTier<Membership>,
+    tier: Arc<CacheTier<Membership>>,
 }
 
 impl CachedMembershipStore {
     pub fn new(inner: Arc<dyn MembershipStore>, tier: CacheTier<Membership>) -> Self {
-        Self { inner, tier }
+        Self {
+            inner,
+            tier: Arc::new(tier),
+        }
     }
 
     pub fn tier(&self) -> &CacheTier<Membership> {

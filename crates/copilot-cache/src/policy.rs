@@ -12,12 +12,15 @@ use crate::tier::CacheTier;
 
 pub struct CachedPolicyStore {
     inner: Arc<dyn PolicyStore>,
-    tier: CacheTier<StoredPolicy>,
+    tier: Arc<CacheTier<StoredPolicy>>,
 }
 
 impl CachedPolicyStore {
     pub fn new(inner: Arc<dyn PolicyStore>, tier: CacheTier<StoredPolicy>) -> Self {
-        Self { inner, tier }
+        Self {
+            inner,
+            tier: Arc::new(tier),
+        }
     }
 
     pub fn tier(&self) -> &CacheTier<StoredPolicy> {

@@ -154,13 +154,16 @@ pub struct CacheTier<T> {
     l1: Arc<L1<T>>,
     /// Carries invalidations to every instance's L1; L1 is trusted while it is healthy.
     bus: Option<Arc<Bus>>,
-    /// Single flight: concurrent misses of one key share one store read. The leader leaves its
-    /// result in the flight for those who waited; a write removes the key's flight, so a read
-    /// that starts after a write never joins a flight that read before it.
+    /// Single flight: concurrent misses of one key share one store read while it runs. The
+    /// leader leaves its result for those who waited and retires the flight; a write removes
+    /// the key's flight, so a read that starts after a write never joins a flight that read
+    /// before it.
     flights: Mutex<HashMap<String, Flight<T>>>,
     /// Tombstones that could not reach Redis yet (key -> version): L2 is not trusted for these
     /// keys until a newer fill or the tombstone lands.
     pending: Arc<Mutex<HashMap<String, u64>>>,
+    /// Whether the retry task runs.
+    retrying: Arc<AtomicBool>,
     fill_hook: Mutex<Option<FillHook>>,
     /// The global kill switch (shared by every tier of the process).
     enabled: Arc<AtomicBool>,
@@ -229,6 +232,7 @@ where
             bus: None,
             flights: Mutex::new(HashMap::new()),
             pending: Arc::new(Mutex::new(HashMap::new())),
+            retrying: Arc::new(AtomicBool::new(false)),
             fill_hook: Mutex::new(None),
             enabled: Arc::new(AtomicBool::new(true)),
             hits: AtomicU64::new(0),
@@ -399,6 +403,11 @@ where
         };
         for (&i, value) in wanted.iter().zip(values) {
             match value.as_deref().and_then(Entry::<T>::decode) {
+                Some(Entry::Value { version, .. }) if self.l1_knows_newer(keys[i], version) => {
+                    // This process already saw a newer version (its own write, or the bus):
+                    // the L2 row is older than what was written; read the store.
+                    self.count("l2", "miss");
+                }
                 Some(Entry::Value { version, value }) => {
                     self.count("l2", "hit");
                     if self.l1_trusted() {
@@ -428,18 +437,20 @@ where
         found
     }
 
+    /// Whether L1 holds (trusted or not) a version of `key` newer than `version`.
+    fn l1_knows_newer(&self, key: &str, version: u64) -> bool {
+        self.l1.get(key).is_some_and(|e| e.version() > version)
+    }
+
     fn flight(&self, key: &str) -> Flight<T> {
         let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
         flights.entry(key.to_owned()).or_default().clone()
     }
 
-    fn land(&self, key: &str, flight: Flight<T>) {
+    /// Removes `flight` from the map (unless a write already replaced or removed it).
+    fn retire(&self, key: &str, flight: &Flight<T>) {
         let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-        // Two references: the map's and ours. Nobody else is waiting: forget the key (unless a
-        // write already replaced or removed this flight).
-        if Arc::strong_count(&flight) <= 2
-            && flights.get(key).is_some_and(|f| Arc::ptr_eq(f, &flight))
-        {
+        if flights.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
             flights.remove(key);
         }
     }
@@ -485,6 +496,10 @@ where
                             };
                             self.fill(key, entry).await;
                             *turn = Some(value.clone());
+                            // Those already waiting share this result; a reader that comes
+                            // later starts its own load (a finished load is never handed out
+                            // again: with L1 distrusted that would be staleness without bound).
+                            self.retire(key, &flight);
                             Ok(value)
                         }
                         Err(e) => Err(e),
@@ -492,7 +507,7 @@ where
                 }
             }
         };
-        self.land(key, flight);
+        self.retire(key, &flight);
         result
     }
 
@@ -541,21 +556,22 @@ where
     /// After a committed write that produced `value` at `version`: its tombstone (see
     /// [`CacheTier::invalidate`]), then the row itself, so the next read is a hit. The row may
     /// replace the tombstone of its own version, never a newer one.
-    pub async fn write_through(&self, key: &str, version: u64, value: T) {
-        self.invalidate(key, version).await;
-        self.fill(
-            key,
-            Entry::Value {
-                version,
-                value: Arc::new(value),
-            },
-        )
-        .await;
+    pub async fn write_through(self: &Arc<Self>, key: &str, version: u64, value: T) {
+        let value = Arc::new(value);
+        self.invalidate_then(key, version, Some(value)).await;
     }
 
-    /// After a committed write: a tombstone carrying the write's version in L1 and L2. If Redis
-    /// cannot take it now, it is retried until it can.
-    pub async fn invalidate(&self, key: &str, version: u64) {
+    /// After a committed write: a tombstone carrying the write's version in L1 and L2, and the
+    /// bus message. L1 learns it at once (read-your-writes); the Redis part runs in its own
+    /// task, bounded by the Redis deadline, so neither a slow Redis nor a client that hangs up
+    /// can turn the committed write into an error or cancel its invalidation. Until Redis has
+    /// the tombstone, this process does not read the key from L2; if Redis cannot take it, it
+    /// is retried until it can.
+    pub async fn invalidate(self: &Arc<Self>, key: &str, version: u64) {
+        self.invalidate_then(key, version, None).await;
+    }
+
+    async fn invalidate_then(self: &Arc<Self>, key: &str, version: u64, row: Option<Arc<T>>) {
         metrics::counter!("copilot_cache_invalidations_total", "cache" => self.settings.name)
             .increment(1);
         // A read that starts after this write must not join a flight that read before it.
@@ -565,6 +581,33 @@ where
             .remove(key);
         // This instance's L1 always learns of its own writes (read-your-writes).
         self.l1_store(key, Entry::Tombstone { version });
+        if self.l2.is_none() {
+            if let Some(value) = row {
+                self.fill(key, Entry::Value { version, value }).await;
+            }
+            return;
+        }
+        self.mark_pending(key, version);
+        let (tier, key) = (self.clone(), key.to_owned());
+        let work = tokio::spawn(async move {
+            tier.send_tombstone(&key, version).await;
+            if let Some(value) = row {
+                tier.fill(&key, Entry::Value { version, value }).await;
+            }
+        });
+        // Waited for (so a caller sees L2 settled when Redis is healthy), but the work goes on
+        // if this future is dropped.
+        let _ = work.await;
+    }
+
+    fn mark_pending(&self, key: &str, version: u64) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let v = pending.entry(key.to_owned()).or_insert(version);
+        *v = (*v).max(version);
+    }
+
+    /// The tombstone and the bus message of one write; on failure, the retry task takes over.
+    async fn send_tombstone(&self, key: &str, version: u64) {
         let Some(l2) = &self.l2 else { return };
         let encoded = Entry::<T>::Tombstone { version }.encode();
         let tombstoned = l2
@@ -575,23 +618,20 @@ where
             Some(bus) => bus.publish(self.settings.name, key, version).await,
             None => true,
         };
-        if !(tombstoned && published) {
-            let first = {
-                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                let was_empty = pending.is_empty();
-                let v = pending.entry(key.to_owned()).or_insert(version);
-                *v = (*v).max(version);
-                was_empty
-            };
-            if first {
-                self.spawn_retry(l2.clone(), self.bus.clone());
+        if tombstoned && published {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if pending.get(key) == Some(&version) {
+                pending.remove(key);
             }
+        } else if !self.retrying.swap(true, Ordering::AcqRel) {
+            self.spawn_retry(l2.clone(), self.bus.clone());
         }
     }
 
     /// Retries pending tombstones until Redis takes them all.
     fn spawn_retry(&self, l2: Arc<RedisL2>, bus: Option<Arc<Bus>>) {
         let pending = self.pending.clone();
+        let retrying = self.retrying.clone();
         let (name, ttl) = (self.settings.name, self.settings.tombstone_ttl);
         tokio::spawn(async move {
             loop {
@@ -601,6 +641,9 @@ where
                     pending.iter().map(|(k, v)| (k.clone(), *v)).collect()
                 };
                 if batch.is_empty() {
+                    retrying.store(false, Ordering::Release);
+                    // A key marked between the check and the store is picked up by the next
+                    // write's failure (or was sent by its own task).
                     return;
                 }
                 for (key, version) in batch {
@@ -625,5 +668,55 @@ where
     /// The number of tombstones still waiting for Redis.
     pub fn pending_invalidations(&self) -> usize {
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::redis_l2::RedisSettings;
+
+    /// A tier whose Redis never answers: L1 is distrusted and L2 unavailable, so every read
+    /// goes to the store (the situation where a shared flight result would never expire).
+    fn tier_without_working_redis() -> CacheTier<String> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(9);
+        let l2 = RedisL2::new(&RedisSettings::new(format!("redis://127.0.0.1:{port}")))
+            .expect("redis url");
+        CacheTier::new(
+            TierSettings::new("test", Duration::from_secs(60)),
+            Some(Arc::new(l2)),
+        )
+    }
+
+    /// Issue "Hardening" item 2: readers that came after a flight finished got its result; with
+    /// a reader still holding the flight, the next read never reached the store again.
+    #[tokio::test]
+    async fn a_finished_load_is_never_handed_out_again() {
+        let tier = tier_without_working_redis();
+        let loads = AtomicUsize::new(0);
+        let load = |value: &'static str| {
+            let loads = &loads;
+            move || async move {
+                loads.fetch_add(1, Ordering::SeqCst);
+                Ok(Some((1, value.to_owned())))
+            }
+        };
+        // Someone still holds the flight when the load finishes (a waiter being scheduled).
+        let held = tier.flight("k");
+        let first = tier.get("k", load("old")).await.unwrap();
+        assert_eq!(first.as_deref().map(String::as_str), Some("old"));
+        let second = tier.get("k", load("new")).await.unwrap();
+        assert_eq!(
+            second.as_deref().map(String::as_str),
+            Some("new"),
+            "a later read reached the store"
+        );
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+        drop(held);
     }
 }

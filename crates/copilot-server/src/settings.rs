@@ -274,6 +274,7 @@ impl Settings {
                 ..HubSettings::default()
             },
             rate_limit: rate_limit_settings(&var, &number_var)?,
+            store_deadline: store_timeout + postgres.acquire_timeout,
             ..CacheSettings::default()
         };
         let trusted_proxies = match var("COPILOT_TRUSTED_PROXIES") {

@@ -420,3 +420,35 @@ async fn regression_13_slow_reader_never_refills_an_old_conversation_or_membersh
         );
     }
 }
+
+/// Issue "Hardening" item 4: an L2 row older than what this process already knows (its own
+/// write's tombstone) is never returned, even where L1 itself is not trusted (no bus here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_l2_row_older_than_l1_knows_is_not_served() {
+    use copilot_cache::{CacheTier, RedisL2, RedisSettings, TierSettings};
+    let Some(url) = redis_url("COPILOT_TEST_REDIS_URL") else {
+        return;
+    };
+    let l2 = Arc::new(RedisL2::new(&RedisSettings::new(&url)).unwrap());
+    let mut settings = TierSettings::new("test", Duration::from_secs(60));
+    settings.prefix = fresh_prefix();
+    let tier = Arc::new(CacheTier::<String>::new(settings, Some(l2.clone())));
+    let key = format!("{}:k", tier.settings().prefix);
+    // This process wrote version 7; then something put version 5 into Redis behind the
+    // protocol's back (a Redis restored from an old snapshot, say).
+    tier.invalidate(&key, 7).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tier.pending_invalidations() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tombstone never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(l2.set(&key, "5|v|\"old\"").await);
+    let got = tier
+        .get(&key, || async { Ok(Some((7, "new".to_owned()))) })
+        .await
+        .unwrap();
+    assert_eq!(got.as_deref().map(String::as_str), Some("new"));
+}
