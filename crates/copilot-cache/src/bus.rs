@@ -183,7 +183,8 @@ impl Bus {
     }
 }
 
-fn rand_suffix() -> u64 {
+/// A process-unique suffix (the pid alone repeats across containers).
+pub(crate) fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(

@@ -197,7 +197,20 @@ pub struct CacheControl {
     stats: Vec<(&'static str, Stats)>,
     events: EventHub,
     limiter: Option<Arc<RateLimiterService>>,
+    /// This process among the fleet (the drain lease's holder).
+    instance: String,
+    drain_lease: redis::Script,
 }
+
+/// Takes or renews the lease `KEYS[1]` for `ARGV[1]` for `ARGV[2]` ms; 1 when held.
+const DRAIN_LEASE: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
 
 /// One tier on the shared Redis, switch and bus.
 fn make_tier<T>(
@@ -322,6 +335,8 @@ impl CacheControl {
             stats,
             events,
             limiter,
+            instance: format!("{}-{}", std::process::id(), crate::bus::rand_suffix()),
+            drain_lease: redis::Script::new(DRAIN_LEASE),
         });
         control.drain(stores.changes.clone());
         Ok((out, control))
@@ -368,6 +383,11 @@ impl CacheControl {
             loop {
                 let Some(control) = me.upgrade() else { return };
                 let every = control.settings.drain_every;
+                if !control.hold_drain_lease().await {
+                    drop(control);
+                    tokio::time::sleep(every).await;
+                    continue;
+                }
                 let before = chrono::Utc::now()
                     - chrono::Duration::from_std(control.settings.drain_settle).unwrap_or_default();
                 if let Ok(Ok(batch)) =
@@ -396,6 +416,23 @@ impl CacheControl {
                 tokio::time::sleep(every).await;
             }
         });
+    }
+
+    /// One instance of the fleet drains the change log at a time (so the work does not grow with
+    /// the fleet): it holds a lease in Redis, renewed every pass, taken over by another
+    /// instance within a few passes when it stops. Without Redis there is nothing to re-send.
+    async fn hold_drain_lease(&self) -> bool {
+        let Some(l2) = &self.l2 else { return true };
+        let ttl = (self.settings.drain_every * 5).max(Duration::from_secs(1));
+        let key = format!("{}:v1:global:change-drainer", self.settings.prefix);
+        l2.script::<i64>(
+            "drain_lease",
+            &self.drain_lease,
+            &[&key],
+            &[self.instance.clone(), ttl.as_millis().to_string()],
+        )
+        .await
+            == Some(1)
     }
 
     /// Tombstone and bus message for one recorded change; `false` if Redis did not take them.

@@ -123,3 +123,61 @@ impl DrainedCheck for Arc<SqliteStore> {
         self.changes_before(later, 10).await.unwrap().is_empty()
     }
 }
+
+/// Issue "Hardening" item 6: every instance re-read and re-sent the same change rows, so the
+/// work grew with the fleet. Three instances drain one change log: each change is published
+/// once, and the log empties.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_drain_the_change_log_once() {
+    use copilot_store::PolicyStore;
+    use futures::StreamExt;
+    let Some(url) = redis_url("COPILOT_TEST_REDIS_URL") else {
+        return;
+    };
+    let store = sqlite().await;
+    let prefix = fresh_prefix();
+    // Writes that reached the store but whose invalidations never went out (a crash).
+    let count = 20;
+    for i in 0..count {
+        store
+            .put_policy(&policy(&tenant(&format!("t{i}")), "v"), None, "w")
+            .await
+            .unwrap();
+    }
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub
+        .subscribe(format!("{prefix}:v1:invalidations"))
+        .await
+        .unwrap();
+    let mut messages = pubsub.into_on_message();
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        instances.push(instance(&store, &url, &prefix).await);
+    }
+    let started = Instant::now();
+    while !store.changes_before_now_is_empty().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the change log was not drained"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let any duplicate arrive, then count what was sent for these policies.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(instances);
+    let mut sent = std::collections::HashMap::<String, usize>::new();
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(200), messages.next()).await
+    {
+        let payload: String = message.get_payload().unwrap();
+        if payload.starts_with("i|policy|") {
+            *sent.entry(payload).or_default() += 1;
+        }
+    }
+    assert_eq!(sent.len(), count, "one invalidation per change: {sent:?}");
+    assert!(
+        sent.values().all(|n| *n == 1),
+        "a change was sent more than once: {sent:?}"
+    );
+}
