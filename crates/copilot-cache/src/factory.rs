@@ -457,28 +457,49 @@ impl CacheControl {
         self.switch.load(Ordering::Relaxed)
     }
 
-    /// Flips the global switch here and, through Redis, on every instance.
-    pub async fn set_enabled(&self, enabled: bool) {
-        self.switch.store(enabled, Ordering::Relaxed);
+    /// Flips the global switch fleet-wide. Precedence: `ENABLE_REDIS_CACHING=false` keeps this
+    /// instance's caches off whatever the fleet says; otherwise the fleet's run-time switch
+    /// decides while it is off (`"0"` in Redis), and turning it on removes that override, so
+    /// instances then follow their own configuration again (a new instance never inherits a
+    /// forgotten "on"). Returns `false`, changing nothing, when Redis is configured but did not
+    /// take the change: the switch is not fleet-wide then, and the caller must say so.
+    pub async fn set_enabled(&self, enabled: bool) -> bool {
         if let Some(l2) = &self.l2 {
-            l2.set(
-                &switch_key(&self.settings.prefix),
-                if enabled { "1" } else { "0" },
-            )
-            .await;
+            let key = switch_key(&self.settings.prefix);
+            let mut cmd = if enabled {
+                redis::cmd("DEL")
+            } else {
+                redis::cmd("SET")
+            };
+            cmd.arg(&key);
+            if !enabled {
+                cmd.arg("0");
+            }
+            if l2.query::<redis::Value>("switch", cmd).await.is_none() {
+                return false;
+            }
         }
+        self.switch
+            .store(enabled && self.settings.flags.global, Ordering::Relaxed);
+        true
     }
 
-    /// Reads the shared switch now and then every `every` (a new instance follows the fleet at
-    /// start; a flip elsewhere reaches this instance within `every`).
+    /// Reads the fleet's switch now and then every `every` (a new instance follows the fleet at
+    /// start; a flip elsewhere reaches this instance within `every`). An unanswered read keeps
+    /// the current state.
     pub fn follow_switch(self: &Arc<Self>, every: Duration) {
         let Some(l2) = self.l2.clone() else { return };
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
                 let Some(control) = me.upgrade() else { return };
-                if let Some(Some(value)) = l2.get(&switch_key(&control.settings.prefix)).await {
-                    control.switch.store(value != "0", Ordering::Relaxed);
+                let configured = control.settings.flags.global;
+                match l2.get(&switch_key(&control.settings.prefix)).await {
+                    Some(Some(value)) if value == "0" => {
+                        control.switch.store(false, Ordering::Relaxed)
+                    }
+                    Some(_) => control.switch.store(configured, Ordering::Relaxed),
+                    None => {}
                 }
                 drop(control);
                 tokio::time::sleep(every).await;

@@ -45,6 +45,10 @@ pub enum ApiError {
     RateLimited(u64),
     #[error("the store is unavailable, try again")]
     StoreUnavailable,
+    #[error(
+        "Redis did not take the change, so it would not reach every instance; nothing was changed"
+    )]
+    SwitchUnavailable,
     #[error("internal error")]
     Internal,
 }
@@ -83,6 +87,7 @@ impl ApiError {
             Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            Self::SwitchUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "redis_unavailable"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

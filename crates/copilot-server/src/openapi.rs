@@ -294,7 +294,10 @@ const API_ERRORS: &[(&str, &str)] = &[
     ("413", "payload_too_large"),
     ("422", "validation_failed, one entry per bad field"),
     ("429", "rate_limited"),
-    ("503", "store_unavailable"),
+    (
+        "503",
+        "store_unavailable (redis_unavailable for the cache switch)",
+    ),
 ];
 
 struct ProblemResponses;

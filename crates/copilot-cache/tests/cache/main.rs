@@ -22,6 +22,7 @@ mod crash;
 mod events;
 mod faults;
 mod regressions;
+mod switch;
 
 /// Redis of the test script, or `None` (which fails under `COPILOT_TEST_REQUIRE_SERVICES`).
 pub fn redis_url(var: &str) -> Option<String> {

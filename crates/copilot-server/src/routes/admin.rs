@@ -28,7 +28,8 @@ pub async fn get_cache(
     Ok(axum::Json(state.cache.state()).into_response())
 }
 
-/// Flips the global cache switch; every instance follows within a second (services).
+/// Flips the global cache switch; every instance follows within a second (services). 503
+/// `redis_unavailable` when Redis did not take the change (nothing changed then).
 #[utoipa::path(put, path = "/v1/admin/cache", tag = "operations",
     request_body = CacheSwitchInput,
     responses((status = 200, description = "Cache state after the change", body = CacheStateDoc)))]
@@ -55,7 +56,14 @@ pub async fn put_cache(
             )]));
         }
     };
-    state.cache.set_enabled(enabled).await;
+    if !state.cache.set_enabled(enabled).await {
+        tracing::warn!(
+            enabled,
+            by = principal.actor(),
+            "cache switch not changed: Redis did not take it"
+        );
+        return Err(ApiError::SwitchUnavailable);
+    }
     tracing::info!(enabled, by = principal.actor(), "cache switch changed");
     Ok(axum::Json(state.cache.state()).into_response())
 }
