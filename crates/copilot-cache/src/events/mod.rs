@@ -378,29 +378,43 @@ impl EventHub {
             finished: false,
         };
         if uses_redis && let Some(redis) = &inner.redis {
-            // Live delivery starts once Redis has the subscription; then the stream fills the
-            // window between the client's last event and now (duplicates are skipped by id).
+            // Live delivery starts once Redis has the subscription (waited for, briefly); the
+            // stream then fills the window between the client's last event and now.
+            // Duplicates are skipped by id, and a live event that does not follow the last one
+            // handed out is a gap (`resync`), so a subscription confirmed late is still exact
+            // or says so.
             redis.wanted_changed();
-            let subscribed = redis.wait_subscribed(generation, &subscription.names).await;
+            redis.wait_subscribed(generation, &subscription.names).await;
             if let Some(last) = last_event_id {
-                let events = match (last, subscribed) {
-                    (Ok(x), true) => redis.replay(&inner.settings, &primary_name, x).await,
-                    _ => Err(Gap),
+                let events = match last {
+                    Ok(x) => redis
+                        .replay(&inner.settings, &primary_name, x)
+                        .await
+                        .map(|events| (x, events)),
+                    Err(()) => Err(Gap),
                 };
                 match events {
-                    Ok(events) => subscription.replay.extend(events),
+                    Ok((x, events)) => {
+                        subscription.primary_last = Some(events.last().map_or(x, |e| e.id));
+                        subscription.replay.extend(events);
+                    }
                     Err(Gap) => subscription
                         .replay
                         .push_back(inner.resync_event(&primary_name)),
                 }
             }
+        } else if let Some(Ok(x)) = last_event_id {
+            let replayed_to = subscription
+                .replay
+                .iter()
+                .filter(|e| !e.is_resync())
+                .map(|e| e.id)
+                .max();
+            let exact = !subscription.replay.iter().any(|e| e.is_resync());
+            if exact {
+                subscription.primary_last = Some(replayed_to.unwrap_or(x));
+            }
         }
-        subscription.primary_last = subscription
-            .replay
-            .iter()
-            .filter(|e| !e.is_resync())
-            .map(|e| e.id)
-            .max();
         subscription
     }
 }
@@ -594,11 +608,32 @@ impl Subscription {
             };
             match received {
                 Some(event) => {
+                    if *event.topic == *self.primary && event.is_resync() {
+                        // Whoever sent it found a gap: the chain starts again after it.
+                        self.primary_last = None;
+                    }
                     if *event.topic == *self.primary && !event.is_resync() {
-                        if self.primary_last.is_some_and(|last| event.id <= last) {
-                            continue;
+                        let last = self.primary_last.replace(event.id);
+                        match last {
+                            Some(last) if event.id <= last => {
+                                self.primary_last = Some(last);
+                                continue;
+                            }
+                            // Something between what this subscriber has and this event is
+                            // missing: say so, then go on from here.
+                            Some(last) if event.prev != last => {
+                                metrics::counter!("copilot_events_resyncs_total", "reason" => "gap")
+                                    .increment(1);
+                                self.replay.push_back(event);
+                                return Some(Arc::new(Event {
+                                    id: EventId::ZERO,
+                                    prev: EventId::ZERO,
+                                    topic: self.primary.clone(),
+                                    body: EventBody::resync(),
+                                }));
+                            }
+                            _ => {}
                         }
-                        self.primary_last = Some(event.id);
                     }
                     return Some(event);
                 }

@@ -28,6 +28,8 @@ return id
 ";
 
 const CONNECT_WITHIN: Duration = Duration::from_secs(1);
+/// How long a new stream waits for Redis to deliver its topic before it starts anyway.
+const SUBSCRIBE_WITHIN: Duration = Duration::from_secs(5);
 const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 /// Topics remembered as "an event was lost here" while Redis is away.
 const MAX_GAPS: usize = 10_000;
@@ -92,20 +94,24 @@ impl RedisHub {
     ) -> Option<EventId> {
         let encoded = serde_json::to_string(body).ok()?;
         let key = Self::key(settings, name);
-        let id: String = self
-            .l2
-            .script(
-                "event_publish",
-                &self.publish,
-                &[&key],
-                &[
-                    settings.replay_len.to_string(),
-                    encoded,
-                    settings.stream_ttl.as_millis().to_string(),
-                ],
-            )
-            .await?;
-        id.parse().ok()
+        let args = [
+            settings.replay_len.to_string(),
+            encoded,
+            settings.stream_ttl.as_millis().to_string(),
+        ];
+        // Once more on failure: the first command on a connection Redis dropped (a restart)
+        // fails while the connection is re-established; a lost event costs every subscriber a
+        // resync. With the breaker open both attempts return at once.
+        for _ in 0..2 {
+            let id: Option<String> = self
+                .l2
+                .script("event_publish", &self.publish, &[&key], &args)
+                .await;
+            if let Some(id) = id {
+                return id.parse().ok();
+            }
+        }
+        None
     }
 
     /// Waits (briefly) until a subscription pass that saw `generation` has Redis deliver every
@@ -119,7 +125,7 @@ impl RedisHub {
         let all = |(seen, set): &(u64, HashSet<String>)| {
             *seen >= generation && names.iter().all(|n| set.contains(n))
         };
-        tokio::time::timeout(CONNECT_WITHIN, rx.wait_for(all))
+        tokio::time::timeout(SUBSCRIBE_WITHIN, rx.wait_for(all))
             .await
             .is_ok_and(|r| r.is_ok())
     }
