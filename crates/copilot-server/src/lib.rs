@@ -25,6 +25,12 @@ use crate::settings::Settings;
 
 /// Opens the configured store (migrating it unless told not to).
 pub async fn open_stores(settings: &Settings) -> Result<StoreSet, StoreError> {
+    open_and_migrate(settings).await.map(|(stores, _)| stores)
+}
+
+/// Opens the configured store, migrating it unless told not to; also returns the migrations
+/// applied now (`<version> <description>`).
+pub async fn open_and_migrate(settings: &Settings) -> Result<(StoreSet, Vec<String>), StoreError> {
     if settings.is_sqlite() {
         // With Redis, writes are recorded in the change log, so an invalidation a crash lost is
         // re-sent by the cache's drainer.
@@ -33,10 +39,12 @@ pub async fn open_stores(settings: &Settings) -> Result<StoreSet, StoreError> {
             ..SqliteOptions::new(&settings.database_url)
         };
         let store = SqliteStore::connect(options).await?;
-        if settings.migrate {
-            store.migrate().await?;
-        }
-        Ok(StoreSet::from_backend(Arc::new(store)))
+        let applied = if settings.migrate {
+            store.migrate().await?
+        } else {
+            Vec::new()
+        };
+        Ok((StoreSet::from_backend(Arc::new(store)), applied))
     } else {
         let mut options = PostgresOptions::new(&settings.database_url);
         options.max_connections = settings.postgres.pool_size;
@@ -44,10 +52,12 @@ pub async fn open_stores(settings: &Settings) -> Result<StoreSet, StoreError> {
         options.transaction_pooler = settings.postgres.transaction_pooler;
         options.record_changes = settings.cache.redis.is_some();
         let store = PostgresStore::connect_lazy(options)?;
-        if settings.migrate {
-            store.migrate().await?;
-        }
-        Ok(StoreSet::from_backend(Arc::new(store)))
+        let applied = if settings.migrate {
+            store.migrate().await?
+        } else {
+            Vec::new()
+        };
+        Ok((StoreSet::from_backend(Arc::new(store)), applied))
     }
 }
 

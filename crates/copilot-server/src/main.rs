@@ -11,7 +11,7 @@ use copilot_domain::TenantId;
 use copilot_server::auth::{Authenticator, TokenRole, issue_token};
 use copilot_server::settings::{Overrides, Settings};
 use copilot_server::state::{AppState, ServiceSettings};
-use copilot_server::{open_stores, secret, serve_with, telemetry};
+use copilot_server::{open_and_migrate, open_stores, secret, serve_with, telemetry};
 
 /// Prints to stdout, ignoring a closed pipe: whoever started `serve` may stop reading its banner,
 /// and that must never take the service down.
@@ -122,8 +122,18 @@ async fn run(command: Command) -> Result<()> {
                 database_url,
                 ..Default::default()
             })?;
-            open_stores(&settings).await.context("migration failed")?;
-            println!("migrations applied to {}", redact(&settings.database_url));
+            let (_, applied) = open_and_migrate(&settings)
+                .await
+                .context("migration failed")?;
+            let target = redact(&settings.database_url);
+            if applied.is_empty() {
+                println!("{target}: up to date (no migration to apply)");
+            } else {
+                for migration in &applied {
+                    println!("applied {migration}");
+                }
+                println!("{target}: {} migration(s) applied", applied.len());
+            }
             Ok(())
         }
         Command::Token {
@@ -288,6 +298,16 @@ async fn doctor(settings: Settings) -> Result<()> {
         Authenticator::new(&settings.jwt, settings.jwt.secret.as_deref()).context("JWKS file")?;
         println!("  JWKS file {}: ok", path.display());
     }
+    if let Some(path) = settings.sqlite_file()
+        && !path.exists()
+    {
+        // doctor looks, it never creates: `serve` or `migrate` make the database.
+        println!(
+            "database: {} does not exist yet (serve or migrate creates it)",
+            path.display()
+        );
+        return doctor_redis(&settings).await;
+    }
     let started = std::time::Instant::now();
     let stores = open_stores(&settings)
         .await
@@ -298,6 +318,11 @@ async fn doctor(settings: Settings) -> Result<()> {
         .await
         .context("database: does not answer")?;
     println!("database: ok ({} ms)", started.elapsed().as_millis());
+    doctor_redis(&settings).await
+}
+
+/// Redis and the caches, for `doctor`.
+async fn doctor_redis(settings: &Settings) -> Result<()> {
     match (&settings.redis_url, &settings.cache.redis) {
         (Some(url), Some(redis)) => {
             let l2 = copilot_cache::RedisL2::new(redis).context("REDIS_URL")?;

@@ -329,6 +329,11 @@ impl Settings {
         is_sqlite(&self.database_url)
     }
 
+    /// The SQLite database file, when the store is a SQLite file.
+    pub fn sqlite_file(&self) -> Option<PathBuf> {
+        sqlite_path(&self.database_url).map(PathBuf::from)
+    }
+
     /// Where a generated JWT secret lives: beside the SQLite file, else in the working directory.
     pub fn secret_file(&self) -> PathBuf {
         match sqlite_path(&self.database_url) {

@@ -20,3 +20,16 @@ pub use sqlite::{SqliteOptions, SqliteStore};
 pub use traits::{
     ConfigStore, ConversationStore, MembershipStore, PolicyStore, StoreHealth, StoreSet,
 };
+
+/// The migrations of `migrator` whose versions are in `after` but not in `before`.
+pub(crate) fn migrations_applied(
+    migrator: &sqlx::migrate::Migrator,
+    before: &[i64],
+    after: &[i64],
+) -> Vec<String> {
+    migrator
+        .iter()
+        .filter(|m| after.contains(&m.version) && !before.contains(&m.version))
+        .map(|m| format!("{} {}", m.version, m.description))
+        .collect()
+}

@@ -157,16 +157,43 @@ async fn serve_with_no_configuration_then_restart_and_sigterm() {
 #[test]
 fn migrate_doctor_and_bad_configuration() {
     let dir = tempfile::tempdir().unwrap();
+    // doctor looks and never creates a database.
+    let out = command(dir.path())
+        .args(["doctor", "--database-url", "sqlite://./m.db"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("does not exist yet"),
+        "{text}"
+    );
+    assert!(
+        !dir.path().join("m.db").exists(),
+        "doctor created the database"
+    );
+    // migrate says what it applied, then that there is nothing to apply.
     let out = command(dir.path())
         .args(["migrate", "--database-url", "sqlite://./m.db"])
         .output()
         .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success(),
-        "{}",
+        out.status.success()
+            && text.contains("applied 1 ")
+            && text.contains("migration(s) applied"),
+        "{text} {}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(dir.path().join("m.db").exists());
+    let out = command(dir.path())
+        .args(["migrate", "--database-url", "sqlite://./m.db"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("up to date"),
+        "{text}"
+    );
     let out = command(dir.path())
         .args(["doctor", "--database-url", "sqlite://./m.db"])
         .output()
@@ -449,4 +476,58 @@ async fn secrets_and_token_lifetimes_are_checked() {
         "{stderr}"
     );
     assert!(!dir.path().join("copilot-state.jwt-secret").exists());
+}
+
+/// One info line per request (method, route template, status, duration, request id) and no
+/// colour codes when stderr is not a terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_plain_log_line_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = command(dir.path())
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "serve did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = client
+        .get(format!(
+            "http://127.0.0.1:{port}/v1/tenants/acme/llm-policy"
+        ))
+        .header("x-request-id", "req-log-test-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let stderr = child.stderr.take().unwrap();
+    assert!(stop(child).success());
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("req-log-test-1") && l.contains("status=401"))
+        .unwrap_or_else(|| panic!("no request line in:\n{text}"));
+    for part in [
+        "INFO",
+        "method=\"GET\"",
+        "route=/v1/tenants/{t}/llm-policy",
+        "duration_ms=",
+    ] {
+        assert!(line.contains(part), "{part} missing: {line}");
+    }
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a log that is not a terminal"
+    );
 }

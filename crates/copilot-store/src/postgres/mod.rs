@@ -70,6 +70,15 @@ pub struct PostgresStore {
     record_changes: bool,
 }
 
+/// Versions recorded as applied (none when the table does not exist yet).
+async fn applied_versions(conn: &mut PgConnection) -> Vec<i64> {
+    sqlx::query_scalar("SELECT version FROM copilot._sqlx_migrations WHERE success")
+        .persistent(false)
+        .fetch_all(conn)
+        .await
+        .unwrap_or_default()
+}
+
 impl PostgresStore {
     /// Creates the pool without connecting (connections open on first use, so the service
     /// starts, and recovers, whether or not the database is up).
@@ -101,17 +110,21 @@ impl PostgresStore {
     }
 
     /// Applies pending migrations; the bookkeeping table lives in schema `copilot` too.
-    pub async fn migrate(&self) -> StoreResult<()> {
+    /// Applies pending migrations; returns those it applied (`<version> <description>`).
+    pub async fn migrate(&self) -> StoreResult<Vec<String>> {
         let mut conn = self.pool.acquire().await?;
         sqlx::raw_sql("CREATE SCHEMA IF NOT EXISTS copilot; SET search_path TO copilot, public")
             .execute(&mut *conn)
             .await?;
+        let before = applied_versions(&mut conn).await;
         let result = MIGRATOR.run(&mut *conn).await;
+        let after = applied_versions(&mut conn).await;
         // The connection goes back to the pool: leave its session as it found it.
         sqlx::raw_sql("RESET search_path")
             .execute(&mut *conn)
             .await?;
-        result.map_err(|e| StoreError::Internal(format!("migration failed: {e}")))
+        result.map_err(|e| StoreError::Internal(format!("migration failed: {e}")))?;
+        Ok(crate::migrations_applied(&MIGRATOR, &before, &after))
     }
 
     pub fn pool(&self) -> &PgPool {

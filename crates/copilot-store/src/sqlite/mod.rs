@@ -84,6 +84,14 @@ fn create_private(path: &std::path::Path) -> StoreResult<()> {
     }
 }
 
+/// Versions recorded as applied (none when the table does not exist yet).
+async fn applied_versions(pool: &SqlitePool) -> Vec<i64> {
+    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default()
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database. Does not migrate: call [`SqliteStore::migrate`].
     pub async fn connect(options: SqliteOptions) -> StoreResult<Self> {
@@ -139,11 +147,15 @@ impl SqliteStore {
         Ok(store)
     }
 
-    pub async fn migrate(&self) -> StoreResult<()> {
+    /// Applies pending migrations; returns those it applied (`<version> <description>`).
+    pub async fn migrate(&self) -> StoreResult<Vec<String>> {
+        let before = applied_versions(&self.writer).await;
         MIGRATOR
             .run(&self.writer)
             .await
-            .map_err(|e| StoreError::Internal(format!("migration failed: {e}")))
+            .map_err(|e| StoreError::Internal(format!("migration failed: {e}")))?;
+        let after = applied_versions(&self.writer).await;
+        Ok(crate::migrations_applied(&MIGRATOR, &before, &after))
     }
 
     /// The writer pool (for backend-specific tests and diagnostics).
