@@ -188,16 +188,29 @@ impl PostgresStore {
     }
 
     async fn begin(&self) -> StoreResult<Transaction<'static, Postgres>> {
-        Ok(self.pool.begin().await?)
+        self.pool.begin().await.map_err(|e| self.pool_error(e))
     }
 
     /// A connection for reads: a plain pooled connection, or a transaction behind a pooler.
     async fn read(&self) -> StoreResult<ReadConn> {
         Ok(if self.transaction_pooler {
-            ReadConn::Transaction(self.pool.begin().await?)
+            ReadConn::Transaction(self.pool.begin().await.map_err(|e| self.pool_error(e))?)
         } else {
-            ReadConn::Plain(self.pool.acquire().await?)
+            ReadConn::Plain(self.pool.acquire().await.map_err(|e| self.pool_error(e))?)
         })
+    }
+
+    /// A pool that had no connection in time says which pool and what its limits are.
+    fn pool_error(&self, e: sqlx::Error) -> StoreError {
+        match e {
+            sqlx::Error::PoolTimedOut => StoreError::Unavailable(format!(
+                "PostgreSQL pool: no connection within {} ms (COPILOT_PG_ACQUIRE_TIMEOUT_MS) with {} of {} connections open (COPILOT_PG_POOL_SIZE)",
+                self.pool.options().get_acquire_timeout().as_millis(),
+                self.pool.size(),
+                self.pool.options().get_max_connections()
+            )),
+            other => other.into(),
+        }
     }
 }
 

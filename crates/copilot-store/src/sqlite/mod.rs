@@ -121,7 +121,13 @@ impl SqliteStore {
             })
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect.clone())
-            .await?;
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "cannot open the SQLite database {}: {e}",
+                    connect.get_filename().display()
+                ))
+            })?;
         // An in-memory database exists once per connection: readers must share the writer.
         let reader = if in_memory {
             writer.clone()
