@@ -194,6 +194,30 @@ fn migrate_doctor_and_bad_configuration() {
         out.status.success() && text.contains("up to date"),
         "{text}"
     );
+    // Errors name the thing: the database path, the variable.
+    let out = command(dir.path())
+        .args([
+            "migrate",
+            "--database-url",
+            "sqlite:///no-such-directory/x.db",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("/no-such-directory/x.db"),
+        "{stderr}"
+    );
+    let out = command(dir.path())
+        .env("REDIS_URL", "redis://:::bad")
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("REDIS_URL"),
+        "{stderr}"
+    );
     let out = command(dir.path())
         .args(["doctor", "--database-url", "sqlite://./m.db"])
         .output()
