@@ -223,8 +223,8 @@ impl ConfigStore for MemoryStore {
 #[async_trait]
 impl ConversationStore for MemoryStore {
     async fn create_conversation(&self, new: &NewConversation) -> StoreResult<Conversation> {
-        let now = self.clock.now();
         let mut state = self.lock();
+        let now = self.clock.now();
         let id = ConversationId::new_v7(now);
         let version = state.stamp(ChangeSubject::Conversation(new.tenant_id.clone(), id), now);
         let conversation = Conversation {
@@ -296,8 +296,8 @@ impl ConversationStore for MemoryStore {
         update: &ConversationUpdate,
         expected_version: Option<u64>,
     ) -> StoreResult<Conversation> {
-        let now = self.clock.now();
         let mut state = self.lock();
+        let now = self.clock.now();
         let current = state.conversation_mut(tenant, id)?.conversation.version;
         check_expected(Some(current), expected_version)?;
         let version = state.stamp(
@@ -346,8 +346,9 @@ impl ConversationStore for MemoryStore {
         conversation: &ConversationId,
         message: &NewMessage,
     ) -> StoreResult<MessageWrite> {
-        let now = self.clock.now();
         let mut state = self.lock();
+        // The clock under the lock: createdAt follows seq.
+        let now = self.clock.now();
         if state
             .conversation_mut(tenant, conversation)?
             .conversation
@@ -440,8 +441,8 @@ impl ConversationStore for MemoryStore {
         message: &MessageId,
         deleted_by: &str,
     ) -> StoreResult<MessageWrite> {
-        let now = self.clock.now();
         let mut state = self.lock();
+        let now = self.clock.now();
         let row = state.conversation_mut(tenant, conversation)?;
         if row.conversation.is_archived() {
             return Err(StoreError::ConversationArchived);
@@ -499,8 +500,8 @@ impl MembershipStore for MemoryStore {
         user: &UserId,
         input: &MembershipInput,
     ) -> StoreResult<Membership> {
-        let now = self.clock.now();
         let mut state = self.lock();
+        let now = self.clock.now();
         let key = (tenant.clone(), user.clone());
         let created_at = state.members.get(&key).map_or(now, |m| m.created_at);
         let membership = Membership {

@@ -61,6 +61,13 @@ pub async fn regression_09_concurrent_appends_get_gapless_seq(s: &StoreSet) {
         .await
         .unwrap();
     assert_eq!(seqs(&page.items), (501..=1000).collect::<Vec<u64>>());
+    // The clock is read under the lock: createdAt never goes backwards along seq.
+    assert!(
+        page.items
+            .windows(2)
+            .all(|pair| pair[0].created_at <= pair[1].created_at),
+        "createdAt out of seq order"
+    );
 }
 
 /// DESIGN.md section 9, item 9 (second half): multi-step writes were not atomic.

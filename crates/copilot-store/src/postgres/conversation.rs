@@ -230,9 +230,9 @@ impl ConversationStore for PostgresStore {
         update: &ConversationUpdate,
         expected_version: Option<u64>,
     ) -> StoreResult<Conversation> {
-        let now = self.now();
         let mut tx = self.begin().await?;
         let (current, _, _) = self.lock_conversation(&mut tx, tenant, id).await?;
+        let now = self.now();
         check_expected(Some(current), expected_version)?;
         let version = self
             .stamp(&mut tx, ChangeSubject::Conversation(tenant.clone(), *id))
@@ -302,12 +302,13 @@ impl ConversationStore for PostgresStore {
         conversation: &ConversationId,
         message: &NewMessage,
     ) -> StoreResult<MessageWrite> {
-        let now = self.now();
         let mut tx = self.begin().await?;
         // The row lock serializes appenders of one conversation: seq is gapless and unique.
         let (_, archived, last_seq) = self
             .lock_conversation(&mut tx, tenant, conversation)
             .await?;
+        // Read the clock under the lock, so createdAt follows seq.
+        let now = self.now();
         if archived {
             return Err(StoreError::ConversationArchived);
         }
@@ -468,11 +469,11 @@ impl ConversationStore for PostgresStore {
         message: &MessageId,
         deleted_by: &str,
     ) -> StoreResult<MessageWrite> {
-        let now = self.now();
         let mut tx = self.begin().await?;
         let (_, archived, _) = self
             .lock_conversation(&mut tx, tenant, conversation)
             .await?;
+        let now = self.now();
         if archived {
             return Err(StoreError::ConversationArchived);
         }

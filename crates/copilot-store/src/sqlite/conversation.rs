@@ -212,8 +212,8 @@ impl ConversationStore for SqliteStore {
         update: &ConversationUpdate,
         expected_version: Option<u64>,
     ) -> StoreResult<Conversation> {
-        let now = micros(self.now());
         let mut tx = self.begin_write().await?;
+        let now = micros(self.now());
         let (current, _, _) = current_state(&mut tx, tenant, id).await?;
         check_expected(Some(current), expected_version)?;
         let version = self
@@ -280,9 +280,10 @@ impl ConversationStore for SqliteStore {
         conversation: &ConversationId,
         message: &NewMessage,
     ) -> StoreResult<MessageWrite> {
-        let now = self.now();
         let metadata = json_text(&message.metadata)?;
         let mut tx = self.begin_write().await?;
+        // Read the clock holding the write lock, so createdAt follows seq.
+        let now = self.now();
         let (_, archived, last_seq) = current_state(&mut tx, tenant, conversation).await?;
         if archived {
             return Err(StoreError::ConversationArchived);
@@ -425,8 +426,8 @@ impl ConversationStore for SqliteStore {
         message: &MessageId,
         deleted_by: &str,
     ) -> StoreResult<MessageWrite> {
-        let now = micros(self.now());
         let mut tx = self.begin_write().await?;
+        let now = micros(self.now());
         let (_, archived, _) = current_state(&mut tx, tenant, conversation).await?;
         if archived {
             return Err(StoreError::ConversationArchived);
