@@ -22,6 +22,12 @@ use crate::bus::{Bus, L1Sink};
 use crate::entry::Entry;
 use crate::redis_l2::RedisL2;
 
+/// The longest a write waits for its cache work (tombstone, bus message, fill) after the
+/// store committed; the work itself goes on. Callers that put a deadline on a decorated store
+/// call add this to the store's own deadline, so a committed write is never reported failed
+/// because Redis was slow.
+pub const AFTER_COMMIT_WAIT: Duration = Duration::from_millis(250);
+
 /// A test hook run between a miss's store read and its cache fill (to widen the race window).
 pub type FillHook = Arc<dyn Fn(&str) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
@@ -588,6 +594,20 @@ where
             return;
         }
         self.mark_pending(key, version);
+        // The row is in this process's L1 at once (when L1 is in use); L2 and the bus follow in
+        // their own task.
+        if let Some(value) = &row
+            && self.is_on()
+            && self.l1_trusted()
+        {
+            self.l1_store(
+                key,
+                Entry::Value {
+                    version,
+                    value: value.clone(),
+                },
+            );
+        }
         let (tier, key) = (self.clone(), key.to_owned());
         let work = tokio::spawn(async move {
             tier.send_tombstone(&key, version).await;
@@ -595,9 +615,10 @@ where
                 tier.fill(&key, Entry::Value { version, value }).await;
             }
         });
-        // Waited for (so a caller sees L2 settled when Redis is healthy), but the work goes on
-        // if this future is dropped.
-        let _ = work.await;
+        // With Redis healthy the caller returns with L2 settled (other instances read the new
+        // row at once); with Redis slow, the wait ends after AFTER_COMMIT_WAIT and the work
+        // goes on in the background, as it does when the caller's future is dropped.
+        let _ = tokio::time::timeout(AFTER_COMMIT_WAIT, work).await;
     }
 
     fn mark_pending(&self, key: &str, version: u64) {

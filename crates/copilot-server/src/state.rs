@@ -35,13 +35,16 @@ pub struct AppState {
 impl AppState {
     /// Runs one store call under the store deadline and records its latency
     /// (`copilot_store_duration_seconds{op}`); a call past the deadline is `store_unavailable`.
+    /// The cache work after a commit has its own bound on top (`AFTER_COMMIT_WAIT`), so a write
+    /// the store committed in time is never answered 503 because Redis was slow.
     pub async fn store<T>(
         &self,
         op: &'static str,
         call: impl Future<Output = StoreResult<T>>,
     ) -> ApiResult<T> {
         let started = Instant::now();
-        let outcome = tokio::time::timeout(self.service.store_timeout, call).await;
+        let deadline = self.service.store_timeout + copilot_cache::tier::AFTER_COMMIT_WAIT;
+        let outcome = tokio::time::timeout(deadline, call).await;
         metrics::histogram!("copilot_store_duration_seconds", "op" => op)
             .record(started.elapsed().as_secs_f64());
         match outcome {

@@ -397,3 +397,47 @@ async fn each_flag_turns_its_own_cache_off() {
         "conversation caching is opt-in"
     );
 }
+
+/// Issue "Hardening" item 8: one deadline covered the commit and the cache work, so a write
+/// that committed could be answered 503 when Redis was slow. With a paused Redis (every call
+/// waits out its deadline) and a store deadline far below the cache work's time, writes are
+/// answered as what they are: committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_write_is_never_answered_503_because_redis_is_slow() {
+    let Ok(paused) = std::env::var("COPILOT_TEST_REDIS_PAUSED_URL") else {
+        assert!(
+            std::env::var("COPILOT_TEST_REQUIRE_SERVICES").is_err(),
+            "COPILOT_TEST_REDIS_PAUSED_URL is required"
+        );
+        return;
+    };
+    let mut redis = RedisSettings::new(&paused);
+    redis.timeout = std::time::Duration::from_millis(100);
+    let server = TestServer::start_cached(
+        shared_sqlite().await,
+        copilot_server::state::ServiceSettings {
+            store_timeout: std::time::Duration::from_millis(40),
+            ..TestServer::default_settings(false)
+        },
+        CacheSettings {
+            redis: Some(redis),
+            // Not the limiter's Redis calls: the write's own cache work is under test.
+            rate_limit: None,
+            ..TestServer::default_cache()
+        },
+    )
+    .await;
+    let path = format!("/v1/tenants/{TENANT}/config");
+    for i in 1..=3 {
+        let r = server
+            .put(&path, Who::Service, json!({"mergeMaxMessages": i}))
+            .await;
+        r.ok(200);
+        let stored = server.get(&path, Who::Service).await;
+        assert_eq!(
+            stored.ok(200)["mergeMaxMessages"],
+            i,
+            "the answer matches the store"
+        );
+    }
+}
