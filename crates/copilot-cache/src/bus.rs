@@ -32,6 +32,7 @@ pub struct Bus {
     channel: String,
     instance: String,
     healthy: AtomicBool,
+    epoch: std::sync::atomic::AtomicU64,
     last_heard: Mutex<Option<Instant>>,
     sinks: Mutex<Vec<Arc<dyn L1Sink>>>,
 }
@@ -45,6 +46,7 @@ impl Bus {
             channel: format!("{prefix}:v1:invalidations"),
             instance,
             healthy: AtomicBool::new(false),
+            epoch: std::sync::atomic::AtomicU64::new(0),
             last_heard: Mutex::new(None),
             sinks: Mutex::new(Vec::new()),
         }))
@@ -73,8 +75,21 @@ impl Bus {
         sent
     }
 
+    /// Changes at every health transition: a fill that began in another epoch may carry a
+    /// value whose invalidation this process never heard, and is kept out of L1.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Tests only: a health transition without a Redis to lose.
+    #[cfg(test)]
+    pub(crate) fn force_health(&self, healthy: bool) {
+        self.set_healthy(healthy);
+    }
+
     fn set_healthy(&self, healthy: bool) {
         if self.healthy.swap(healthy, Ordering::Relaxed) != healthy {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
             // Either way, whatever L1 holds was kept under other conditions: drop it.
             for sink in self.sinks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
                 sink.flush_l1();

@@ -403,6 +403,7 @@ where
             return found;
         }
         let asked: Vec<String> = wanted.iter().map(|&i| keys[i].to_owned()).collect();
+        let epoch = self.bus_epoch();
         let Some(values) = l2.get_many(&asked).await else {
             self.count("l2", "unavailable");
             return found;
@@ -416,7 +417,7 @@ where
                 }
                 Some(Entry::Value { version, value }) => {
                     self.count("l2", "hit");
-                    if self.l1_trusted() {
+                    if self.l1_trusted() && self.bus_epoch() == epoch {
                         self.l1_store(
                             keys[i],
                             Entry::Value {
@@ -432,7 +433,7 @@ where
                     // Kept in L1 too (only where L1 knows nothing of the key, as for a negative
                     // fill from the store): otherwise the instance that did not fill a "none"
                     // entry would ask Redis on every read while the others hit L1.
-                    if self.l1_trusted() {
+                    if self.l1_trusted() && self.bus_epoch() == epoch {
                         self.l1_store(keys[i], Entry::Absent);
                     }
                     found[i] = Lookup::Hit(None);
@@ -441,6 +442,11 @@ where
             }
         }
         found
+    }
+
+    /// The bus epoch (0 without a bus): captured when a read starts, compared when it fills.
+    fn bus_epoch(&self) -> u64 {
+        self.bus.as_ref().map_or(0, |b| b.epoch())
     }
 
     /// Whether L1 holds (trusted or not) a version of `key` newer than `version`.
@@ -479,6 +485,7 @@ where
                 Lookup::Miss => {
                     self.count("store", "read");
                     self.misses.fetch_add(1, Ordering::Relaxed);
+                    let epoch = self.bus_epoch();
                     match load().await {
                         Ok(loaded) => {
                             let hook = self
@@ -500,7 +507,7 @@ where
                                 Entry::Value { value, .. } => Some(value.clone()),
                                 _ => None,
                             };
-                            self.fill(key, entry).await;
+                            self.fill_from(key, entry, epoch).await;
                             *turn = Some(value.clone());
                             // Those already waiting share this result; a reader that comes
                             // later starts its own load (a finished load is never handed out
@@ -520,10 +527,17 @@ where
     /// Puts a row read from the store (or just written) into L1 and L2, never lowering a
     /// key's version.
     pub async fn fill(&self, key: &str, entry: Entry<T>) {
+        self.fill_from(key, entry, self.bus_epoch()).await;
+    }
+
+    /// A fill of a read that started in bus epoch `epoch`: if the bus lost its footing since,
+    /// L1 was flushed and may have missed this key's invalidation, so the row stays out of L1
+    /// (L2's compare-and-set still judges it by version).
+    async fn fill_from(&self, key: &str, entry: Entry<T>, epoch: u64) {
         if !self.is_on() {
             return;
         }
-        if self.l1_trusted() {
+        if self.l1_trusted() && self.bus_epoch() == epoch {
             self.l1_store(key, entry.clone());
         }
         let Some(l2) = &self.l2 else { return };
@@ -712,6 +726,42 @@ mod tests {
             TierSettings::new("test", Duration::from_secs(60)),
             Some(Arc::new(l2)),
         )
+    }
+
+    /// Issue "Hardening" item 3: a fill that began before the bus went down and landed after
+    /// it came back could carry a value whose invalidation was lost; it stays out of L1.
+    #[tokio::test]
+    async fn a_fill_from_an_older_bus_epoch_stays_out_of_l1() {
+        let l2 =
+            Arc::new(RedisL2::new(&RedisSettings::new("redis://127.0.0.1:9")).expect("redis url"));
+        let bus = Bus::new(l2.clone(), "redis://127.0.0.1:9", "test").expect("bus");
+        bus.force_health(true);
+        let tier =
+            CacheTier::<String>::new(TierSettings::new("test", Duration::from_secs(60)), Some(l2))
+                .with_bus(bus.clone());
+        let flapping = bus.clone();
+        tier.set_fill_hook(Some(Arc::new(move |_| {
+            // The bus goes down and comes back while this read is between store and fill.
+            flapping.force_health(false);
+            flapping.force_health(true);
+            Box::pin(async {})
+        })));
+        let loads = AtomicUsize::new(0);
+        let load = || async {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok(Some((1, "v1".to_owned())))
+        };
+        tier.get("k", load).await.unwrap();
+        tier.set_fill_hook(None);
+        tier.get("k", load).await.unwrap();
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            2,
+            "the old-epoch fill was not kept in L1"
+        );
+        // A fill within one epoch is kept.
+        tier.get("k", load).await.unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
     }
 
     /// Issue "Hardening" item 2: readers that came after a flight finished got its result; with
