@@ -18,6 +18,7 @@ use copilot_store::{ConfigStore, PolicyStore, SqliteOptions, SqliteStore, StoreR
 use serde_json::json;
 
 mod bus;
+mod converge;
 mod crash;
 mod events;
 mod faults;
