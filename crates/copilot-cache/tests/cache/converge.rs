@@ -66,7 +66,7 @@ async fn two_instances_hammering_one_key_converge_to_the_postgres_row() {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
-                    if i % 3 == 0 {
+                    if i.is_multiple_of(3) {
                         let model = format!("{name}{worker}-{i}");
                         // Writes may fail only if PostgreSQL does; it does not here.
                         stores
