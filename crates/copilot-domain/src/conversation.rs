@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::Timestamp;
-use crate::cursor::ListCursor;
+use crate::cursor::{CursorKey, ListCursor};
 use crate::error::{Errors, InputError};
 use crate::id::{ConversationId, MessageId, TenantId, UserId};
 use crate::json::{as_object, char_len_between, optional, reject_unknown, required};
@@ -382,6 +382,8 @@ pub struct ConversationQuery {
     pub status: ConversationStatus,
     pub limit: u32,
     pub after: Option<ListCursor>,
+    /// Signs the page's `nextCursor` (the server's key; the default in library use).
+    pub cursor_key: CursorKey,
 }
 
 impl ConversationQuery {
@@ -405,7 +407,14 @@ impl ConversationQuery {
             status,
             limit,
             after,
+            cursor_key: CursorKey::default(),
         })
+    }
+
+    /// The key that signs this listing's next cursor.
+    pub fn with_cursor_key(mut self, key: CursorKey) -> Self {
+        self.cursor_key = key;
+        self
     }
 
     /// Whether `c` comes strictly after the cursor in list order.
@@ -433,7 +442,9 @@ impl ConversationPage {
         let more = rows.len() > query.limit as usize;
         rows.truncate(query.limit as usize);
         let next_cursor = match rows.last() {
-            Some(last) if more => Some(ListCursor::after(last, query.status).encode()),
+            Some(last) if more => {
+                Some(ListCursor::after(last, query.status).encode(&query.cursor_key))
+            }
             _ => None,
         };
         Self {

@@ -1,22 +1,64 @@
 //! The conversation-list cursor (DESIGN.md 3.7): opaque, versioned and tamper-evident.
 //!
 //! Layout before base64url: `[format version][status][lastActivityAt µs, i64 BE][id, 16 bytes]`
-//! followed by the first 8 bytes of SHA-256 over a fixed label and those bytes. The tag is not a
-//! secret MAC: it catches truncated, edited or foreign cursors. A forged cursor could only move a
-//! caller within its own visible list, because the access rule is part of the query.
+//! followed by the first 16 bytes of HMAC-SHA-256 over those bytes with the server's cursor key
+//! ([`CursorKey`]): a cursor cannot be forged or edited without the key, and one from another
+//! deployment does not decode. (Even a forged one could only move a caller within its own
+//! visible list: the access rule is part of the query.)
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::conversation::{Conversation, ConversationStatus};
 use crate::id::ConversationId;
 
-const FORMAT_V1: u8 = 1;
-const TAG_LABEL: &[u8] = b"copilot-state/list-cursor/v1";
+const FORMAT_V2: u8 = 2;
+const KEY_LABEL: &[u8] = b"copilot-state/list-cursor/v2";
 const BODY_LEN: usize = 1 + 1 + 8 + 16;
-const TAG_LEN: usize = 8;
+const TAG_LEN: usize = 16;
+
+/// The key that authenticates list cursors. Every instance of a deployment must use the same
+/// one (the server derives it from `COPILOT_CURSOR_SECRET` or the JWT secret).
+#[derive(Clone, PartialEq, Eq)]
+pub struct CursorKey([u8; 32]);
+
+impl CursorKey {
+    /// A key derived from a secret (any length).
+    pub fn derive(secret: &[u8]) -> Self {
+        let digest = Sha256::new()
+            .chain_update(KEY_LABEL)
+            .chain_update(secret)
+            .finalize();
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&digest);
+        Self(key)
+    }
+
+    fn tag(&self, body: &[u8]) -> [u8; TAG_LEN] {
+        let mut out = [0u8; TAG_LEN];
+        if let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.0) {
+            mac.update(body);
+            out.copy_from_slice(&mac.finalize().into_bytes()[..TAG_LEN]);
+        }
+        out
+    }
+}
+
+/// The fixed key of library use and tests; a server always sets its own.
+impl Default for CursorKey {
+    fn default() -> Self {
+        Self::derive(b"")
+    }
+}
+
+impl std::fmt::Debug for CursorKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CursorKey(..)")
+    }
+}
 /// 9999-12-31T23:59:59.999999Z.
 const MAX_MICROS: i64 = 253_402_300_799_999_999;
 
@@ -44,29 +86,35 @@ impl ListCursor {
         }
     }
 
-    pub fn encode(&self) -> String {
+    pub fn encode(&self, key: &CursorKey) -> String {
         let mut bytes = Vec::with_capacity(BODY_LEN + TAG_LEN);
-        bytes.push(FORMAT_V1);
+        bytes.push(FORMAT_V2);
         bytes.push(status_byte(self.status));
         bytes.extend_from_slice(&self.last_activity_micros.to_be_bytes());
         bytes.extend_from_slice(self.id.as_uuid().as_bytes());
-        let tag = tag(&bytes);
+        let tag = key.tag(&bytes);
         bytes.extend_from_slice(&tag);
         URL_SAFE_NO_PAD.encode(bytes)
     }
 
-    /// Decodes a cursor and checks it was issued for a listing with `status`.
-    pub fn decode(text: &str, status: ConversationStatus) -> Result<Self, CursorError> {
+    /// Decodes a cursor made with `key` and checks it was issued for a listing with `status`.
+    pub fn decode(
+        text: &str,
+        status: ConversationStatus,
+        key: &CursorKey,
+    ) -> Result<Self, CursorError> {
         let bytes = URL_SAFE_NO_PAD
             .decode(text)
             .map_err(|_| CursorError::Malformed)?;
-        if bytes.len() != BODY_LEN + TAG_LEN || bytes[0] != FORMAT_V1 {
+        if bytes.len() != BODY_LEN + TAG_LEN || bytes[0] != FORMAT_V2 {
             return Err(CursorError::Malformed);
         }
         let (body, given_tag) = bytes.split_at(BODY_LEN);
-        if tag(body) != given_tag {
-            return Err(CursorError::Malformed);
-        }
+        // Constant-time comparison of the tag.
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key.0).map_err(|_| CursorError::Malformed)?;
+        mac.update(body);
+        mac.verify_truncated_left(given_tag)
+            .map_err(|_| CursorError::Malformed)?;
         let cursor_status = status_from_byte(body[1]).ok_or(CursorError::Malformed)?;
         let micros =
             i64::from_be_bytes(body[2..10].try_into().map_err(|_| CursorError::Malformed)?);
@@ -85,16 +133,6 @@ impl ListCursor {
             id: ConversationId::from_uuid(uuid),
         })
     }
-}
-
-fn tag(body: &[u8]) -> [u8; TAG_LEN] {
-    let digest = Sha256::new()
-        .chain_update(TAG_LABEL)
-        .chain_update(body)
-        .finalize();
-    let mut out = [0u8; TAG_LEN];
-    out.copy_from_slice(&digest[..TAG_LEN]);
-    out
 }
 
 fn status_byte(s: ConversationStatus) -> u8 {
@@ -118,6 +156,21 @@ fn status_from_byte(b: u8) -> Option<ConversationStatus> {
 mod tests {
     use super::*;
 
+    fn key() -> CursorKey {
+        CursorKey::derive(b"server secret")
+    }
+
+    /// A cursor made with another key (another deployment, or a forger without the key) does
+    /// not decode, though its layout is right.
+    #[test]
+    fn a_cursor_of_another_key_is_malformed() {
+        let text = sample().encode(&CursorKey::derive(b"someone else"));
+        assert_eq!(
+            ListCursor::decode(&text, ConversationStatus::Active, &key()),
+            Err(CursorError::Malformed)
+        );
+    }
+
     fn sample() -> ListCursor {
         ListCursor {
             status: ConversationStatus::Active,
@@ -130,21 +183,21 @@ mod tests {
     fn round_trip() {
         let c = sample();
         assert_eq!(
-            ListCursor::decode(&c.encode(), ConversationStatus::Active),
+            ListCursor::decode(&c.encode(&key()), ConversationStatus::Active, &key()),
             Ok(c)
         );
     }
 
     #[test]
     fn any_altered_character_is_rejected() {
-        let text = sample().encode();
+        let text = sample().encode(&key());
         for i in 0..text.len() {
             let mut chars: Vec<char> = text.chars().collect();
             chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
             let altered: String = chars.into_iter().collect();
             if altered != text {
                 assert!(
-                    ListCursor::decode(&altered, ConversationStatus::Active).is_err(),
+                    ListCursor::decode(&altered, ConversationStatus::Active, &key()).is_err(),
                     "position {i}"
                 );
             }
@@ -160,7 +213,7 @@ mod tests {
                 ..sample()
             };
             assert_eq!(
-                ListCursor::decode(&forged.encode(), ConversationStatus::Active),
+                ListCursor::decode(&forged.encode(&key()), ConversationStatus::Active, &key()),
                 Err(CursorError::Malformed),
                 "{micros}"
             );
@@ -176,17 +229,17 @@ mod tests {
             "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         ] {
             assert_eq!(
-                ListCursor::decode(bad, ConversationStatus::Active),
+                ListCursor::decode(bad, ConversationStatus::Active, &key()),
                 Err(CursorError::Malformed)
             );
         }
-        let text = sample().encode();
+        let text = sample().encode(&key());
         assert_eq!(
-            ListCursor::decode(&text, ConversationStatus::All),
+            ListCursor::decode(&text, ConversationStatus::All, &key()),
             Err(CursorError::WrongListing)
         );
         assert_eq!(
-            ListCursor::decode(&text[..text.len() - 1], ConversationStatus::Active),
+            ListCursor::decode(&text[..text.len() - 1], ConversationStatus::Active, &key()),
             Err(CursorError::Malformed)
         );
     }

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use copilot_cache::CacheControl;
 use copilot_domain::TenantId;
+use copilot_domain::cursor::CursorKey;
 use copilot_server::auth::{Authenticator, TokenRole, issue_token};
 use copilot_server::settings::{Overrides, Settings};
 use copilot_server::state::{AppState, ServiceSettings};
@@ -202,6 +203,24 @@ fn jwt_secret(settings: &Settings, create: bool) -> Result<(String, bool)> {
         .with_context(|| format!("cannot read or create the JWT secret {}", path.display()))
 }
 
+/// The list-cursor key: `COPILOT_CURSOR_SECRET`, else derived from the HS256 secret (shared by
+/// the fleet already), else (JWKS only, no cursor secret) random: cursors then work on this
+/// instance only, which is said at start.
+fn cursor_key(settings: &Settings, jwt_secret: Option<&str>) -> CursorKey {
+    match (&settings.cursor_secret, jwt_secret) {
+        (Some(secret), _) => CursorKey::derive(secret.as_bytes()),
+        (None, Some(secret)) => CursorKey::derive(secret.as_bytes()),
+        (None, None) => {
+            tracing::warn!(
+                "no COPILOT_CURSOR_SECRET and no HS256 secret: list cursors are valid on this instance only; set COPILOT_CURSOR_SECRET for a fleet"
+            );
+            let mut random = [0u8; 32];
+            let _ = getrandom::fill(&mut random);
+            CursorKey::derive(&random)
+        }
+    }
+}
+
 async fn run_serve(settings: Settings) -> Result<()> {
     // The recorder first: the caches register their counters when they are built.
     let metrics = telemetry::prometheus();
@@ -226,6 +245,7 @@ async fn run_serve(settings: Settings) -> Result<()> {
             require_membership: settings.require_membership,
             store_timeout: settings.store_timeout,
             trusted_proxies: settings.trusted_proxies.clone(),
+            cursor_key: cursor_key(&settings, secret.as_ref().map(|(s, _)| s.as_str())),
         }),
         metrics,
         cache: cache.clone(),

@@ -86,6 +86,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<Cidr>,
     /// Timeouts, the connection cap and the shutdown drain.
     pub server: ServerLimits,
+    /// `COPILOT_CURSOR_SECRET`: the list-cursor key's secret (default: the HS256 secret).
+    pub cursor_secret: Option<String>,
 }
 
 /// Connection settings used when `DATABASE_URL` is `postgres://`.
@@ -304,6 +306,7 @@ impl Settings {
             drain: millis("COPILOT_SHUTDOWN_DRAIN_MS", 10_000)?,
         };
         Ok(Self {
+            cursor_secret: var("COPILOT_CURSOR_SECRET"),
             cache,
             server,
             trusted_proxies,

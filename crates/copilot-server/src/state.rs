@@ -20,6 +20,8 @@ pub struct ServiceSettings {
     pub store_timeout: Duration,
     /// Peers whose `X-Forwarded-For` is believed (`COPILOT_TRUSTED_PROXIES`).
     pub trusted_proxies: Vec<crate::net::Cidr>,
+    /// Authenticates list cursors; the same on every instance of a deployment.
+    pub cursor_key: copilot_domain::cursor::CursorKey,
 }
 
 #[derive(Clone)]

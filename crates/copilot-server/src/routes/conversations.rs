@@ -120,9 +120,10 @@ pub async fn list(
     let after = params
         .cursor
         .as_deref()
-        .map(|c| ListCursor::decode(c, status))
+        .map(|c| ListCursor::decode(c, status, &state.service.cursor_key))
         .transpose()?;
-    let query = ConversationQuery::new(tenant, viewer, status, limit, after)?;
+    let query = ConversationQuery::new(tenant, viewer, status, limit, after)?
+        .with_cursor_key(state.service.cursor_key.clone());
     let page = state
         .store(
             "list_conversations",

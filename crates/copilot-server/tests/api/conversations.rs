@@ -435,13 +435,14 @@ async fn public_share_link_is_read_only_for_other_tenants() {
     s.get(&path, Who::Stranger).await.problem(404, "not_found");
 }
 
-/// A cursor with a well-formed tag but an instant no store can hold is 400 `invalid_cursor` on
-/// every backend (it was a 500 on PostgreSQL).
+/// A cursor with a valid tag (made with the server's key) but an instant no store can hold,
+/// or one made with another key, is 400 `invalid_cursor` on every backend (forged cursors were
+/// a 500 on PostgreSQL).
 #[tokio::test]
 async fn a_forged_cursor_is_400_invalid_cursor() {
     use copilot_domain::ConversationId;
     use copilot_domain::conversation::ConversationStatus;
-    use copilot_domain::cursor::ListCursor;
+    use copilot_domain::cursor::{CursorKey, ListCursor};
     let s = TestServer::start().await;
     for micros in [i64::MIN, -1, i64::MAX] {
         let forged = ListCursor {
@@ -449,7 +450,7 @@ async fn a_forged_cursor_is_400_invalid_cursor() {
             last_activity_micros: micros,
             id: ConversationId::new_v7(chrono::Utc::now()),
         }
-        .encode();
+        .encode(&CursorKey::derive(crate::SECRET.as_bytes()));
         s.get(
             &format!("/v1/tenants/{TENANT}/conversations?cursor={forged}"),
             Who::Owner,
@@ -457,4 +458,17 @@ async fn a_forged_cursor_is_400_invalid_cursor() {
         .await
         .problem(400, "invalid_cursor");
     }
+    // A real cursor, signed by another deployment: refused.
+    let foreign = ListCursor {
+        status: ConversationStatus::Active,
+        last_activity_micros: 1_700_000_000_000_000,
+        id: ConversationId::new_v7(chrono::Utc::now()),
+    }
+    .encode(&CursorKey::derive(b"another deployment"));
+    s.get(
+        &format!("/v1/tenants/{TENANT}/conversations?cursor={foreign}"),
+        Who::Owner,
+    )
+    .await
+    .problem(400, "invalid_cursor");
 }

@@ -184,6 +184,7 @@ impl TestServer {
             require_membership,
             store_timeout: std::time::Duration::from_secs(5),
             trusted_proxies: Vec::new(),
+            cursor_key: copilot_domain::cursor::CursorKey::derive(SECRET.as_bytes()),
         }
     }
 

@@ -5,7 +5,7 @@ use copilot_domain::conversation::{
     Conversation, ConversationQuery, ConversationStatus, ConversationUpdate, ListViewer,
     MessageRole, NewMessage, ShareAudience, TenantAccess,
 };
-use copilot_domain::cursor::ListCursor;
+use copilot_domain::cursor::{CursorKey, ListCursor};
 use copilot_domain::{ConversationId, Principal, TenantId, TenantRole};
 use serde_json::Map;
 
@@ -19,7 +19,8 @@ fn query(
     limit: u32,
     cursor: Option<&str>,
 ) -> ConversationQuery {
-    let after = cursor.map(|c| ListCursor::decode(c, status).expect("valid cursor"));
+    let after =
+        cursor.map(|c| ListCursor::decode(c, status, &CursorKey::default()).expect("valid cursor"));
     ConversationQuery::new(t.clone(), viewer, status, Some(limit), after).expect("valid query")
 }
 
@@ -356,18 +357,20 @@ pub async fn list_rejects_an_invalid_cursor(s: &StoreSet) {
         .await
         .unwrap();
     let cursor = page.next_cursor.expect("more pages");
-    assert!(ListCursor::decode(&cursor, ConversationStatus::Active).is_ok());
+    assert!(ListCursor::decode(&cursor, ConversationStatus::Active, &CursorKey::default()).is_ok());
     let mut tampered = cursor.clone().into_bytes();
     let i = tampered.len() / 2;
     tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
     assert!(
-        ListCursor::decode(&tampered, ConversationStatus::Active).is_err(),
+        ListCursor::decode(&tampered, ConversationStatus::Active, &CursorKey::default()).is_err(),
         "a tampered cursor is an error"
     );
-    assert!(ListCursor::decode("garbage", ConversationStatus::Active).is_err());
     assert!(
-        ListCursor::decode(&cursor, ConversationStatus::Archived).is_err(),
+        ListCursor::decode("garbage", ConversationStatus::Active, &CursorKey::default()).is_err()
+    );
+    assert!(
+        ListCursor::decode(&cursor, ConversationStatus::Archived, &CursorKey::default()).is_err(),
         "a cursor of another listing"
     );
 }
