@@ -452,3 +452,51 @@ async fn an_l2_row_older_than_l1_knows_is_not_served() {
         .unwrap();
     assert_eq!(got.as_deref().map(String::as_str), Some("new"));
 }
+
+/// Issue "Hardening" item 4: the post-commit invalidation ran inside the caller's future, so a
+/// client that hung up at the wrong moment left Redis with the old row. Writes whose futures
+/// are dropped at every point still leave Redis no older than the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_write_future_still_invalidates() {
+    let Some(url) = redis_url("COPILOT_TEST_REDIS_URL") else {
+        return;
+    };
+    let store = counting().await;
+    let prefix = fresh_prefix();
+    let s = stack(store.clone(), Some(&url), &prefix);
+    let l2 = s.l2.clone().expect("redis");
+    let t = tenant("dropped");
+    let key = format!("{prefix}:v1:{{{}}}:policy", t.as_str());
+    s.policies
+        .put_policy(&policy(&t, "v0"), None, "w")
+        .await
+        .unwrap();
+    for attempt in 1..=40u64 {
+        // Give up on the write after a while that falls anywhere between its commit and its
+        // cache work.
+        let _ = tokio::time::timeout(
+            Duration::from_micros(attempt * 150),
+            s.policies
+                .put_policy(&policy(&t, &format!("v{attempt}")), None, "w"),
+        )
+        .await;
+        let truth = store.inner.get_policy(&t).await.unwrap().unwrap().version;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let cached: u64 = l2
+                .get(&key)
+                .await
+                .flatten()
+                .and_then(|e| e.split('|').next().and_then(|v| v.parse().ok()))
+                .unwrap_or(0);
+            if cached >= truth {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "attempt {attempt}: Redis kept version {cached}, the store has {truth}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
