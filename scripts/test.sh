@@ -98,7 +98,6 @@ export COPILOT_TEST_PG_BIN="$PG_BIN"
 # A migrated template: each test creates its own database from it in ~60 ms.
 "$PG_BIN/psql" -q -d "$COPILOT_TEST_POSTGRES_URL" -c 'CREATE DATABASE copilot_template'
 ./target/debug/copilot-state migrate --database-url "${COPILOT_TEST_POSTGRES_URL%/postgres}/copilot_template" >/dev/null
-export COPILOT_TEST_REQUIRE_SERVICES=1
 echo "PostgreSQL on 127.0.0.1:$PG_PORT (pid $PG_PID)"
 log "starting Redis"
 start_redis

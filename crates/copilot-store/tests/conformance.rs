@@ -42,7 +42,7 @@ mod postgres {
 
     /// A fresh database per test, from the migrated template (`None`: PostgreSQL not configured).
     async fn make() -> Option<StoreSet> {
-        let url = fresh_postgres_database().await?;
+        let url = fresh_postgres_database().await;
         // Generous acquire timeout: the whole suite runs in parallel on two cores.
         let store = PostgresStore::open(PostgresOptions {
             record_changes: true,
@@ -66,14 +66,8 @@ mod postgres_pgbouncer {
     use copilot_store::{PostgresOptions, PostgresStore, StoreSet};
 
     async fn make() -> Option<StoreSet> {
-        let direct = fresh_postgres_database().await?;
-        let Ok(bouncer) = std::env::var("COPILOT_TEST_PGBOUNCER_URL") else {
-            assert!(
-                std::env::var("COPILOT_TEST_REQUIRE_SERVICES").is_err(),
-                "COPILOT_TEST_PGBOUNCER_URL is required"
-            );
-            return None;
-        };
+        let direct = fresh_postgres_database().await;
+        let bouncer = copilot_store::conformance::test_service("COPILOT_TEST_PGBOUNCER_URL");
         let (_, database) = direct.rsplit_once('/').expect("database in URL");
         let mut options = PostgresOptions::new(format!("{bouncer}/{database}"));
         options.transaction_pooler = true;
@@ -100,7 +94,7 @@ mod postgres_specific {
     use sqlx::{Connection, PgConnection};
 
     async fn store() -> Option<(PostgresStore, String)> {
-        let url = fresh_postgres_database().await?;
+        let url = fresh_postgres_database().await;
         Some((
             PostgresStore::open(PostgresOptions::new(url.clone()))
                 .await

@@ -44,9 +44,7 @@ pub async fn two_instances(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_on_one_instance_reaches_the_other_l1_within_100ms() {
-    let Some(url) = redis_url("COPILOT_TEST_REDIS_URL") else {
-        return;
-    };
+    let url = redis_url("COPILOT_TEST_REDIS_URL");
     let (a, _ca, b, cb) = two_instances(&url).await;
     let t = tenant("acme");
     a.policies
@@ -107,9 +105,7 @@ impl HitsMisses for copilot_cache::factory::CacheReport {
 /// healthy again once Redis answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_redis_is_noticed_within_about_a_second() {
-    let Some(binary) = redis_url("COPILOT_TEST_REDIS_SERVER") else {
-        return;
-    };
+    let binary = redis_url("COPILOT_TEST_REDIS_SERVER");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

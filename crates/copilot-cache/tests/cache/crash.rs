@@ -32,9 +32,7 @@ async fn instance(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidation_lost_in_a_crash_is_resent_from_the_change_log() {
-    let Some(url) = redis_url("COPILOT_TEST_REDIS_URL") else {
-        return;
-    };
+    let url = redis_url("COPILOT_TEST_REDIS_URL");
     let store = sqlite().await;
     let prefix = fresh_prefix();
     let t = tenant("acme");
@@ -131,9 +129,7 @@ impl DrainedCheck for Arc<SqliteStore> {
 async fn three_instances_drain_the_change_log_once() {
     use copilot_store::PolicyStore;
     use futures::StreamExt;
-    let Some(url) = redis_url("COPILOT_TEST_REDIS_URL") else {
-        return;
-    };
+    let url = redis_url("COPILOT_TEST_REDIS_URL");
     let store = sqlite().await;
     let prefix = fresh_prefix();
     // Writes that reached the store but whose invalidations never went out (a crash).

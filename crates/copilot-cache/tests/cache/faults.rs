@@ -97,9 +97,7 @@ impl Drop for OwnRedis {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_10_redis_killed_and_paused_under_load_nothing_fails_and_nothing_stale_returns()
 {
-    let Some(binary) = redis_url("COPILOT_TEST_REDIS_SERVER") else {
-        return;
-    };
+    let binary = redis_url("COPILOT_TEST_REDIS_SERVER");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

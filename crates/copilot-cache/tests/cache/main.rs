@@ -25,19 +25,9 @@ mod faults;
 mod regressions;
 mod switch;
 
-/// Redis of the test script, or `None` (which fails under `COPILOT_TEST_REQUIRE_SERVICES`).
-pub fn redis_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) => Some(url),
-        Err(_) => {
-            assert!(
-                std::env::var("COPILOT_TEST_REQUIRE_SERVICES").is_err(),
-                "{var} is required (run ./scripts/test.sh)"
-            );
-            eprintln!("skipped: {var} is not set (run ./scripts/test.sh)");
-            None
-        }
-    }
+/// A service of the test script by its variable; a test without it fails, naming it.
+pub fn redis_url(var: &str) -> String {
+    copilot_store::conformance::test_service(var)
 }
 
 /// A key prefix no other test uses, so tests can share one Redis.
@@ -201,7 +191,7 @@ pub fn user(name: &str) -> UserId {
 
 mod redis_up {
     async fn make() -> Option<copilot_store::StoreSet> {
-        let url = super::redis_url("COPILOT_TEST_REDIS_URL")?;
+        let url = super::redis_url("COPILOT_TEST_REDIS_URL");
         Some(super::cached_store_set(Some(&url)).await)
     }
     copilot_store::conformance_suite!(optional make);
@@ -218,7 +208,7 @@ mod redis_down {
 mod redis_paused {
     /// A Redis that accepts connections and never answers (SIGSTOP, kept by the test script).
     async fn make() -> Option<copilot_store::StoreSet> {
-        let url = super::redis_url("COPILOT_TEST_REDIS_PAUSED_URL")?;
+        let url = super::redis_url("COPILOT_TEST_REDIS_PAUSED_URL");
         Some(super::cached_store_set(Some(&url)).await)
     }
     copilot_store::conformance_suite!(optional make);

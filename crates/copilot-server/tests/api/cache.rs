@@ -10,17 +10,8 @@ use serde_json::json;
 
 use crate::{TENANT, TestServer, TestStore, Who};
 
-fn redis_url() -> Option<String> {
-    match std::env::var("COPILOT_TEST_REDIS_URL") {
-        Ok(url) => Some(url),
-        Err(_) => {
-            assert!(
-                std::env::var("COPILOT_TEST_REQUIRE_SERVICES").is_err(),
-                "COPILOT_TEST_REDIS_URL is required"
-            );
-            None
-        }
-    }
+fn redis_url() -> String {
+    copilot_store::conformance::test_service("COPILOT_TEST_REDIS_URL")
 }
 
 async fn shared_sqlite() -> TestStore {
@@ -35,7 +26,7 @@ async fn shared_sqlite() -> TestStore {
 
 /// Two instances over one store and one Redis (a fresh key prefix per test).
 async fn two_instances(require_membership: bool) -> Option<(TestServer, TestServer)> {
-    let url = redis_url()?;
+    let url = redis_url();
     let prefix = format!("http{}", std::process::id())
         + &format!("{:?}", Instant::now()).replace(['.', ' ', '{', '}', ':', ','], "");
     let settings = || {
@@ -404,13 +395,7 @@ async fn each_flag_turns_its_own_cache_off() {
 /// answered as what they are: committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committed_write_is_never_answered_503_because_redis_is_slow() {
-    let Ok(paused) = std::env::var("COPILOT_TEST_REDIS_PAUSED_URL") else {
-        assert!(
-            std::env::var("COPILOT_TEST_REQUIRE_SERVICES").is_err(),
-            "COPILOT_TEST_REDIS_PAUSED_URL is required"
-        );
-        return;
-    };
+    let paused = copilot_store::conformance::test_service("COPILOT_TEST_REDIS_PAUSED_URL");
     let mut redis = RedisSettings::new(&paused);
     redis.timeout = std::time::Duration::from_millis(100);
     let server = TestServer::start_cached(

@@ -15,19 +15,9 @@ use crate::SECRET;
 
 const BIN: &str = env!("CARGO_BIN_EXE_copilot-state");
 
-/// A test service's address, or `None` (which fails under `COPILOT_TEST_REQUIRE_SERVICES`).
-fn service(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) => Some(v),
-        Err(_) => {
-            assert!(
-                std::env::var("COPILOT_TEST_REQUIRE_SERVICES").is_err(),
-                "{var} is required (run ./scripts/test.sh)"
-            );
-            eprintln!("skipped: {var} is not set (run ./scripts/test.sh)");
-            None
-        }
-    }
+/// A test service's address by its variable; a test without it fails, naming it.
+fn service(var: &str) -> String {
+    copilot_store::conformance::test_service(var)
 }
 
 fn free_port() -> u16 {
@@ -190,7 +180,7 @@ impl Drop for OwnRedis {
 
 /// `n` instances over a fresh database and `redis`.
 async fn fleet(n: usize, redis: &str, extra: &[(&str, &str)]) -> Option<Vec<Instance>> {
-    let database = copilot_store::conformance::fresh_postgres_database().await?;
+    let database = copilot_store::conformance::fresh_postgres_database().await;
     let prefix = format!("fleet{}", uuid::Uuid::now_v7().simple());
     let mut instances = Vec::new();
     for _ in 0..n {
@@ -351,9 +341,7 @@ async fn publishes_again(base: &str, conversation: &str) {
 /// `Last-Event-ID` gets exactly what it missed, in order; the same across a Redis restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_cross_instances_and_a_reconnect_replays_exactly_even_across_a_redis_restart() {
-    let Some(binary) = service("COPILOT_TEST_REDIS_SERVER") else {
-        return;
-    };
+    let binary = service("COPILOT_TEST_REDIS_SERVER");
     let redis = OwnRedis::start(&binary);
     let Some(instances) = fleet(2, &redis.url(), &[("COPILOT_REQUIRE_MEMBERSHIP", "false")]).await
     else {
@@ -414,9 +402,7 @@ async fn events_cross_instances_and_a_reconnect_replays_exactly_even_across_a_re
 /// `conversation.removed`; a suspended member's streams end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_02_list_stream_never_sends_private_conversations_to_colleagues() {
-    let Some(redis) = service("COPILOT_TEST_REDIS_URL") else {
-        return;
-    };
+    let redis = service("COPILOT_TEST_REDIS_URL");
     let Some(instances) = fleet(2, &redis, &[("COPILOT_REQUIRE_MEMBERSHIP", "true")]).await else {
         return;
     };
@@ -529,9 +515,7 @@ async fn regression_02_list_stream_never_sends_private_conversations_to_colleagu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_does_not_delay_appends_or_other_subscribers() {
     use tokio::io::AsyncWriteExt;
-    let Some(redis) = service("COPILOT_TEST_REDIS_URL") else {
-        return;
-    };
+    let redis = service("COPILOT_TEST_REDIS_URL");
     let Some(instances) = fleet(
         2,
         &redis,
@@ -626,9 +610,7 @@ async fn a_stalled_subscriber_does_not_delay_appends_or_other_subscribers() {
 /// does not change an anonymous client's key; with Redis stopped requests are still limited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_11_two_instances_share_one_rate_limit_and_redis_down_still_limits() {
-    let Some(binary) = service("COPILOT_TEST_REDIS_SERVER") else {
-        return;
-    };
+    let binary = service("COPILOT_TEST_REDIS_SERVER");
     let mut redis = OwnRedis::start(&binary);
     let limits = [
         ("COPILOT_REQUIRE_MEMBERSHIP", "false"),

@@ -129,9 +129,7 @@ impl TestServer {
         // COPILOT_TEST_BACKEND=postgres runs the same HTTP tests over PostgreSQL.
         let store = match std::env::var("COPILOT_TEST_BACKEND").as_deref() {
             Ok("postgres") => {
-                let url = fresh_postgres_database()
-                    .await
-                    .expect("COPILOT_TEST_POSTGRES_URL is required");
+                let url = fresh_postgres_database().await;
                 TestStore::Postgres(Arc::new(
                     PostgresStore::open(PostgresOptions {
                         acquire_timeout: std::time::Duration::from_secs(10),

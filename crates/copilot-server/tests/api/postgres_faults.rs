@@ -135,14 +135,7 @@ struct Outcome {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_stopping_mid_stream_loses_no_acknowledged_write() {
-    let Ok(bin) = std::env::var("COPILOT_TEST_PG_BIN") else {
-        assert!(
-            std::env::var("COPILOT_TEST_REQUIRE_SERVICES").is_err(),
-            "COPILOT_TEST_PG_BIN is required"
-        );
-        eprintln!("skipped: COPILOT_TEST_PG_BIN is not set (run ./scripts/test.sh)");
-        return;
-    };
+    let bin = copilot_store::conformance::test_service("COPILOT_TEST_PG_BIN");
     let cluster = Arc::new(Cluster::create(PathBuf::from(bin)));
     cluster.start();
     let store = Arc::new(

@@ -119,20 +119,24 @@ pub async fn create(s: &StoreSet, tenant: &TenantId, owner: Option<&str>) -> Con
         .expect("create conversation")
 }
 
+/// A service the test script provides, by its variable. A test that needs it and does not get
+/// it fails, naming it: it never passes without having run (`./scripts/test.sh` starts
+/// PostgreSQL, PgBouncer and Redis and sets every variable).
+pub fn test_service(var: &str) -> String {
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => value,
+        _ => panic!(
+            "{var} is not set: this test needs a real service; run ./scripts/test.sh, which starts PostgreSQL, PgBouncer and Redis and sets it"
+        ),
+    }
+}
+
 /// A fresh PostgreSQL database for one test, created from the migrated template
-/// `copilot_template` that `scripts/test.sh` prepares. Its URL, or `None` when
-/// `COPILOT_TEST_POSTGRES_URL` is unset, which fails the test instead when
-/// `COPILOT_TEST_REQUIRE_SERVICES=1` (as in the test script, so CI never skips silently).
-pub async fn fresh_postgres_database() -> Option<String> {
+/// `copilot_template` that `scripts/test.sh` prepares; its URL. Fails, naming the variable,
+/// when `COPILOT_TEST_POSTGRES_URL` is unset.
+pub async fn fresh_postgres_database() -> String {
     use sqlx::Connection;
-    let Ok(admin) = std::env::var("COPILOT_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("COPILOT_TEST_REQUIRE_SERVICES").is_err(),
-            "COPILOT_TEST_POSTGRES_URL is required (run ./scripts/test.sh)"
-        );
-        eprintln!("skipped: COPILOT_TEST_POSTGRES_URL is not set (run ./scripts/test.sh)");
-        return None;
-    };
+    let admin = test_service("COPILOT_TEST_POSTGRES_URL");
     let name = format!("copilot_test_{}", uuid::Uuid::now_v7().simple());
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await
@@ -145,5 +149,5 @@ pub async fn fresh_postgres_database() -> Option<String> {
     .expect("create a test database from copilot_template");
     let _ = conn.close().await;
     let (base, _) = admin.rsplit_once('/').expect("URL with a database");
-    Some(format!("{base}/{name}"))
+    format!("{base}/{name}")
 }
