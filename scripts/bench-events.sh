@@ -31,13 +31,8 @@ export COPILOT_JWT_SECRET=bench-secret-of-enough-length-0123456789
 "$BIN" migrate --database-url "$DB" >/dev/null
 
 start_instance() {
-  local port
-  port=$(free_port)
-  DATABASE_URL="$DB" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" COPILOT_REQUIRE_MEMBERSHIP=false \
-    COPILOT_RATE_LIMIT=off RUST_LOG=warn "$BIN" serve --no-migrate --bind "127.0.0.1:$port" \
-    >"$WORK_DIR/serve-$port.log" 2>&1 &
-  wait_for_http "http://127.0.0.1:$port/healthz" 30
-  echo "$port $!"
+  start_copilot DATABASE_URL="$DB" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
+    COPILOT_REQUIRE_MEMBERSHIP=false COPILOT_RATE_LIMIT=off
 }
 read -r PORT_A PID_A < <(start_instance)
 read -r PORT_B PID_B < <(start_instance)

@@ -92,3 +92,15 @@ stop_all() {
     [ -n "$pid" ] && { kill "$pid" 2>/dev/null; kill -CONT "$pid" 2>/dev/null; } || true
   done
 }
+
+# Starts `copilot-state serve` ($BIN, release or debug) on a free port with the environment
+# given as NAME=VALUE arguments; prints "<port> <pid>". Logs go to $WORK_DIR/serve-<port>.log.
+start_copilot() {
+  local port
+  port=$(free_port)
+  env "$@" RUST_LOG="${RUST_LOG:-warn}" "$BIN" serve --no-migrate --bind "127.0.0.1:$port" \
+    >"$WORK_DIR/serve-$port.log" 2>&1 &
+  local pid=$!
+  wait_for_http "http://127.0.0.1:$port/healthz" 30
+  echo "$port $pid"
+}

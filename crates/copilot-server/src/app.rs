@@ -128,21 +128,15 @@ async fn edge(State(state): State<Arc<Limiting>>, req: Request, next: Next) -> R
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = method_label(req.method());
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
     let response = rate_limit(&state, req, next).await;
     let elapsed = started.elapsed();
-    // One line per request; the route is the template (no ids, no query, no token).
+    // One line per request, inside the request span (which carries the request id); the route
+    // is the template (no ids, no query, no token).
     tracing::info!(
         method,
         route = %route,
         status = response.status().as_u16(),
         duration_ms = elapsed.as_secs_f64() * 1e3,
-        request_id = %request_id,
         "request"
     );
     let status = response.status().as_u16().to_string();
