@@ -93,3 +93,49 @@ async fn required_memberships_gate_users_but_not_services() {
     .ok(200);
     s.get(&path, Who::Owner).await.problem(403, "forbidden");
 }
+
+/// Issue "Hardening" item 9: the membership lookup of every user request had no deadline, so a
+/// database that stopped answering held requests forever. With the memberships table locked,
+/// a user's request answers 503 `store_unavailable` within the store deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_membership_lookup_has_the_store_deadline() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use copilot_store::{PostgresOptions, PostgresStore};
+    use sqlx::Connection;
+
+    let url = copilot_store::conformance::fresh_postgres_database().await;
+    let store = Arc::new(
+        PostgresStore::open(PostgresOptions::new(&url))
+            .await
+            .expect("postgres"),
+    );
+    let server = TestServer::start_over(
+        crate::TestStore::Postgres(store),
+        copilot_server::state::ServiceSettings {
+            store_timeout: Duration::from_millis(500),
+            ..TestServer::default_settings(true)
+        },
+    )
+    .await;
+    let mut locker = sqlx::PgConnection::connect(&url).await.expect("connect");
+    sqlx::raw_sql("BEGIN; LOCK TABLE copilot.tenant_memberships IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .expect("lock");
+    let started = Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        server.get(&format!("/v1/tenants/{TENANT}/llm-policy"), Who::Owner),
+    )
+    .await
+    .expect("the request hung on the membership lookup");
+    r.problem(503, "store_unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let _ = sqlx::raw_sql("ROLLBACK").execute(&mut locker).await;
+}
