@@ -78,6 +78,16 @@ impl CircuitBreaker {
         }
     }
 
+    /// A call permit: `None` when the breaker refuses the call. A permit dropped without an
+    /// outcome (its caller's future was cancelled mid-call, say while it was the half-open
+    /// probe) counts as a failure, so the breaker can never stay half-open waiting for it.
+    pub fn permit(&self) -> Option<Permit<'_>> {
+        self.allow().then_some(Permit {
+            breaker: self,
+            settled: false,
+        })
+    }
+
     pub fn record_success(&self) {
         let mut inner = self.lock();
         if !matches!(*inner, Inner::Closed { failures: 0 }) {
@@ -141,9 +151,56 @@ impl CircuitBreaker {
     }
 }
 
+/// One call let through by the breaker; see [`CircuitBreaker::permit`].
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
+    settled: bool,
+}
+
+impl Permit<'_> {
+    pub fn success(mut self) {
+        self.settled = true;
+        self.breaker.record_success();
+    }
+
+    pub fn failure(mut self) {
+        self.settled = true;
+        self.breaker.record_failure();
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.breaker.record_failure();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue "Tests that cannot pass by accident": a request cancelled while it held the
+    /// half-open probe left the breaker half-open forever (every later call refused).
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_probe_cannot_leave_the_breaker_half_open() {
+        let b = CircuitBreaker::new(1, Duration::from_secs(1));
+        b.record_failure();
+        assert_eq!(b.state(), BreakerState::Open);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let probe = b.permit().expect("the half-open probe");
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        drop(probe); // its request was cancelled mid-call
+        assert_eq!(
+            b.state(),
+            BreakerState::Open,
+            "back to open, not stuck half-open"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        b.permit().expect("a new probe").success();
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn opens_after_consecutive_failures_probes_and_closes() {

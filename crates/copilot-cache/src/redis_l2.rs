@@ -90,31 +90,32 @@ impl RedisL2 {
         op: &'static str,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Option<T> {
-        if !self.breaker.allow() {
+        // The permit settles as a failure if this future is dropped mid-call.
+        let Some(permit) = self.breaker.permit() else {
             metrics::counter!("copilot_redis_calls_total", "op" => op, "outcome" => "skipped")
                 .increment(1);
             return None;
-        }
+        };
         let started = tokio::time::Instant::now();
         let outcome = tokio::time::timeout(self.timeout, call).await;
         metrics::histogram!("copilot_redis_call_duration_seconds", "op" => op)
             .record(started.elapsed().as_secs_f64());
         match outcome {
             Ok(Ok(value)) => {
-                self.breaker.record_success();
+                permit.success();
                 metrics::counter!("copilot_redis_calls_total", "op" => op, "outcome" => "ok")
                     .increment(1);
                 Some(value)
             }
             Ok(Err(e)) => {
-                self.breaker.record_failure();
+                permit.failure();
                 metrics::counter!("copilot_redis_calls_total", "op" => op, "outcome" => "error")
                     .increment(1);
                 tracing::debug!(op, error = %e, "redis call failed");
                 None
             }
             Err(_) => {
-                self.breaker.record_failure();
+                permit.failure();
                 metrics::counter!("copilot_redis_calls_total", "op" => op, "outcome" => "timeout")
                     .increment(1);
                 None
