@@ -159,7 +159,24 @@ pub async fn counting() -> Arc<Counting> {
 /// The stores of one cached instance built by the factory: all four decorators (conversation
 /// caching switched on too) over SQLite.
 pub async fn cached_store_set(redis: Option<&str>) -> StoreSet {
-    let base = StoreSet::from_backend(sqlite().await);
+    cached_over(StoreSet::from_backend(sqlite().await), redis)
+}
+
+/// The same over a fresh PostgreSQL database (recording changes for the drainer, as `serve`
+/// does with Redis configured).
+pub async fn cached_postgres_store_set(redis: Option<&str>) -> StoreSet {
+    let url = copilot_store::conformance::fresh_postgres_database().await;
+    let store = copilot_store::PostgresStore::open(copilot_store::PostgresOptions {
+        record_changes: redis.is_some(),
+        acquire_timeout: Duration::from_secs(10),
+        ..copilot_store::PostgresOptions::new(url)
+    })
+    .await
+    .expect("postgres");
+    cached_over(StoreSet::from_backend(Arc::new(store)), redis)
+}
+
+fn cached_over(base: StoreSet, redis: Option<&str>) -> StoreSet {
     let prefix = fresh_prefix();
     let settings = CacheSettings {
         redis: redis.map(RedisSettings::new),
@@ -217,6 +234,32 @@ mod redis_paused {
 mod l1_only {
     async fn make() -> copilot_store::StoreSet {
         super::cached_store_set(None).await
+    }
+    copilot_store::conformance_suite!(make);
+}
+
+/// The cache tier over PostgreSQL too (issue "Tests that cannot pass by accident"): the
+/// conformance suite through the decorators with Redis up, down and paused, the change-log
+/// drainer running.
+mod postgres_redis_up {
+    async fn make() -> copilot_store::StoreSet {
+        let url = super::redis_url("COPILOT_TEST_REDIS_URL");
+        super::cached_postgres_store_set(Some(&url)).await
+    }
+    copilot_store::conformance_suite!(make);
+}
+
+mod postgres_redis_down {
+    async fn make() -> copilot_store::StoreSet {
+        super::cached_postgres_store_set(Some("redis://127.0.0.1:1")).await
+    }
+    copilot_store::conformance_suite!(make);
+}
+
+mod postgres_redis_paused {
+    async fn make() -> copilot_store::StoreSet {
+        let url = super::redis_url("COPILOT_TEST_REDIS_PAUSED_URL");
+        super::cached_postgres_store_set(Some(&url)).await
     }
     copilot_store::conformance_suite!(make);
 }
