@@ -135,3 +135,93 @@ async fn a_paused_redis_is_noticed_within_about_a_second() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Deletes reach the other instance's L1 through the bus, for every cache: B has each row in L1
+/// (read twice), A deletes it, and B stops serving it long before any L1 lifetime (30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_reach_the_other_instances_l1_for_every_cache() {
+    use copilot_domain::config::{ConfigLevel, ConfigPatch};
+    use copilot_domain::membership::MembershipInput;
+    use copilot_store::conformance::{create, user};
+    use serde_json::json;
+
+    let url = redis_url("COPILOT_TEST_REDIS_URL");
+    let (a, _ca, b, _cb) = two_instances(&url).await;
+    let t = tenant("deletes");
+    let u = user("u1");
+    a.policies
+        .put_policy(&policy(&t, "p"), None, "w")
+        .await
+        .unwrap();
+    let levels = [
+        ConfigLevel::Global,
+        ConfigLevel::Tenant(t.clone()),
+        ConfigLevel::User(t.clone(), u.clone()),
+    ];
+    let patch = ConfigPatch::from_json(&json!({"mergeMaxMessages": 3})).unwrap();
+    for level in &levels {
+        a.configs.put_patch(level, &patch, None, "w").await.unwrap();
+    }
+    let conversation = create(&a, &t, Some("u1")).await;
+    let member =
+        MembershipInput::from_json(&json!({"role": "member", "status": "active"})).unwrap();
+    a.members.put_membership(&t, &u, &member).await.unwrap();
+
+    // B holds every row in L1.
+    for _ in 0..2 {
+        assert!(b.policies.get_policy(&t).await.unwrap().is_some());
+        for level in &levels {
+            assert!(b.configs.get_patch(level).await.unwrap().is_some());
+        }
+        assert!(
+            b.conversations
+                .get_conversation(&t, &conversation.id)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(b.members.get_membership(&t, &u).await.unwrap().is_some());
+    }
+
+    a.policies.delete_policy(&t, None).await.unwrap();
+    for level in &levels {
+        a.configs.delete_patch(level, None).await.unwrap();
+    }
+    a.conversations
+        .delete_conversation(&t, &conversation.id, None)
+        .await
+        .unwrap();
+    a.members.delete_membership(&t, &u).await.unwrap();
+
+    let started = Instant::now();
+    loop {
+        let mut left = Vec::new();
+        if b.policies.get_policy(&t).await.unwrap().is_some() {
+            left.push("policy".to_owned());
+        }
+        for level in &levels {
+            if b.configs.get_patch(level).await.unwrap().is_some() {
+                left.push(format!("{level:?}"));
+            }
+        }
+        if b.conversations
+            .get_conversation(&t, &conversation.id)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            left.push("conversation".to_owned());
+        }
+        if b.members.get_membership(&t, &u).await.unwrap().is_some() {
+            left.push("membership".to_owned());
+        }
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "B still serves deleted rows: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
