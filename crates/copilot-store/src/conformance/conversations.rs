@@ -464,3 +464,71 @@ pub async fn access_list_matches_the_read_rule(s: &StoreSet) {
         .collect();
     assert_eq!(readable, [ShareAudience::Public]);
 }
+
+/// A walk of the list while conversations move (docs/api.md): the order is by activity, newest
+/// first; a conversation that gets a message mid-walk moves to the front, so the walk, already
+/// past the front, does not return it again (it is not returned twice; had it been still ahead
+/// of the cursor, the walk would miss it: the client learns of it from the list stream or a
+/// fresh first page). Everything that did not move is returned exactly once.
+pub async fn list_walk_while_a_conversation_moves(s: &StoreSet) {
+    let t = fresh_tenant();
+    let mut ids = Vec::new();
+    for _ in 0..9 {
+        ids.push(create(s, &t, Some("owner")).await.id);
+        // Distinct creation instants (microsecond clocks can tie).
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let viewer = ListViewer::Everyone;
+    let status = ConversationStatus::Active;
+    let first = s
+        .conversations
+        .list_conversations(&query(&t, viewer.clone(), status, 3, None))
+        .await
+        .unwrap();
+    let first_ids: Vec<ConversationId> = first.items.iter().map(|c| c.id).collect();
+    // Newest first: the last created leads.
+    assert_eq!(first_ids, [ids[8], ids[7], ids[6]], "ordered by activity");
+    // One of the first page gets a message: it moves to the front, behind the walk.
+    let moved = ids[7];
+    s.conversations
+        .append_message(
+            &t,
+            &moved,
+            &NewMessage {
+                role: MessageRole::User,
+                content: "hello".into(),
+                metadata: Map::new(),
+                author_id: Some(user("owner")),
+            },
+        )
+        .await
+        .unwrap();
+    let mut seen: Vec<ConversationId> = first_ids.clone();
+    let mut cursor = first.next_cursor;
+    while let Some(c) = cursor {
+        let page = s
+            .conversations
+            .list_conversations(&query(&t, viewer.clone(), status, 3, Some(&c)))
+            .await
+            .unwrap();
+        seen.extend(page.items.iter().map(|c| c.id));
+        cursor = page.next_cursor;
+    }
+    let unique: HashSet<ConversationId> = seen.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        seen.len(),
+        "a conversation was returned twice"
+    );
+    assert_eq!(unique.len(), 9, "every conversation once");
+    // A fresh first page shows the moved one in front.
+    let fresh = s
+        .conversations
+        .list_conversations(&query(&t, viewer, status, 3, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        fresh.items[0].id, moved,
+        "activity moves a conversation to the front"
+    );
+}

@@ -53,6 +53,7 @@ macro_rules! conformance_suite {
             list_pages_stay_full_under_the_access_rule,
             list_rejects_an_invalid_cursor,
             list_limit_is_validated_not_clamped,
+            list_walk_while_a_conversation_moves,
             access_list_matches_the_read_rule,
             regression_09_concurrent_appends_get_gapless_seq,
             regression_09_failed_writes_leave_nothing_behind,
