@@ -548,3 +548,66 @@ async fn one_plain_log_line_per_request() {
         "colour codes in a log that is not a terminal"
     );
 }
+
+/// SIGTERM and SIGINT with a request in flight: that request completes, new connections are
+/// refused, and the process exits 0 within the drain limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_signals_let_the_request_in_flight_finish() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for signal in ["-TERM", "-INT"] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let (child, banner) = serve(dir.path(), port);
+        let token = token_from(&banner, "TOKEN");
+        let body = br#"{"mergeMaxMessages": 12}"#;
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        stream
+            .write_all(
+                format!(
+                    "PUT /v1/config/global HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        stream.write_all(&body[..5]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        let _ = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status();
+        // The listener closes: new connections are refused.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            assert!(Instant::now() < deadline, "{signal}: still accepting");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The request in flight completes.
+        stream.write_all(&body[5..]).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{signal}: {answer}");
+        let status = stop_waiting(child);
+        assert!(status.success(), "{signal}: exit {status:?}");
+        assert!(started.elapsed() < Duration::from_secs(15), "{signal}: drain too long");
+    }
+}
+
+/// Waits (up to 15 s) for a process that was already signalled.
+fn stop_waiting(mut child: Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
