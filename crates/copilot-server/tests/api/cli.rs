@@ -593,7 +593,10 @@ async fn shutdown_signals_let_the_request_in_flight_finish() {
         assert!(answer.starts_with("HTTP/1.1 200"), "{signal}: {answer}");
         let status = stop_waiting(child);
         assert!(status.success(), "{signal}: exit {status:?}");
-        assert!(started.elapsed() < Duration::from_secs(15), "{signal}: drain too long");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{signal}: drain too long"
+        );
     }
 }
 

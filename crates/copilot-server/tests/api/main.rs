@@ -355,7 +355,8 @@ pub enum TestStore {
 }
 
 impl TestStore {
-    fn set(&self) -> StoreSet {
+    /// The store itself, behind no cache.
+    pub fn set(&self) -> StoreSet {
         match self {
             Self::Sqlite(s) => StoreSet::from_backend(s.clone()),
             Self::Postgres(p) => StoreSet::from_backend(p.clone()),
