@@ -68,12 +68,22 @@ pub struct Counting {
     pub inner: Arc<SqliteStore>,
     pub policy_reads: AtomicUsize,
     pub patch_reads: AtomicUsize,
+    /// While set, every policy read waits for a permit (to hold readers inside the load).
+    pub policy_gate: std::sync::Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
 
 #[async_trait]
 impl PolicyStore for Counting {
     async fn get_policy(&self, tenant: &TenantId) -> StoreResult<Option<StoredPolicy>> {
         self.policy_reads.fetch_add(1, Ordering::SeqCst);
+        let gate = self
+            .policy_gate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(gate) = gate {
+            let _ = gate.acquire().await.map(|p| p.forget());
+        }
         self.inner.get_policy(tenant).await
     }
     async fn put_policy(
@@ -153,6 +163,7 @@ pub async fn counting() -> Arc<Counting> {
         inner: sqlite().await,
         policy_reads: AtomicUsize::new(0),
         patch_reads: AtomicUsize::new(0),
+        policy_gate: std::sync::Mutex::new(None),
     })
 }
 

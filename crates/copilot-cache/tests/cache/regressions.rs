@@ -267,38 +267,68 @@ async fn regression_13_slow_reader_never_refills_an_old_config_level() {
 }
 
 /// Concurrent misses of one key in one process share one store read.
+/// Concurrent misses of one key share one store read. The first read is held inside the store
+/// until every reader has looked in L2 (counted by a Redis of this test's own): each of them is
+/// then either waiting on the flight or, were single flight broken, reading the store too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn single_flight_shares_one_store_read() {
-    let url = redis_url("COPILOT_TEST_REDIS_URL");
+    let binary = redis_url("COPILOT_TEST_REDIS_SERVER");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis = crate::faults::OwnRedis::start(&binary, port);
     let store = counting().await;
-    let s = Arc::new(stack(store.clone(), Some(&url), &fresh_prefix()));
+    let s = Arc::new(stack(store.clone(), Some(&redis.url()), &fresh_prefix()));
     let t = tenant("acme");
     store
         .inner
         .put_policy(&policy(&t, "m"), None, "admin")
         .await
         .unwrap();
-    let (read_done, go) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(0)));
-    s.policies
-        .tier()
-        .set_fill_hook(Some(pause_first_fill(read_done.clone(), go.clone())));
-    let mut readers = Vec::new();
-    for _ in 0..20 {
+    let gate = Arc::new(Semaphore::new(0));
+    *store.policy_gate.lock().unwrap() = Some(gate.clone());
+    let readers = 20;
+    let mut tasks = Vec::new();
+    for _ in 0..readers {
         let (s, t) = (s.clone(), t.clone());
-        readers.push(tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             s.policies.get_policy(&t).await.unwrap().unwrap().version
         }));
     }
-    read_done.notified().await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    go.add_permits(1);
-    for r in readers {
-        r.await.unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mgets: usize = stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_mget:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        if mgets >= readers {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "only {mgets} readers looked in L2"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gate.add_permits(readers);
+    for task in tasks {
+        task.await.unwrap();
     }
     assert_eq!(
         store.policy_reads.load(Ordering::SeqCst),
         1,
-        "20 concurrent misses, one store read"
+        "{readers} concurrent misses, one store read"
     );
 }
 
