@@ -486,3 +486,125 @@ mod sqlite_specific {
         assert_eq!(all, (1..=200).collect::<Vec<u64>>());
     }
 }
+
+/// Migrations on databases as they are met in production (issue "Tests that cannot pass by
+/// accident"): an older schema that holds data, two instances starting at once, a pooler.
+mod migrations {
+    use std::sync::Arc;
+
+    use copilot_domain::TenantId;
+    use copilot_domain::config::ConfigLevel;
+    use copilot_store::conformance::test_service;
+    use copilot_store::{
+        ConfigStore, ConversationStore, PolicyStore, PostgresOptions, PostgresStore,
+    };
+    use sqlx::{Connection, PgConnection};
+
+    /// A new, empty database (not from the migrated template).
+    async fn empty_database() -> String {
+        let admin = test_service("COPILOT_TEST_POSTGRES_URL");
+        let name = format!("copilot_empty_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = PgConnection::connect(&admin).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        format!("{base}/{name}")
+    }
+
+    /// A database at the first migration that holds rows of its tables, then upgraded by the
+    /// service: every row is still there and readable, and writes work.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn upgrading_a_database_that_holds_data_keeps_it() {
+        let url = empty_database().await;
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        let store = PostgresStore::connect_lazy(PostgresOptions::new(url.clone())).unwrap();
+        let applied = store.migrate().await.unwrap();
+        assert!(
+            applied.len() >= 2,
+            "an empty database gets every migration: {applied:?}"
+        );
+        // Now the real case: an N-1 database with data. Roll the newest migration's effects
+        // back (drop its objects and its bookkeeping row), put rows in, upgrade again.
+        sqlx::raw_sql(
+            "DROP TABLE IF EXISTS copilot.changes; DELETE FROM copilot._sqlx_migrations WHERE version = 2",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let tenant = TenantId::parse("upgraded").unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO copilot.tenant_llm_policies (tenant_id, document, version, updated_at, updated_by)
+             VALUES ('upgraded', '{\"tenantId\":\"upgraded\",\"defaultModel\":\"kept\",\"defaultProvider\":\"openai\",\"allowRemoteEgress\":true,\"tasks\":[]}', nextval('copilot.version_seq'), now(), 'old');
+             INSERT INTO copilot.conversation_configs (tenant_id, user_id, patch, version, updated_at, updated_by)
+             VALUES ('upgraded', NULL, '{\"mergeMaxMessages\": 9}', nextval('copilot.version_seq'), now(), 'old');",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let store =
+            Arc::new(PostgresStore::connect_lazy(PostgresOptions::new(url.clone())).unwrap());
+        let applied = store.migrate().await.unwrap();
+        assert_eq!(applied.len(), 1, "only the missing migration: {applied:?}");
+        let policy = store.get_policy(&tenant).await.unwrap().expect("kept");
+        assert_eq!(policy.policy.default_model, "kept");
+        let level = store
+            .get_patch(&ConfigLevel::Tenant(tenant.clone()))
+            .await
+            .unwrap()
+            .expect("kept");
+        assert_eq!(level.patch.merge_max_messages, Some(9));
+        let created = store
+            .create_conversation(&copilot_store::conformance::new_conversation(
+                &tenant,
+                Some("u1"),
+                copilot_domain::conversation::ShareAudience::Private,
+                copilot_domain::conversation::TenantAccess::View,
+            ))
+            .await
+            .unwrap();
+        assert!(
+            created.version > level.version && level.version > policy.version,
+            "versions continue above the old rows'"
+        );
+    }
+
+    /// Two instances start at once against an unmigrated database: one migrates, the other
+    /// waits; neither fails.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_instances_starting_at_once_both_succeed() {
+        let url = empty_database().await;
+        let (a, b) = tokio::join!(
+            PostgresStore::open(PostgresOptions::new(url.clone())),
+            PostgresStore::open(PostgresOptions::new(url.clone())),
+        );
+        a.expect("first instance");
+        b.expect("second instance");
+    }
+
+    /// Through a transaction-mode pooler, a database with pending migrations is refused with a
+    /// message that says to use the direct URL; an up-to-date one opens.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn migrate_through_a_transaction_pooler_refuses_and_says_why() {
+        let url = empty_database().await;
+        let bouncer = test_service("COPILOT_TEST_PGBOUNCER_URL");
+        let (_, database) = url.rsplit_once('/').unwrap();
+        let through = |url: String| {
+            let mut options = PostgresOptions::new(url);
+            options.transaction_pooler = true;
+            options
+        };
+        let err = PostgresStore::open(through(format!("{bouncer}/{database}")))
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("direct URL"), "{err}");
+        PostgresStore::open(PostgresOptions::new(url.clone()))
+            .await
+            .expect("direct");
+        PostgresStore::open(through(format!("{bouncer}/{database}")))
+            .await
+            .expect("up to date: opens through the pooler");
+    }
+}

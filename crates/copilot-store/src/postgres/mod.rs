@@ -109,10 +109,29 @@ impl PostgresStore {
         Ok(store)
     }
 
-    /// Applies pending migrations; the bookkeeping table lives in schema `copilot` too.
-    /// Applies pending migrations; returns those it applied (`<version> <description>`).
+    /// Applies pending migrations; returns those it applied (`<version> <description>`). The
+    /// bookkeeping table lives in schema `copilot` too. Migrating needs a session (a lock and
+    /// `search_path` held across statements): through a transaction-mode pooler it only checks
+    /// that nothing is pending, and otherwise refuses, saying to use the direct URL.
     pub async fn migrate(&self) -> StoreResult<Vec<String>> {
         let mut conn = self.pool.acquire().await?;
+        if self.transaction_pooler {
+            let applied = applied_versions(&mut conn).await;
+            let pending: Vec<String> = MIGRATOR
+                .iter()
+                .filter(|m| !applied.contains(&m.version))
+                .map(|m| format!("{} {}", m.version, m.description))
+                .collect();
+            return if pending.is_empty() {
+                Ok(Vec::new())
+            } else {
+                Err(StoreError::Unavailable(format!(
+                    "{} migration(s) pending ({}), and migrations cannot run through a transaction-mode pooler (COPILOT_PG_TRANSACTION_POOLER=true): run `copilot-state migrate --database-url <direct URL>` against the database itself",
+                    pending.len(),
+                    pending.join(", ")
+                )))
+            };
+        }
         sqlx::raw_sql("CREATE SCHEMA IF NOT EXISTS copilot; SET search_path TO copilot, public")
             .execute(&mut *conn)
             .await?;
