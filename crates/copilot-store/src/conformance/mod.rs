@@ -65,6 +65,8 @@ macro_rules! conformance_suite {
             membership_put_get_list_delete_and_suspend,
             change_log_records_committed_writes,
             concurrent_first_writers_store_the_highest_version,
+            racing_if_match_writers_exactly_one_wins,
+            appends_racing_archive_and_delete_are_all_or_nothing,
         );
     };
     (@each $make:expr; $($name:ident),+ $(,)?) => {

@@ -120,3 +120,122 @@ pub async fn concurrent_first_writers_store_the_highest_version(s: &StoreSet) {
         "membership value"
     );
 }
+
+/// Racing conditional writers: of many writers that all send the same expected version, exactly
+/// one wins and the others get `VersionConflict`.
+pub async fn racing_if_match_writers_exactly_one_wins(s: &StoreSet) {
+    use crate::StoreError;
+    let tenant = fresh_tenant();
+    let make = |model: String| {
+        TenantLlmPolicy::from_json(
+            &json!({"defaultModel": model, "defaultProvider": "openai"}),
+            &tenant,
+        )
+        .expect("policy")
+    };
+    let current = s
+        .policies
+        .put_policy(&make("start".into()), None, "w")
+        .await
+        .unwrap()
+        .version;
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let (policies, policy) = (s.policies.clone(), make(format!("m{i}")));
+            tokio::spawn(async move { policies.put_policy(&policy, Some(current), "w").await })
+        })
+        .collect();
+    let mut won = 0;
+    for task in tasks {
+        match task.await.expect("writer") {
+            Ok(_) => won += 1,
+            Err(StoreError::VersionConflict { .. }) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(won, 1, "exactly one conditional writer wins");
+}
+
+/// Appends racing an archive and a delete: each append either landed before (and is counted,
+/// with gapless seq) or was refused (`ConversationArchived`, `NotFound`); nothing lands after.
+pub async fn appends_racing_archive_and_delete_are_all_or_nothing(s: &StoreSet) {
+    use copilot_domain::conversation::{ConversationUpdate, MessageQuery, MessageRole, NewMessage};
+
+    use crate::StoreError;
+    let tenant = fresh_tenant();
+    for ending in ["archive", "delete"] {
+        let conversation = super::create(s, &tenant, Some("owner")).await;
+        let id = conversation.id;
+        let appends: Vec<_> = (0..30)
+            .map(|i| {
+                let (store, tenant) = (s.conversations.clone(), tenant.clone());
+                tokio::spawn(async move {
+                    let message = NewMessage {
+                        role: MessageRole::User,
+                        content: format!("m{i}"),
+                        metadata: serde_json::Map::new(),
+                        author_id: Some(user("owner")),
+                    };
+                    store.append_message(&tenant, &id, &message).await
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        match ending {
+            "archive" => {
+                let update = ConversationUpdate {
+                    archived: Some(true),
+                    ..ConversationUpdate::default()
+                };
+                s.conversations
+                    .update_conversation(&tenant, &id, &update, None)
+                    .await
+                    .unwrap();
+            }
+            _ => {
+                s.conversations
+                    .delete_conversation(&tenant, &id, None)
+                    .await
+                    .unwrap();
+            }
+        }
+        let mut landed = Vec::new();
+        for task in appends {
+            match task.await.expect("append") {
+                Ok(write) => landed.push(write.message.seq),
+                Err(StoreError::ConversationArchived | StoreError::NotFound) => {}
+                Err(e) => panic!("{ending}: unexpected {e}"),
+            }
+        }
+        landed.sort_unstable();
+        assert_eq!(
+            landed,
+            (1..=landed.len() as u64).collect::<Vec<_>>(),
+            "{ending}: gapless seq for what landed"
+        );
+        if ending == "archive" {
+            let after = s
+                .conversations
+                .get_conversation(&tenant, &id)
+                .await
+                .unwrap()
+                .expect("archived, not gone");
+            assert_eq!(after.message_count, landed.len() as u64, "archive: counted");
+            let page = s
+                .conversations
+                .list_messages(&tenant, &id, &MessageQuery::latest(500))
+                .await
+                .unwrap();
+            assert_eq!(page.items.len(), landed.len(), "archive: nothing after");
+        } else {
+            assert!(
+                s.conversations
+                    .get_conversation(&tenant, &id)
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "delete: gone with its messages"
+            );
+        }
+    }
+}
