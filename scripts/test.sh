@@ -124,27 +124,36 @@ log "README tour, as printed, against the fresh server"
 sed -n '/<!-- tour:begin/,/<!-- tour:end -->/p' README.md | sed '/^```/d; /^<!--/d' >"$FUZZ_DIR/tour.sh"
 API="http://127.0.0.1:$FUZZ_PORT" TOKEN="$TOKEN" ALICE="$ALICE" bash -euo pipefail "$FUZZ_DIR/tour.sh" >"$FUZZ_DIR/tour.out"
 echo "tour: every command answered 2xx"
-log "API fuzz (schemathesis) from /openapi.json"
-set +e
-# Run from the temporary directory: schemathesis keeps a cache where it runs.
-(cd "$FUZZ_DIR" && python3 -c 'import sys; from schemathesis.cli import schemathesis; sys.argv[0] = "schemathesis"; sys.exit(schemathesis())' \
-  run "http://127.0.0.1:$FUZZ_PORT/openapi.json" \
-  --header "Authorization: Bearer $TOKEN" \
-  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
-  --exclude-name 'GET /v1/tenants/{t}/conversations/{id}/events' \
-  --exclude-name 'GET /v1/tenants/{t}/conversations/events' --request-timeout 10 \
-  --phases examples,coverage,fuzzing --max-examples 30 --seed 1 --no-color \
-  >"$FUZZ_DIR/schemathesis.log" 2>&1)
-FUZZ_STATUS=$?
-set -e
+# The fuzz runs as a service, a tenant admin and a plain member: every status, body and header
+# each of them can get must be the documented one.
+MEMBER=$(cd "$FUZZ_DIR" && "$BIN" token --tenant demo --user bob)
+fuzz_as() {
+  local who=$1 token=$2
+  log "API fuzz (schemathesis) from /openapi.json as $who"
+  set +e
+  # Run from the temporary directory: schemathesis keeps a cache where it runs.
+  (cd "$FUZZ_DIR" && python3 -c 'import sys; from schemathesis.cli import schemathesis; sys.argv[0] = "schemathesis"; sys.exit(schemathesis())' \
+    run "http://127.0.0.1:$FUZZ_PORT/openapi.json" \
+    --header "Authorization: Bearer $token" \
+    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
+    --exclude-name 'GET /v1/tenants/{t}/conversations/{id}/events' \
+    --exclude-name 'GET /v1/tenants/{t}/conversations/events' --request-timeout 10 \
+    --phases examples,coverage,fuzzing --max-examples 30 --seed 1 --no-color \
+    >"$FUZZ_DIR/schemathesis-$who.log" 2>&1)
+  local status=$?
+  set -e
+  sed -n '/= SUMMARY =/,$p' "$FUZZ_DIR/schemathesis-$who.log"
+  if [ "$status" -ne 0 ]; then
+    cat "$FUZZ_DIR/schemathesis-$who.log"
+    echo "schemathesis found problems as $who (exit $status)" >&2
+    exit "$status"
+  fi
+}
+fuzz_as service "$TOKEN"
+fuzz_as admin "$ALICE"
+fuzz_as member "$MEMBER"
 kill "$SERVE_PID" 2>/dev/null || true
 wait "$SERVE_PID" 2>/dev/null || true
-sed -n '/= SUMMARY =/,$p' "$FUZZ_DIR/schemathesis.log"
-if [ "$FUZZ_STATUS" -ne 0 ]; then
-  cat "$FUZZ_DIR/schemathesis.log"
-  echo "schemathesis found problems (exit $FUZZ_STATUS)" >&2
-  exit "$FUZZ_STATUS"
-fi
 
 # --- every Rust test (last, so its summary closes the run) ------------------------------------
 log "HTTP tests over PostgreSQL: ${RUNNER[*]} -p copilot-server --test api"
