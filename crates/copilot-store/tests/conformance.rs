@@ -279,29 +279,64 @@ mod postgres_specific {
     /// The list query is served by the index that matches its keyset order: no sort node.
     #[tokio::test]
     async fn the_list_query_uses_the_keyset_index() {
-        let Some((_store, url)) = store().await else {
+        use copilot_domain::conversation::{ConversationQuery, ConversationStatus, ListViewer};
+        use copilot_domain::cursor::ListCursor;
+        let Some((store, url)) = store().await else {
             return;
         };
+        // Enough rows (three tenants, a mix of owners, sharing and activity) that the planner
+        // picks the index on its own: no `enable_seqscan = off`.
         let mut conn = PgConnection::connect(&url).await.unwrap();
-        sqlx::query("SET enable_seqscan = off")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let plan: Vec<String> = sqlx::query_scalar(
-            "EXPLAIN SELECT id FROM copilot.conversations WHERE tenant_id = 'a'
-             AND (user_id IS NULL OR user_id = 'u' OR share_audience <> 'private') AND archived_at IS NULL
-             AND (coalesce(last_message_at, created_at), id) < (now(), '00000000-0000-0000-0000-000000000000'::uuid)
-             ORDER BY coalesce(last_message_at, created_at) DESC, id DESC LIMIT 21",
+        sqlx::raw_sql(
+            "INSERT INTO copilot.conversations
+                 (id, tenant_id, user_id, share_audience, tenant_access, jurisdictions, created_at, updated_at,
+                  last_message_at, message_count, version)
+             SELECT gen_random_uuid(), 't' || (i % 3), 'u' || (i % 50),
+                    CASE WHEN i % 3 = 0 THEN 'tenant' ELSE 'private' END, 'view', '{}',
+                    now() - i * interval '1 second', now(),
+                    CASE WHEN i % 2 = 0 THEN now() - i * interval '1 second' END, 0, i
+             FROM generate_series(1, 30000) AS i;
+             ANALYZE copilot.conversations;",
         )
-        .fetch_all(&mut conn)
+        .execute(&mut conn)
         .await
         .unwrap();
-        let plan = plan.join("\n");
-        assert!(plan.contains("conversations_list"), "{plan}");
-        assert!(
-            !plan.contains("Sort"),
-            "the index must give the order: {plan}"
-        );
+        let tenant = TenantId::parse("t1").unwrap();
+        let some = store
+            .list_conversations(
+                &ConversationQuery::new(
+                    tenant.clone(),
+                    ListViewer::Everyone,
+                    ConversationStatus::Active,
+                    Some(20),
+                    None,
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        let after = ListCursor::after(&some.items[19], ConversationStatus::Active);
+        for viewer in [
+            ListViewer::Everyone,
+            ListViewer::User(UserId::parse("u7").unwrap()),
+        ] {
+            for cursor in [None, Some(after)] {
+                let query = ConversationQuery::new(
+                    tenant.clone(),
+                    viewer.clone(),
+                    ConversationStatus::Active,
+                    Some(20),
+                    cursor,
+                )
+                .unwrap();
+                let plan = store.explain_list(&query).await.unwrap().join("\n");
+                assert!(plan.contains("conversations_list"), "{viewer:?}: {plan}");
+                assert!(
+                    !plan.contains("Sort"),
+                    "the index must give the order ({viewer:?}): {plan}"
+                );
+            }
+        }
     }
 
     /// The seq is assigned under the conversation's row lock and unique in the table too.

@@ -122,6 +122,57 @@ impl PostgresStore {
     }
 }
 
+/// The list query (`prefix` is empty, or `EXPLAIN ` for plan checks): the access rule and the
+/// keyset condition inside, ordered as the `conversations_list` index.
+fn list_query<'a>(prefix: &str, query: &'a ConversationQuery) -> QueryBuilder<'a, Postgres> {
+    let mut sql = QueryBuilder::<Postgres>::new(format!(
+        "{prefix}SELECT {} FROM copilot.conversations WHERE tenant_id = ",
+        conversation_columns!()
+    ));
+    sql.push_bind(query.tenant_id.as_str());
+    // The access rule is part of the query, so every page is full (never filter after LIMIT).
+    if let ListViewer::User(me) = &query.viewer {
+        sql.push(" AND (user_id IS NULL OR user_id = ")
+            .push_bind(me.as_str())
+            .push(" OR share_audience <> 'private')");
+    }
+    match query.status {
+        ConversationStatus::Active => {
+            sql.push(" AND archived_at IS NULL");
+        }
+        ConversationStatus::Archived => {
+            sql.push(" AND archived_at IS NOT NULL");
+        }
+        ConversationStatus::All => {}
+    }
+    if let Some(cursor) = &query.after {
+        sql.push(" AND (coalesce(last_message_at, created_at), id) < (")
+            .push_bind(from_micros(cursor.last_activity_micros))
+            .push(", ")
+            .push_bind(*cursor.id.as_uuid())
+            .push(")");
+    }
+    sql.push(" ORDER BY coalesce(last_message_at, created_at) DESC, id DESC LIMIT ")
+        .push_bind(i64::from(query.limit) + 1);
+    sql
+}
+
+impl PostgresStore {
+    /// The plan PostgreSQL chooses for `list_conversations(query)` (`EXPLAIN` of the very SQL
+    /// it runs), for tests and diagnostics.
+    pub async fn explain_list(&self, query: &ConversationQuery) -> StoreResult<Vec<String>> {
+        let mut sql = list_query("EXPLAIN ", query);
+        let mut conn = self.read().await?;
+        let plan: Vec<String> = sql
+            .build_query_scalar()
+            .persistent(false)
+            .fetch_all(&mut *conn)
+            .await?;
+        conn.finish().await?;
+        Ok(plan)
+    }
+}
+
 #[async_trait]
 impl ConversationStore for PostgresStore {
     async fn create_conversation(&self, new: &NewConversation) -> StoreResult<Conversation> {
@@ -179,36 +230,7 @@ impl ConversationStore for PostgresStore {
     }
 
     async fn list_conversations(&self, query: &ConversationQuery) -> StoreResult<ConversationPage> {
-        let mut sql = QueryBuilder::<Postgres>::new(concat!(
-            "SELECT ",
-            conversation_columns!(),
-            " FROM copilot.conversations WHERE tenant_id = "
-        ));
-        sql.push_bind(query.tenant_id.as_str());
-        // The access rule is part of the query, so every page is full (never filter after LIMIT).
-        if let ListViewer::User(me) = &query.viewer {
-            sql.push(" AND (user_id IS NULL OR user_id = ")
-                .push_bind(me.as_str())
-                .push(" OR share_audience <> 'private')");
-        }
-        match query.status {
-            ConversationStatus::Active => {
-                sql.push(" AND archived_at IS NULL");
-            }
-            ConversationStatus::Archived => {
-                sql.push(" AND archived_at IS NOT NULL");
-            }
-            ConversationStatus::All => {}
-        }
-        if let Some(cursor) = &query.after {
-            sql.push(" AND (coalesce(last_message_at, created_at), id) < (")
-                .push_bind(from_micros(cursor.last_activity_micros))
-                .push(", ")
-                .push_bind(*cursor.id.as_uuid())
-                .push(")");
-        }
-        sql.push(" ORDER BY coalesce(last_message_at, created_at) DESC, id DESC LIMIT ")
-            .push_bind(i64::from(query.limit) + 1);
+        let mut sql = list_query("", query);
         let mut conn = self.read().await?;
         let rows = sql
             .build()
