@@ -189,9 +189,10 @@ async fn regression_10_redis_killed_and_paused_under_load_nothing_fails_and_noth
         }
         converged(&reader, &t, model, stage).await;
         if stage == "kill" || stage == "pause" {
-            assert_eq!(
+            // Open, or half-open while a background probe is out: not closed.
+            assert_ne!(
                 l2.breaker_state(),
-                BreakerState::Open,
+                BreakerState::Closed,
                 "the breaker opens during {stage}"
             );
         }

