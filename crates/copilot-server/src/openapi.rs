@@ -13,7 +13,8 @@ use copilot_domain::config::{
     MergeCompressionStrategy, PathCompressionStrategy, StoredPatchView,
 };
 use copilot_domain::conversation::{
-    Conversation, ConversationPage, Message, MessagePage, MessageRole, ShareAudience, TenantAccess,
+    Conversation, ConversationPage, ConversationStatus, Message, MessagePage, MessageRole,
+    ShareAudience, TenantAccess,
 };
 use copilot_domain::egress::EgressMode;
 use copilot_domain::membership::{Membership, MembershipStatus};
@@ -240,7 +241,7 @@ pub struct CacheStateDoc {
         Problem, FieldError, EgressMode, EgressModeInput, StoredPolicy, LlmTaskPolicy, UserEgressPolicy, Route,
         RouteSource, EgressDecision, ConfigPatch, ConfigPatchInput, ConfigValues, ConfigSources, ConfigSource, LevelVersions,
         EffectiveConfig, StoredPatchView, MergeCompressionStrategy, PathCompressionStrategy, Conversation,
-        ConversationPage, Message, MessagePage, MessageRole, ShareAudience, TenantAccess, Membership,
+        ConversationPage, ConversationStatus, Message, MessagePage, MessageRole, ShareAudience, TenantAccess, Membership,
         MembershipStatus, TenantRole, CacheSwitchInput, CacheReportDoc, CacheStateDoc,
         routes::events::EventPostInput, routes::events::EventAccepted,
     )),

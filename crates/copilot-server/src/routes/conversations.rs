@@ -96,7 +96,7 @@ pub struct ListParams {
 }
 
 /// Conversations the caller may read, newest activity first, keyset-paginated.
-#[utoipa::path(get, path = "/v1/tenants/{t}/conversations", tag = "conversations",
+#[utoipa::path(operation_id = "listConversations", get, path = "/v1/tenants/{t}/conversations", tag = "conversations",
     params(TenantPath,
            ("status" = Option<ConversationStatus>, Query, description = "active (default), archived or all"),
            ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "1-100, default 20"),
@@ -194,7 +194,7 @@ pub async fn update(
 }
 
 /// Deletes a conversation and its messages.
-#[utoipa::path(delete, path = "/v1/tenants/{t}/conversations/{id}", tag = "conversations",
+#[utoipa::path(operation_id = "deleteConversation", delete, path = "/v1/tenants/{t}/conversations/{id}", tag = "conversations",
     params(ConversationPath,
            ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     responses((status = 204, description = "Deleted")))]

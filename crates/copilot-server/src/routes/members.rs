@@ -19,7 +19,7 @@ pub struct MemberList {
 }
 
 /// Every membership of the tenant, ordered by user id (tenant admins and services).
-#[utoipa::path(get, path = "/v1/tenants/{t}/members", tag = "members",
+#[utoipa::path(operation_id = "listMembers", get, path = "/v1/tenants/{t}/members", tag = "members",
     params(TenantPath),
     responses((status = 200, description = "Memberships", body = MemberList)))]
 pub async fn list(
@@ -66,7 +66,7 @@ pub async fn put(
 }
 
 /// Removes a membership (tenant admins and services).
-#[utoipa::path(delete, path = "/v1/tenants/{t}/members/{u}", tag = "members",
+#[utoipa::path(operation_id = "deleteMember", delete, path = "/v1/tenants/{t}/members/{u}", tag = "members",
     params(TenantUserPath),
     responses((status = 204, description = "Deleted")))]
 pub async fn delete(
