@@ -30,6 +30,9 @@ use crate::{Change, ChangeLog, ChangeSubject, StoreError, StoreResult};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// The advisory lock key that serializes migrations of one database across instances.
+const MIGRATION_LOCK: i64 = 0x636f_7069_6c6f_7401;
+
 #[derive(Clone)]
 pub struct PostgresOptions {
     /// `postgres://user:password@host:port/database` (`DATABASE_URL`).
@@ -132,18 +135,35 @@ impl PostgresStore {
                 )))
             };
         }
-        sqlx::raw_sql("CREATE SCHEMA IF NOT EXISTS copilot; SET search_path TO copilot, public")
+        // Instances starting at once queue here: `CREATE SCHEMA IF NOT EXISTS` itself is not
+        // safe against a concurrent twin (a duplicate-key error), and sqlx's own lock comes
+        // after it. Session-level, so it is released below whatever happened.
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(MIGRATION_LOCK)
             .execute(&mut *conn)
             .await?;
-        let before = applied_versions(&mut conn).await;
-        let result = MIGRATOR.run(&mut *conn).await;
-        let after = applied_versions(&mut conn).await;
+        let outcome = async {
+            sqlx::raw_sql(
+                "CREATE SCHEMA IF NOT EXISTS copilot; SET search_path TO copilot, public",
+            )
+            .execute(&mut *conn)
+            .await?;
+            let before = applied_versions(&mut conn).await;
+            let result = MIGRATOR.run(&mut *conn).await;
+            let after = applied_versions(&mut conn).await;
+            result.map_err(|e| StoreError::Internal(format!("migration failed: {e}")))?;
+            Ok::<_, StoreError>(crate::migrations_applied(&MIGRATOR, &before, &after))
+        }
+        .await;
         // The connection goes back to the pool: leave its session as it found it.
         sqlx::raw_sql("RESET search_path")
             .execute(&mut *conn)
             .await?;
-        result.map_err(|e| StoreError::Internal(format!("migration failed: {e}")))?;
-        Ok(crate::migrations_applied(&MIGRATOR, &before, &after))
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *conn)
+            .await?;
+        outcome
     }
 
     pub fn pool(&self) -> &PgPool {
