@@ -108,11 +108,7 @@ impl HitsMisses for copilot_cache::factory::CacheReport {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_redis_is_noticed_within_about_a_second() {
     let binary = redis_url("COPILOT_TEST_REDIS_SERVER");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::free_port();
     let redis = crate::faults::OwnRedis::start(&binary, port);
     let (_a, control, _b, _cb) = two_instances(&format!("redis://127.0.0.1:{port}")).await;
     assert_eq!(control.redis_status(), "ok");

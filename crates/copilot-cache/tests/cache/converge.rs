@@ -17,11 +17,7 @@ use crate::{fresh_prefix, policy, redis_url, tenant};
 async fn two_instances_hammering_one_key_converge_to_the_postgres_row() {
     let binary = redis_url("COPILOT_TEST_REDIS_SERVER");
     let database = copilot_store::conformance::fresh_postgres_database().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::free_port();
     let redis = OwnRedis::start(&binary, port);
     let store = Arc::new(
         PostgresStore::open(PostgresOptions {

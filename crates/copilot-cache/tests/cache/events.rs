@@ -132,11 +132,7 @@ async fn replay_across_a_redis_restart_is_exact_with_persistence_and_resync_with
     let binary = redis_url("COPILOT_TEST_REDIS_SERVER");
     for persistent in [true, false] {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::free_port();
         let mut redis = OwnRedis::start_in(&binary, port, persistent.then(|| dir.path()));
         let prefix = fresh_prefix();
         let ((a, a_l2), b) = (
@@ -172,11 +168,7 @@ async fn replay_across_a_redis_restart_is_exact_with_persistence_and_resync_with
 async fn a_live_subscriber_survives_a_redis_restart() {
     let binary = redis_url("COPILOT_TEST_REDIS_SERVER");
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::free_port();
     let mut redis = OwnRedis::start_in(&binary, port, Some(dir.path()));
     let prefix = fresh_prefix();
     let ((a, a_l2), b) = (
@@ -282,14 +274,7 @@ async fn a_rate_limit_shared_by_two_instances_is_one_limit() {
 /// Here Redis is a port nobody listens on: each instance allows its share (half the burst).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_11_with_redis_down_requests_are_still_limited() {
-    let dead = format!(
-        "redis://127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    );
+    let dead = crate::dead_redis_url();
     let limiter = limiter(Some(&dead), &fresh_prefix(), 60, 20);
     let key = RateKey::Principal {
         tenant: "acme".into(),

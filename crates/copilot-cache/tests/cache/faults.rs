@@ -122,11 +122,7 @@ async fn converged(reader: &crate::Stack, t: &copilot_domain::TenantId, model: u
 async fn regression_10_redis_killed_and_paused_under_load_nothing_fails_and_nothing_stale_returns()
 {
     let binary = redis_url("COPILOT_TEST_REDIS_SERVER");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::free_port();
     // With an append-only file the restarted Redis comes back holding the rows it had before
     // it was killed: stale ones, unless the protocol repairs them.
     let dir = tempfile::tempdir().unwrap();

@@ -30,6 +30,19 @@ pub fn redis_url(var: &str) -> String {
     copilot_store::conformance::test_service(var)
 }
 
+/// A loopback port nobody listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A Redis URL where nothing answers: every call fails at once.
+pub fn dead_redis_url() -> String {
+    format!("redis://127.0.0.1:{}", free_port())
+}
+
 /// A key prefix no other test uses, so tests can share one Redis.
 pub fn fresh_prefix() -> String {
     format!("test{}", uuid_like())

@@ -273,11 +273,7 @@ async fn regression_13_slow_reader_never_refills_an_old_config_level() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn single_flight_shares_one_store_read() {
     let binary = redis_url("COPILOT_TEST_REDIS_SERVER");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::free_port();
     let redis = crate::faults::OwnRedis::start(&binary, port);
     let store = counting().await;
     let s = Arc::new(stack(store.clone(), Some(&redis.url()), &fresh_prefix()));

@@ -57,14 +57,7 @@ async fn the_switch_off_is_fleet_wide_on_restores_each_configuration_and_env_off
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switch_redis_did_not_take_is_reported_and_changes_nothing() {
-    let dead = format!(
-        "redis://127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    );
+    let dead = crate::dead_redis_url();
     let control = control(&dead, &fresh_prefix(), true).await;
     assert!(!control.set_enabled(false).await, "reported as not taken");
     assert!(control.enabled(), "and nothing changed here");

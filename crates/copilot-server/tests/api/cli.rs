@@ -63,22 +63,12 @@ fn token_from(lines: &[String], var: &str) -> String {
         .expect("token in banner")
 }
 
-fn stop(mut child: Child) -> std::process::ExitStatus {
+fn stop(child: Child) -> std::process::ExitStatus {
     // SIGTERM by PID, then wait: shutdown drains and exits 0.
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            return child.wait().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    stop_waiting(child)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
