@@ -16,12 +16,22 @@ use crate::redis_l2::RedisL2;
 
 /// Appends to the topic's bounded stream with the id of the entry before it, refreshes the
 /// stream's lifetime and publishes `id|prev|event` on the channel of the same name; one atomic
-/// step, so stream order is publish order.
+/// step, so stream order is publish order. `ARGV[4]` is the publish's own token: a retry
+/// (`ARGV[5]` = 1) whose first attempt did run (it only timed out on the way back) finds its
+/// token among the newest entries and returns that id instead of appending the event twice.
 const PUBLISH: &str = r"
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local recent = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[5] == '1' and 16 or 1)
+if ARGV[5] == '1' then
+  for _, entry in ipairs(recent) do
+    local fields = entry[2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 'u' and fields[i + 1] == ARGV[4] then return entry[1] end
+    end
+  end
+end
 local prev = '0-0'
-if last[1] then prev = last[1][1] end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', prev, 'e', ARGV[2])
+if recent[1] then prev = recent[1][1] end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', prev, 'u', ARGV[4], 'e', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PUBLISH', KEYS[1], id .. '|' .. prev .. '|' .. ARGV[2])
 return id
@@ -94,15 +104,20 @@ impl RedisHub {
     ) -> Option<EventId> {
         let encoded = serde_json::to_string(body).ok()?;
         let key = Self::key(settings, name);
-        let args = [
+        let mut args = [
             settings.replay_len.to_string(),
             encoded,
             settings.stream_ttl.as_millis().to_string(),
+            crate::bus::rand_suffix().to_string(),
+            "0".to_owned(),
         ];
         // Once more on failure: the first command on a connection Redis dropped (a restart)
         // fails while the connection is re-established; a lost event costs every subscriber a
-        // resync. With the breaker open both attempts return at once.
-        for _ in 0..2 {
+        // resync. The retry carries the same token, so a first attempt that ran but answered
+        // after the deadline is not appended twice. With the breaker open both attempts
+        // return at once.
+        for attempt in 0..2 {
+            args[4] = attempt.to_string();
             let id: Option<String> = self
                 .l2
                 .script("event_publish", &self.publish, &[&key], &args)

@@ -162,6 +162,63 @@ async fn replay_across_a_redis_restart_is_exact_with_persistence_and_resync_with
     }
 }
 
+/// A publish whose first attempt ran in Redis but answered after the deadline is retried: the
+/// retry must not append the event a second time (CI saw a replay of "two, two, three, four").
+/// Redis is paused (SIGSTOP) past the first attempt's deadline, so the retry is queued behind
+/// it, then continued: both run, and the stream still holds the event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_retried_after_a_late_answer_is_stored_once() {
+    let binary = redis_url("COPILOT_TEST_REDIS_SERVER");
+    let redis = OwnRedis::start(&binary, crate::free_port());
+    let prefix = fresh_prefix();
+    let timeout = Duration::from_millis(300);
+    let l2 = Arc::new(
+        RedisL2::new(&RedisSettings {
+            timeout,
+            // The retry must go out, not be refused by an open breaker.
+            breaker_failures: 10,
+            ..RedisSettings::new(redis.url())
+        })
+        .expect("redis url"),
+    );
+    let settings = HubSettings {
+        prefix: prefix.clone(),
+        ..Default::default()
+    };
+    let a =
+        EventHub::with_redis(settings, l2.clone(), &redis.url(), Box::new(|| true)).expect("hub");
+    wait_answers(&l2).await;
+    let first = publish(&a, "first").await;
+
+    redis.signal("-STOP");
+    let publishing = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.publish(&topic(), EventBody::new("test", "once".to_owned()))
+                .await
+        })
+    };
+    // The first attempt times out; the retry is written behind it on the same connection.
+    tokio::time::sleep(timeout + timeout / 2).await;
+    redis.signal("-CONT");
+    let _ = publishing.await;
+    wait_answers(&l2).await;
+    let last = publish(&a, "last").await;
+
+    let b = hub(&redis.url(), &prefix);
+    wait_connected(&b).await;
+    let mut replay = b.subscribe(&topic(), None, Some(Ok(first))).await;
+    let mut seen = Vec::new();
+    loop {
+        let (id, data) = next(&mut replay).await;
+        seen.push(data);
+        if id == last {
+            break;
+        }
+    }
+    assert_eq!(seen, ["once", "last"]);
+}
+
 /// A subscriber that stays connected while Redis restarts (with persistence) gets every event
 /// published after Redis is back, in order: the hub resubscribes by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
