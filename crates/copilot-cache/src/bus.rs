@@ -2,8 +2,7 @@
 //! Redis channel and every instance drops older L1 entries for that key. A dedicated subscriber
 //! connection carries it; a heartbeat published every 250 ms must come back within a second, so
 //! a Redis that accepts connections but never answers (SIGSTOP) is noticed within about a second.
-//! While the bus is not healthy, L1 is flushed and bypassed (the rule of Redis client-side
-//! caching): reads go to L2 or the store.
+//! Its health is one of the two paths [`crate::trust::L1Trust`] weighs.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,18 +12,11 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use crate::redis_l2::RedisL2;
+pub use crate::trust::L1Sink;
+use crate::trust::{L1Trust, Path};
 
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
 const HEALTHY_WITHIN: Duration = Duration::from_secs(1);
-
-/// What the bus does to one cache's L1.
-pub trait L1Sink: Send + Sync {
-    fn cache_name(&self) -> &'static str;
-    /// A write elsewhere (or here) produced `version` for `key`.
-    fn invalidate_l1(&self, key: &str, version: u64);
-    /// The bus lost (or regained) its footing: nothing in L1 can be trusted.
-    fn flush_l1(&self);
-}
 
 pub struct Bus {
     l2: Arc<RedisL2>,
@@ -32,13 +24,18 @@ pub struct Bus {
     channel: String,
     instance: String,
     healthy: AtomicBool,
-    epoch: std::sync::atomic::AtomicU64,
     last_heard: Mutex<Option<Instant>>,
-    sinks: Mutex<Vec<Arc<dyn L1Sink>>>,
+    trust: Arc<L1Trust>,
 }
 
 impl Bus {
-    pub fn new(l2: Arc<RedisL2>, url: &str, prefix: &str) -> Result<Arc<Self>, redis::RedisError> {
+    /// A bus whose health and messages go to `trust`.
+    pub fn new(
+        l2: Arc<RedisL2>,
+        url: &str,
+        prefix: &str,
+        trust: Arc<L1Trust>,
+    ) -> Result<Arc<Self>, redis::RedisError> {
         let instance = format!("{}-{}", std::process::id(), rand_suffix());
         Ok(Arc::new(Self {
             l2,
@@ -46,20 +43,17 @@ impl Bus {
             channel: format!("{prefix}:v1:invalidations"),
             instance,
             healthy: AtomicBool::new(false),
-            epoch: std::sync::atomic::AtomicU64::new(0),
             last_heard: Mutex::new(None),
-            sinks: Mutex::new(Vec::new()),
+            trust,
         }))
     }
 
-    pub fn register(&self, sink: Arc<dyn L1Sink>) {
-        self.sinks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(sink);
+    /// The trust this bus reports to.
+    pub fn trust(&self) -> &Arc<L1Trust> {
+        &self.trust
     }
 
-    /// Whether L1 may be trusted now.
+    /// Whether the bus delivers invalidations now.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
@@ -75,12 +69,6 @@ impl Bus {
         sent
     }
 
-    /// Changes at every health transition: a fill that began in another epoch may carry a
-    /// value whose invalidation this process never heard, and is kept out of L1.
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
-    }
-
     /// Tests only: a health transition without a Redis to lose.
     #[cfg(test)]
     pub(crate) fn force_health(&self, healthy: bool) {
@@ -89,17 +77,8 @@ impl Bus {
 
     fn set_healthy(&self, healthy: bool) {
         if self.healthy.swap(healthy, Ordering::Relaxed) != healthy {
-            self.epoch.fetch_add(1, Ordering::AcqRel);
-            // Either way, whatever L1 holds was kept under other conditions: drop it.
-            for sink in self.sinks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-                sink.flush_l1();
-            }
             metrics::gauge!("copilot_cache_bus_healthy").set(if healthy { 1.0 } else { 0.0 });
-            if healthy {
-                tracing::info!("invalidation bus healthy: L1 in use");
-            } else {
-                tracing::warn!("invalidation bus unhealthy: L1 flushed and bypassed");
-            }
+            self.trust.set_path(Path::Redis, healthy);
         }
     }
 
@@ -123,11 +102,7 @@ impl Bus {
                     return;
                 };
                 metrics::counter!("copilot_cache_bus_messages_total", "direction" => "received", "ok" => "true").increment(1);
-                for sink in self.sinks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-                    if sink.cache_name() == cache {
-                        sink.invalidate_l1(key, version);
-                    }
-                }
+                self.trust.deliver(cache, key, version);
             }
             (Some("h"), Some(instance), _, _)
                 if instance == self.instance && !self.is_healthy() =>

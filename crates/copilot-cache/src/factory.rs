@@ -14,6 +14,7 @@ use crate::events::{EventHub, HubSettings};
 use crate::ratelimit::{RateLimitSettings, RateLimiterService};
 use crate::redis_l2::{RedisL2, RedisSettings};
 use crate::tier::{CacheTier, TierSettings};
+use crate::trust::{L1Trust, Path};
 use crate::{CachedConfigStore, CachedConversationStore, CachedMembershipStore, CachedPolicyStore};
 
 /// The flags of DESIGN.md 5.4, as configured at start.
@@ -70,6 +71,10 @@ pub struct CacheSettings {
     pub events: HubSettings,
     /// `None`: rate limiting turned off (`COPILOT_RATE_LIMIT=off`).
     pub rate_limit: Option<RateLimitSettings>,
+    /// Other processes write the same store (PostgreSQL): L1 is trusted only while an
+    /// invalidation path (the Redis bus, the store's change feed) is healthy. `false` for a
+    /// store only this process writes (SQLite, memory): L1 is always right.
+    pub shared_store: bool,
 }
 
 impl Default for CacheSettings {
@@ -91,6 +96,7 @@ impl Default for CacheSettings {
             store_deadline: Duration::from_millis(5_500),
             events: HubSettings::default(),
             rate_limit: Some(RateLimitSettings::default()),
+            shared_store: true,
         }
     }
 }
@@ -124,10 +130,18 @@ impl CacheSettings {
             ),
             ("auth", flags.auth, "ENABLE_AUTH_VALIDATION_CACHE"),
         ] {
-            let tiers = match (flags.global && flag, self.redis.is_some()) {
-                (false, _) => "off".to_owned(),
-                (true, true) => "L1 (while the invalidation bus is healthy) + Redis L2".to_owned(),
-                (true, false) => "in-process L1 only".to_owned(),
+            let tiers = match (
+                flags.global && flag,
+                self.redis.is_some(),
+                self.shared_store,
+            ) {
+                (false, _, _) => "off",
+                (true, true, true) => {
+                    "L1 (while the Redis bus or PostgreSQL notifications deliver invalidations) + Redis L2"
+                }
+                (true, true, false) => "L1 + Redis L2",
+                (true, false, true) => "L1 (while PostgreSQL notifications deliver invalidations)",
+                (true, false, false) => "in-process L1 only",
             };
             lines.push(format!("{name} cache: {tiers} ({var}={flag})"));
         }
@@ -193,6 +207,7 @@ pub struct CacheControl {
     switch: Arc<AtomicBool>,
     l2: Option<Arc<RedisL2>>,
     bus: Option<Arc<Bus>>,
+    trust: Arc<L1Trust>,
     settings: CacheSettings,
     stats: Vec<(&'static str, Stats)>,
     events: EventHub,
@@ -212,20 +227,24 @@ end
 return 0
 ";
 
-/// One tier on the shared Redis, switch and bus.
-fn make_tier<T>(
-    settings: TierSettings,
-    l2: &Option<Arc<RedisL2>>,
-    switch: &Arc<AtomicBool>,
-    bus: &Option<Arc<Bus>>,
-) -> CacheTier<T>
-where
-    T: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
-{
-    let tier = CacheTier::new(settings, l2.clone()).with_switch(switch.clone());
-    match bus {
-        Some(bus) => tier.with_bus(bus.clone()),
-        None => tier,
+/// What every tier of the process shares: Redis, the switch, the bus and the L1 trust.
+struct Shared {
+    l2: Option<Arc<RedisL2>>,
+    switch: Arc<AtomicBool>,
+    bus: Option<Arc<Bus>>,
+    trust: Arc<L1Trust>,
+}
+
+impl Shared {
+    fn tier<T>(&self, settings: TierSettings) -> CacheTier<T>
+    where
+        T: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+    {
+        let tier = CacheTier::new(settings, self.l2.clone()).with_switch(self.switch.clone());
+        match &self.bus {
+            Some(bus) => tier.with_bus(bus.clone()),
+            None => tier.with_trust(self.trust.clone()),
+        }
     }
 }
 
@@ -248,13 +267,38 @@ impl CacheControl {
             None => None,
         };
         let switch = Arc::new(AtomicBool::new(settings.flags.global));
+        let trust = if settings.shared_store {
+            L1Trust::shared()
+        } else {
+            L1Trust::single_process()
+        };
         let bus = match (&l2, &settings.redis) {
             (Some(l2), Some(redis)) => {
-                let bus = Bus::new(l2.clone(), &redis.url, &settings.prefix)?;
+                let bus = Bus::new(l2.clone(), &redis.url, &settings.prefix, trust.clone())?;
                 bus.spawn();
                 Some(bus)
             }
             _ => None,
+        };
+        if settings.shared_store
+            && let Some(feed) = &stores.feed
+        {
+            crate::feed::spawn_listener(
+                feed.clone(),
+                Arc::downgrade(&trust),
+                settings.prefix.clone(),
+            );
+        }
+        if settings.shared_store && bus.is_none() && stores.feed.is_none() {
+            tracing::warn!(
+                "the store is shared but no invalidation path exists (no Redis, no change feed): L1 is bypassed"
+            );
+        }
+        let shared = Shared {
+            l2: l2.clone(),
+            switch: switch.clone(),
+            bus: bus.clone(),
+            trust: trust.clone(),
         };
         let tier_settings = |name: &'static str, ttl: Duration| {
             let mut s = TierSettings::new(name, ttl);
@@ -270,36 +314,21 @@ impl CacheControl {
         let mut stats: Vec<(&'static str, Stats)> = Vec::new();
         let flags = &settings.flags;
         if flags.policy {
-            let tier = make_tier(
-                tier_settings("policy", settings.policy_ttl),
-                &l2,
-                &switch,
-                &bus,
-            );
+            let tier = shared.tier(tier_settings("policy", settings.policy_ttl));
             let cached = Arc::new(CachedPolicyStore::new(stores.policies.clone(), tier));
             let c = cached.clone();
             stats.push(("policy", Arc::new(move || c.tier().stats())));
             out.policies = cached;
         }
         if flags.config {
-            let tier = make_tier(
-                tier_settings("config", settings.config_ttl),
-                &l2,
-                &switch,
-                &bus,
-            );
+            let tier = shared.tier(tier_settings("config", settings.config_ttl));
             let cached = Arc::new(CachedConfigStore::new(stores.configs.clone(), tier));
             let c = cached.clone();
             stats.push(("config", Arc::new(move || c.tier().stats())));
             out.configs = cached;
         }
         if flags.conversation {
-            let tier = make_tier(
-                tier_settings("conversation", settings.conversation_ttl),
-                &l2,
-                &switch,
-                &bus,
-            );
+            let tier = shared.tier(tier_settings("conversation", settings.conversation_ttl));
             let cached = Arc::new(CachedConversationStore::new(
                 stores.conversations.clone(),
                 tier,
@@ -311,7 +340,7 @@ impl CacheControl {
         if flags.auth {
             let mut s = tier_settings("auth", settings.auth_ttl);
             s.negative_ttl = s.negative_ttl.min(Duration::from_secs(30));
-            let tier = make_tier(s, &l2, &switch, &bus);
+            let tier = shared.tier(s);
             let cached = Arc::new(CachedMembershipStore::new(stores.members.clone(), tier));
             let c = cached.clone();
             stats.push(("auth", Arc::new(move || c.tier().stats())));
@@ -331,6 +360,7 @@ impl CacheControl {
             switch,
             l2,
             bus,
+            trust,
             settings,
             stats,
             events,
@@ -518,6 +548,17 @@ impl CacheControl {
 
     pub fn bus_healthy(&self) -> bool {
         self.bus.as_ref().is_some_and(|b| b.is_healthy())
+    }
+
+    /// Whether L1 answers now (a store only this process writes, or a healthy invalidation
+    /// path), and which paths are healthy.
+    pub fn l1_trust(&self) -> (bool, Vec<&'static str>) {
+        let paths = [(Path::Redis, "redis"), (Path::Postgres, "postgres")]
+            .into_iter()
+            .filter(|(p, _)| self.trust.path_healthy(*p))
+            .map(|(_, name)| name)
+            .collect();
+        (self.trust.is_trusted(), paths)
     }
 
     pub fn state(&self) -> CacheState {

@@ -24,12 +24,14 @@ pub mod conversation;
 pub mod entry;
 pub mod events;
 pub mod factory;
+pub mod feed;
 pub mod keys;
 pub mod membership;
 pub mod policy;
 pub mod ratelimit;
 pub mod redis_l2;
 pub mod tier;
+pub mod trust;
 
 pub use breaker::{BreakerState, CircuitBreaker};
 pub use config::CachedConfigStore;

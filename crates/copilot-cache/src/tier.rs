@@ -1,9 +1,9 @@
 //! One cached kind of row: L1 (in process) + L2 (Redis) + single flight, with the versioned
 //! fill/tombstone protocol of DESIGN.md 5.2. A decorator says only what its keys and rows are.
 //!
-//! L1 is trusted only where it cannot miss another instance's write: without Redis (one
-//! instance: every invalidation is local), or while the invalidation bus is healthy. Otherwise
-//! reads go to L2, then the store.
+//! L1 is trusted only where it cannot miss another instance's write ([`L1Trust`]: a store only
+//! this process writes, or while an invalidation path is healthy). Otherwise reads go to L2,
+//! then the store.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,9 +18,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use crate::bus::{Bus, L1Sink};
+use crate::bus::Bus;
 use crate::entry::Entry;
 use crate::redis_l2::RedisL2;
+use crate::trust::{L1Sink, L1Trust};
 
 /// The longest a write waits for its cache work (tombstone, bus message, fill) after the
 /// store committed; the work itself goes on. Callers that put a deadline on a decorated store
@@ -158,8 +159,10 @@ pub struct CacheTier<T> {
     settings: TierSettings,
     l2: Option<Arc<RedisL2>>,
     l1: Arc<L1<T>>,
-    /// Carries invalidations to every instance's L1; L1 is trusted while it is healthy.
+    /// Carries this tier's invalidations to every instance's L1.
     bus: Option<Arc<Bus>>,
+    /// Whether L1 may answer, and the epoch fills are checked against.
+    trust: Arc<L1Trust>,
     /// Single flight: concurrent misses of one key share one store read while it runs. The
     /// leader leaves its result for those who waited and retires the flight; a write removes
     /// the key's flight, so a read that starts after a write never joins a flight that read
@@ -220,6 +223,13 @@ where
     pub fn new(settings: TierSettings, l2: Option<Arc<RedisL2>>) -> Self {
         let capacity = settings.l1_capacity.max(16);
         let name = settings.name;
+        // Without Redis or a feed nothing else invalidates: right for one process only (the
+        // factory says which); with Redis, trusted once a path joins.
+        let trust = if l2.is_none() {
+            L1Trust::single_process()
+        } else {
+            L1Trust::shared()
+        };
         Self {
             l1: Arc::new(L1 {
                 name: settings.name,
@@ -236,6 +246,7 @@ where
             settings,
             l2,
             bus: None,
+            trust,
             flights: Mutex::new(HashMap::new()),
             pending: Arc::new(Mutex::new(HashMap::new())),
             retrying: Arc::new(AtomicBool::new(false)),
@@ -255,11 +266,18 @@ where
         self
     }
 
-    /// Joins the invalidation bus: L1 is used while the bus is healthy, and this tier's
-    /// invalidations reach every instance.
-    pub fn with_bus(mut self, bus: Arc<Bus>) -> Self {
-        bus.register(self.l1.clone());
-        self.bus = Some(bus);
+    /// Joins the invalidation bus: this tier's invalidations reach every instance, and L1 is
+    /// trusted as the bus's [`L1Trust`] says.
+    pub fn with_bus(self, bus: Arc<Bus>) -> Self {
+        let mut tier = self.with_trust(bus.trust().clone());
+        tier.bus = Some(bus);
+        tier
+    }
+
+    /// Follows `trust`: L1 is used while it says so, and its paths' invalidations reach L1.
+    pub fn with_trust(mut self, trust: Arc<L1Trust>) -> Self {
+        trust.register(self.l1.clone());
+        self.trust = trust;
         self
     }
 
@@ -284,14 +302,8 @@ where
         *self.fill_hook.lock().unwrap_or_else(|e| e.into_inner()) = hook;
     }
 
-    /// Without Redis every invalidation is local, so L1 is always right; with Redis, L1 is
-    /// right only while the bus delivers the other instances' invalidations.
     fn l1_trusted(&self) -> bool {
-        match (&self.l2, &self.bus) {
-            (None, _) => true,
-            (Some(_), Some(bus)) => bus.is_healthy(),
-            (Some(_), None) => false,
-        }
+        self.trust.is_trusted()
     }
 
     fn count(&self, tier: &'static str, outcome: &'static str) {
@@ -403,7 +415,7 @@ where
             return found;
         }
         let asked: Vec<String> = wanted.iter().map(|&i| keys[i].to_owned()).collect();
-        let epoch = self.bus_epoch();
+        let epoch = self.trust_epoch();
         let Some(values) = l2.get_many(&asked).await else {
             self.count("l2", "unavailable");
             return found;
@@ -417,7 +429,7 @@ where
                 }
                 Some(Entry::Value { version, value }) => {
                     self.count("l2", "hit");
-                    if self.l1_trusted() && self.bus_epoch() == epoch {
+                    if self.l1_trusted() && self.trust_epoch() == epoch {
                         self.l1_store(
                             keys[i],
                             Entry::Value {
@@ -433,7 +445,7 @@ where
                     // Kept in L1 too (only where L1 knows nothing of the key, as for a negative
                     // fill from the store): otherwise the instance that did not fill a "none"
                     // entry would ask Redis on every read while the others hit L1.
-                    if self.l1_trusted() && self.bus_epoch() == epoch {
+                    if self.l1_trusted() && self.trust_epoch() == epoch {
                         self.l1_store(keys[i], Entry::Absent);
                     }
                     found[i] = Lookup::Hit(None);
@@ -444,9 +456,9 @@ where
         found
     }
 
-    /// The bus epoch (0 without a bus): captured when a read starts, compared when it fills.
-    fn bus_epoch(&self) -> u64 {
-        self.bus.as_ref().map_or(0, |b| b.epoch())
+    /// The trust epoch: captured when a read starts, compared when it fills.
+    fn trust_epoch(&self) -> u64 {
+        self.trust.epoch()
     }
 
     /// Whether L1 holds (trusted or not) a version of `key` newer than `version`.
@@ -485,7 +497,7 @@ where
                 Lookup::Miss => {
                     self.count("store", "read");
                     self.misses.fetch_add(1, Ordering::Relaxed);
-                    let epoch = self.bus_epoch();
+                    let epoch = self.trust_epoch();
                     match load().await {
                         Ok(loaded) => {
                             let hook = self
@@ -527,7 +539,7 @@ where
     /// Puts a row read from the store (or just written) into L1 and L2, never lowering a
     /// key's version.
     pub async fn fill(&self, key: &str, entry: Entry<T>) {
-        self.fill_from(key, entry, self.bus_epoch()).await;
+        self.fill_from(key, entry, self.trust_epoch()).await;
     }
 
     /// A fill of a read that started in bus epoch `epoch`: if the bus lost its footing since,
@@ -537,7 +549,7 @@ where
         if !self.is_on() {
             return;
         }
-        if self.l1_trusted() && self.bus_epoch() == epoch {
+        if self.l1_trusted() && self.trust_epoch() == epoch {
             self.l1_store(key, entry.clone());
         }
         let Some(l2) = &self.l2 else { return };
@@ -734,7 +746,8 @@ mod tests {
     async fn a_fill_from_an_older_bus_epoch_stays_out_of_l1() {
         let l2 =
             Arc::new(RedisL2::new(&RedisSettings::new("redis://127.0.0.1:9")).expect("redis url"));
-        let bus = Bus::new(l2.clone(), "redis://127.0.0.1:9", "test").expect("bus");
+        let bus =
+            Bus::new(l2.clone(), "redis://127.0.0.1:9", "test", L1Trust::shared()).expect("bus");
         bus.force_health(true);
         let tier =
             CacheTier::<String>::new(TierSettings::new("test", Duration::from_secs(60)), Some(l2))

@@ -51,13 +51,44 @@ pub async fn open_and_migrate(settings: &Settings) -> Result<(StoreSet, Vec<Stri
         options.acquire_timeout = settings.postgres.acquire_timeout;
         options.transaction_pooler = settings.postgres.transaction_pooler;
         options.record_changes = settings.cache.redis.is_some();
-        let store = PostgresStore::connect_lazy(options)?;
-        let applied = if settings.migrate {
-            store.migrate().await?
-        } else {
-            Vec::new()
+        // Every write is announced to the other instances' L1 (the invalidation path that
+        // does not need Redis).
+        options.notify_changes = true;
+        let direct_url = settings.postgres.direct_url.as_deref();
+        let store = PostgresStore::connect_lazy(options.clone())?;
+        let applied = match (settings.migrate, direct_url) {
+            (false, _) => Vec::new(),
+            // Behind a pooler, migrations run on the database itself when its URL is given.
+            (true, Some(direct)) if settings.postgres.transaction_pooler => {
+                let migrator = PostgresStore::connect_lazy(PostgresOptions {
+                    url: direct.to_owned(),
+                    max_connections: 1,
+                    transaction_pooler: false,
+                    ..options
+                })?;
+                let applied = migrator.migrate().await;
+                migrator.close().await;
+                applied?
+            }
+            (true, _) => store.migrate().await?,
         };
-        Ok((StoreSet::from_backend(Arc::new(store)), applied))
+        // `LISTEN` needs a session: through a transaction-mode pooler only with the direct URL.
+        let feed = if settings.postgres.transaction_pooler && direct_url.is_none() {
+            tracing::warn!(
+                "COPILOT_PG_TRANSACTION_POOLER without COPILOT_DIRECT_DATABASE_URL: no change feed, so L1 is trusted only while the Redis bus is healthy"
+            );
+            None
+        } else {
+            Some(store.change_feed(direct_url)?)
+        };
+        let stores = StoreSet::from_backend(Arc::new(store));
+        Ok((
+            match feed {
+                Some(feed) => stores.with_feed(Arc::new(feed)),
+                None => stores,
+            },
+            applied,
+        ))
     }
 }
 

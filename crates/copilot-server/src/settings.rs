@@ -99,6 +99,9 @@ pub struct PostgresSettings {
     pub acquire_timeout: Duration,
     /// `COPILOT_PG_TRANSACTION_POOLER`: true behind PgBouncer/Supavisor in transaction mode.
     pub transaction_pooler: bool,
+    /// `COPILOT_DIRECT_DATABASE_URL`: the database itself (not a pooler), for migrations and
+    /// the change feed's `LISTEN`; `None`: `DATABASE_URL`.
+    pub direct_url: Option<String>,
 }
 
 impl Settings {
@@ -208,6 +211,15 @@ impl Settings {
                 10..=600_000,
             )?),
             transaction_pooler: bool_var("COPILOT_PG_TRANSACTION_POOLER", false)?,
+            direct_url: match var("COPILOT_DIRECT_DATABASE_URL") {
+                Some(url) if !is_postgres(&url) => {
+                    return Err(invalid(
+                        "COPILOT_DIRECT_DATABASE_URL",
+                        "must be a postgres:// or postgresql:// URL",
+                    ));
+                }
+                other => other,
+            },
         };
         let flags = CacheFlags {
             global: bool_var("ENABLE_REDIS_CACHING", true)?,
@@ -277,6 +289,8 @@ impl Settings {
             },
             rate_limit: rate_limit_settings(&var, &number_var)?,
             store_deadline: store_timeout + postgres.acquire_timeout,
+            // Only PostgreSQL is written by other processes (each SQLite file has one server).
+            shared_store: is_postgres(&database_url),
             ..CacheSettings::default()
         };
         let trusted_proxies = match var("COPILOT_TRUSTED_PROXIES") {

@@ -24,6 +24,66 @@ pub struct Change {
     pub at: Timestamp,
 }
 
+/// What a change feed delivers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A write committed: `subject` is now at `version`.
+    Changed {
+        subject: ChangeSubject,
+        version: u64,
+    },
+    /// A token sent with [`ChangeFeed::heartbeat`] came back.
+    Heartbeat(String),
+}
+
+/// Changes pushed to every listening process as they commit (PostgreSQL `LISTEN/NOTIFY`, sent
+/// in the writing transaction): an invalidation path that does not depend on Redis.
+#[async_trait]
+pub trait ChangeFeed: Send + Sync {
+    /// Starts listening: every change that commits after this returns is delivered.
+    async fn listen(&self) -> StoreResult<Box<dyn ChangeStream>>;
+
+    /// Sends `token` to every listener, through the same path as the changes (a liveness
+    /// probe: a listener that hears its own token knows the path works end to end).
+    async fn heartbeat(&self, token: &str) -> StoreResult<()>;
+}
+
+/// One listening session.
+#[async_trait]
+pub trait ChangeStream: Send {
+    /// The next notice. An error ends the session: notices may have been lost.
+    async fn next(&mut self) -> StoreResult<Notice>;
+}
+
+impl Notice {
+    /// `c|kind|tenant|subject|version` or `h|token` (ids never contain `|`).
+    pub(crate) fn encode_change_prefix(subject: &ChangeSubject) -> String {
+        let (kind, tenant, subject) = subject.columns();
+        format!(
+            "c|{kind}|{}|{}|",
+            tenant.unwrap_or_default(),
+            subject.unwrap_or_default()
+        )
+    }
+
+    pub(crate) fn decode(payload: &str) -> Option<Self> {
+        if let Some(token) = payload.strip_prefix("h|") {
+            return Some(Self::Heartbeat(token.to_owned()));
+        }
+        let mut parts = payload.strip_prefix("c|")?.split('|');
+        let (kind, tenant, subject, version) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let subject =
+            ChangeSubject::from_columns(kind, some(tenant).as_deref(), some(subject).as_deref())
+                .ok()?;
+        Some(Self::Changed {
+            subject,
+            version: version.parse().ok()?,
+        })
+    }
+}
+
 #[async_trait]
 pub trait ChangeLog: Send + Sync {
     /// Recorded changes older than `before`, oldest first.
@@ -72,5 +132,41 @@ impl ChangeSubject {
             }
             _ => return Err(bad()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_survive_their_encoding() {
+        let t = TenantId::parse("acme").unwrap();
+        let u = UserId::parse("alice@example.com").unwrap();
+        let c = ConversationId::parse("01938c6e-7a9f-7cc2-9a4b-1d2e3f405060").unwrap();
+        for subject in [
+            ChangeSubject::Policy(t.clone()),
+            ChangeSubject::Config(ConfigLevel::Global),
+            ChangeSubject::Config(ConfigLevel::Tenant(t.clone())),
+            ChangeSubject::Config(ConfigLevel::User(t.clone(), u.clone())),
+            ChangeSubject::Conversation(t.clone(), c),
+            ChangeSubject::Membership(t.clone(), u.clone()),
+        ] {
+            let payload = format!("{}42", Notice::encode_change_prefix(&subject));
+            assert_eq!(
+                Notice::decode(&payload),
+                Some(Notice::Changed {
+                    subject,
+                    version: 42
+                })
+            );
+        }
+        assert_eq!(
+            Notice::decode("h|123-9"),
+            Some(Notice::Heartbeat("123-9".into()))
+        );
+        assert_eq!(Notice::decode("c|policy||x|1"), None, "no tenant");
+        assert_eq!(Notice::decode("c|policy|acme||v"), None, "bad version");
+        assert_eq!(Notice::decode("garbage"), None);
     }
 }

@@ -12,10 +12,10 @@ mod traits;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use changes::{Change, ChangeLog, ChangeSubject};
+pub use changes::{Change, ChangeFeed, ChangeLog, ChangeStream, ChangeSubject, Notice};
 pub use error::{StoreError, StoreResult};
 pub use memory::MemoryStore;
-pub use postgres::{PostgresOptions, PostgresStore};
+pub use postgres::{CHANGES_CHANNEL, PostgresChangeFeed, PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use traits::{
     ConfigStore, ConversationStore, MembershipStore, PolicyStore, StoreHealth, StoreSet,

@@ -15,7 +15,7 @@ use copilot_domain::membership::{Membership, MembershipInput};
 use copilot_domain::policy::{StoredPolicy, TenantLlmPolicy};
 use copilot_domain::{ConversationId, MessageId, TenantId, UserId};
 
-use crate::{ChangeLog, StoreResult};
+use crate::{ChangeFeed, ChangeLog, StoreResult};
 
 /// Every write takes a fresh `version` from one monotonic source per database, deletes
 /// included, so versions never repeat, even after a delete and re-create (the cache relies on it).
@@ -199,6 +199,9 @@ pub struct StoreSet {
     pub health: Arc<dyn StoreHealth>,
     /// The change log (cache outbox); empty unless the backend was asked to record changes.
     pub changes: Arc<dyn ChangeLog>,
+    /// Writes pushed as they commit, when other processes write to the same store
+    /// (PostgreSQL); `None` for a store only this process writes.
+    pub feed: Option<Arc<dyn ChangeFeed>>,
 }
 
 impl StoreSet {
@@ -220,6 +223,13 @@ impl StoreSet {
             members: backend.clone(),
             health: backend.clone(),
             changes: backend,
+            feed: None,
         }
+    }
+
+    /// With the feed of changes other processes commit.
+    pub fn with_feed(mut self, feed: Arc<dyn ChangeFeed>) -> Self {
+        self.feed = Some(feed);
+        self
     }
 }

@@ -183,24 +183,32 @@ pub async fn counting() -> Arc<Counting> {
 /// The stores of one cached instance built by the factory: all four decorators (conversation
 /// caching switched on too) over SQLite.
 pub async fn cached_store_set(redis: Option<&str>) -> StoreSet {
-    cached_over(StoreSet::from_backend(sqlite().await), redis)
+    cached_over(StoreSet::from_backend(sqlite().await), redis, true)
 }
 
-/// The same over a fresh PostgreSQL database (recording changes for the drainer, as `serve`
-/// does with Redis configured).
+/// The same over a fresh PostgreSQL database, as `serve` builds it: changes announced to the
+/// change feed, and recorded for the drainer (the suite checks the change log).
 pub async fn cached_postgres_store_set(redis: Option<&str>) -> StoreSet {
     let url = copilot_store::conformance::fresh_postgres_database().await;
+    cached_over(postgres_with_feed(&url, true).await, redis, true)
+}
+
+/// A store over the PostgreSQL database at `url` with its change feed, as `serve` opens it.
+pub async fn postgres_with_feed(url: &str, record_changes: bool) -> StoreSet {
     let store = copilot_store::PostgresStore::open(copilot_store::PostgresOptions {
-        record_changes: redis.is_some(),
+        record_changes,
+        notify_changes: true,
         acquire_timeout: Duration::from_secs(10),
         ..copilot_store::PostgresOptions::new(url)
     })
     .await
     .expect("postgres");
-    cached_over(StoreSet::from_backend(Arc::new(store)), redis)
+    let feed = Arc::new(store.change_feed(None).expect("feed"));
+    StoreSet::from_backend(Arc::new(store)).with_feed(feed)
 }
 
-fn cached_over(base: StoreSet, redis: Option<&str>) -> StoreSet {
+/// `shared`: other processes write the store too (L1 needs an invalidation path).
+fn cached_over(base: StoreSet, redis: Option<&str>, shared: bool) -> StoreSet {
     let prefix = fresh_prefix();
     let settings = CacheSettings {
         redis: redis.map(RedisSettings::new),
@@ -209,6 +217,7 @@ fn cached_over(base: StoreSet, redis: Option<&str>) -> StoreSet {
             ..Default::default()
         },
         prefix,
+        shared_store: shared,
         ..Default::default()
     };
     CacheControl::build(base, settings).expect("cache").0
@@ -255,9 +264,22 @@ mod redis_paused {
     copilot_store::conformance_suite!(optional make);
 }
 
+/// One process on its SQLite file: L1 only, always trusted.
 mod l1_only {
     async fn make() -> copilot_store::StoreSet {
-        super::cached_store_set(None).await
+        super::cached_over(
+            copilot_store::StoreSet::from_backend(super::sqlite().await),
+            None,
+            false,
+        )
+    }
+    copilot_store::conformance_suite!(make);
+}
+
+/// A PostgreSQL-only fleet member: L1 trusted through the change feed alone.
+mod postgres_no_redis {
+    async fn make() -> copilot_store::StoreSet {
+        super::cached_postgres_store_set(None).await
     }
     copilot_store::conformance_suite!(make);
 }

@@ -16,11 +16,11 @@ use crate::SECRET;
 const BIN: &str = env!("CARGO_BIN_EXE_copilot-state");
 
 /// A test service's address by its variable; a test without it fails, naming it.
-fn service(var: &str) -> String {
+pub(crate) fn service(var: &str) -> String {
     copilot_store::conformance::test_service(var)
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -33,7 +33,7 @@ fn token(user: &str) -> String {
     issue_token(SECRET, Some(&acme), user, TokenRole::Member, 3600).unwrap()
 }
 
-fn service_token() -> String {
+pub(crate) fn service_token() -> String {
     issue_token(SECRET, None, "backend", TokenRole::Service, 3600).unwrap()
 }
 
@@ -41,15 +41,26 @@ fn service_token() -> String {
 pub struct Instance {
     child: Child,
     pub base: String,
+    /// What `/readyz` says of Redis once this instance is ready.
+    redis_when_ready: &'static str,
 }
 
 impl Instance {
-    fn start(database: &str, redis: &str, prefix: &str, extra: &[(&str, &str)]) -> Self {
+    /// `redis`: `None` for a PostgreSQL-only fleet.
+    pub(crate) fn start(
+        database: &str,
+        redis: Option<&str>,
+        prefix: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
         let port = free_port();
         let mut command = Command::new(BIN);
+        match redis {
+            Some(url) => command.env("REDIS_URL", url),
+            None => command.env_remove("REDIS_URL"),
+        };
         command
             .env("DATABASE_URL", database)
-            .env("REDIS_URL", redis)
             .env("COPILOT_JWT_SECRET", SECRET)
             .env("COPILOT_CACHE_PREFIX", prefix)
             .env("COPILOT_RATE_LIMIT", "100000/s")
@@ -73,23 +84,28 @@ impl Instance {
         Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            redis_when_ready: if redis.is_some() { "ok" } else { "disabled" },
         }
     }
 
-    /// Waits until it answers with Redis `ok` (bus and breaker healthy).
+    /// Waits until it answers with Redis `ok` (bus and breaker healthy), or `disabled` without
+    /// Redis.
     pub async fn ready(&self) {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = client.get(format!("{}/readyz", self.base)).send().await
-                && r.json::<Value>().await.is_ok_and(|v| v["redis"] == "ok")
+                && r.json::<Value>()
+                    .await
+                    .is_ok_and(|v| v["redis"] == self.redis_when_ready)
             {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "{} never became ready with Redis ok",
-                self.base
+                "{} never became ready with Redis {}",
+                self.base,
+                self.redis_when_ready
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -121,8 +137,15 @@ pub struct OwnRedis {
 }
 
 impl OwnRedis {
-    fn start(binary: &str) -> Self {
+    pub(crate) fn start(binary: &str) -> Self {
         Self::start_on(binary, free_port(), tempfile::tempdir().unwrap())
+    }
+
+    /// Sends `signal` (`-STOP`, `-CONT`) to the server.
+    pub(crate) fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status();
     }
 
     fn start_on(binary: &str, port: u16, dir: tempfile::TempDir) -> Self {
@@ -148,7 +171,7 @@ impl OwnRedis {
         Self { child, port, dir }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
@@ -173,13 +196,18 @@ impl OwnRedis {
 
 impl Drop for OwnRedis {
     fn drop(&mut self) {
+        self.signal("-CONT");
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
 /// `n` instances over a fresh database and `redis`.
-async fn fleet(n: usize, redis: &str, extra: &[(&str, &str)]) -> Option<Vec<Instance>> {
+pub(crate) async fn fleet(
+    n: usize,
+    redis: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Option<Vec<Instance>> {
     let database = copilot_store::conformance::fresh_postgres_database().await;
     let prefix = format!("fleet{}", uuid::Uuid::now_v7().simple());
     let mut instances = Vec::new();
@@ -343,7 +371,12 @@ async fn publishes_again(base: &str, conversation: &str) {
 async fn events_cross_instances_and_a_reconnect_replays_exactly_even_across_a_redis_restart() {
     let binary = service("COPILOT_TEST_REDIS_SERVER");
     let redis = OwnRedis::start(&binary);
-    let Some(instances) = fleet(2, &redis.url(), &[("COPILOT_REQUIRE_MEMBERSHIP", "false")]).await
+    let Some(instances) = fleet(
+        2,
+        Some(&redis.url()),
+        &[("COPILOT_REQUIRE_MEMBERSHIP", "false")],
+    )
+    .await
     else {
         return;
     };
@@ -403,7 +436,8 @@ async fn events_cross_instances_and_a_reconnect_replays_exactly_even_across_a_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_02_list_stream_never_sends_private_conversations_to_colleagues() {
     let redis = service("COPILOT_TEST_REDIS_URL");
-    let Some(instances) = fleet(2, &redis, &[("COPILOT_REQUIRE_MEMBERSHIP", "true")]).await else {
+    let Some(instances) = fleet(2, Some(&redis), &[("COPILOT_REQUIRE_MEMBERSHIP", "true")]).await
+    else {
         return;
     };
     let (a, b) = (&instances[0], &instances[1]);
@@ -518,7 +552,7 @@ async fn a_stalled_subscriber_does_not_delay_appends_or_other_subscribers() {
     let redis = service("COPILOT_TEST_REDIS_URL");
     let Some(instances) = fleet(
         2,
-        &redis,
+        Some(&redis),
         &[
             ("COPILOT_REQUIRE_MEMBERSHIP", "false"),
             ("COPILOT_EVENT_BUFFER", "16"),
@@ -618,7 +652,7 @@ async fn regression_11_two_instances_share_one_rate_limit_and_redis_down_still_l
         ("COPILOT_RATE_LIMIT_BURST", "10"),
         ("COPILOT_RATE_LIMIT_INSTANCES", "2"),
     ];
-    let Some(instances) = fleet(2, &redis.url(), &limits).await else {
+    let Some(instances) = fleet(2, Some(&redis.url()), &limits).await else {
         return;
     };
     let client = reqwest::Client::new();

@@ -7,6 +7,7 @@ mod config;
 mod conversations;
 mod events;
 mod fleet;
+mod freshness;
 mod limits;
 mod members;
 mod operations;
@@ -133,6 +134,7 @@ impl TestServer {
                 TestStore::Postgres(Arc::new(
                     PostgresStore::open(PostgresOptions {
                         acquire_timeout: std::time::Duration::from_secs(10),
+                        notify_changes: true,
                         ..PostgresOptions::new(url)
                     })
                     .await
@@ -208,8 +210,18 @@ impl TestServer {
         limits: ServerLimits,
     ) -> Self {
         let metrics = copilot_server::telemetry::prometheus();
+        // As `serve` decides: one process owns a SQLite file.
+        let cache = CacheSettings {
+            shared_store: cache.shared_store && matches!(store, TestStore::Postgres(_)),
+            ..cache
+        };
         let (stores, cache) = CacheControl::build(store.set(), cache).expect("cache");
         cache.follow_switch(std::time::Duration::from_millis(100));
+        // Over PostgreSQL, L1 answers once the change feed is heard (tests count its hits).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !cache.l1_trust().0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         let state = AppState {
             cache,
             stores,
@@ -355,11 +367,12 @@ pub enum TestStore {
 }
 
 impl TestStore {
-    /// The store itself, behind no cache.
+    /// The store itself, behind no cache (with its change feed, as `serve` opens it).
     pub fn set(&self) -> StoreSet {
         match self {
             Self::Sqlite(s) => StoreSet::from_backend(s.clone()),
-            Self::Postgres(p) => StoreSet::from_backend(p.clone()),
+            Self::Postgres(p) => StoreSet::from_backend(p.clone())
+                .with_feed(Arc::new(p.change_feed(None).expect("change feed"))),
         }
     }
 

@@ -107,9 +107,12 @@ async fn the_membership_lookup_has_the_store_deadline() {
 
     let url = copilot_store::conformance::fresh_postgres_database().await;
     let store = Arc::new(
-        PostgresStore::open(PostgresOptions::new(&url))
-            .await
-            .expect("postgres"),
+        PostgresStore::open(PostgresOptions {
+            notify_changes: true,
+            ..PostgresOptions::new(&url)
+        })
+        .await
+        .expect("postgres"),
     );
     let server = TestServer::start_over(
         crate::TestStore::Postgres(store),

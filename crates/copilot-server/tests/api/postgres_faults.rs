@@ -139,9 +139,12 @@ async fn postgres_stopping_mid_stream_loses_no_acknowledged_write() {
     let cluster = Arc::new(Cluster::create(PathBuf::from(bin)));
     cluster.start();
     let store = Arc::new(
-        PostgresStore::open(PostgresOptions::new(cluster.url()))
-            .await
-            .expect("open"),
+        PostgresStore::open(PostgresOptions {
+            notify_changes: true,
+            ..PostgresOptions::new(cluster.url())
+        })
+        .await
+        .expect("open"),
     );
     let deadline = Duration::from_secs(2);
     let server = TestServer::start_over(

@@ -11,8 +11,11 @@
 
 mod config;
 mod conversation;
+mod feed;
 mod membership;
 mod policy;
+
+pub use feed::{CHANGES_CHANNEL, PostgresChangeFeed};
 
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
@@ -46,6 +49,9 @@ pub struct PostgresOptions {
     pub clock: Arc<dyn Clock>,
     /// Record every write in the change log (for a cache that drains it).
     pub record_changes: bool,
+    /// Announce every write on [`CHANGES_CHANNEL`] (`NOTIFY` in the writing transaction, so
+    /// only committed writes are heard) for the [`PostgresChangeFeed`] of other instances.
+    pub notify_changes: bool,
 }
 
 impl PostgresOptions {
@@ -57,6 +63,7 @@ impl PostgresOptions {
             transaction_pooler: false,
             clock: Arc::new(SystemClock),
             record_changes: false,
+            notify_changes: false,
         }
     }
 
@@ -67,10 +74,12 @@ impl PostgresOptions {
 }
 
 pub struct PostgresStore {
+    url: String,
     pool: PgPool,
     clock: Arc<dyn Clock>,
     transaction_pooler: bool,
     record_changes: bool,
+    notify_changes: bool,
 }
 
 /// Versions recorded as applied (none when the table does not exist yet).
@@ -98,10 +107,12 @@ impl PostgresStore {
             .idle_timeout(Some(Duration::from_secs(300)))
             .connect_lazy_with(connect);
         Ok(Self {
+            url: options.url.clone(),
             pool,
             clock: options.clock,
             transaction_pooler: options.transaction_pooler,
             record_changes: options.record_changes,
+            notify_changes: options.notify_changes,
         })
     }
 
@@ -166,6 +177,22 @@ impl PostgresStore {
         outcome
     }
 
+    /// The feed of this database's committed writes (they are announced only when
+    /// [`PostgresOptions::notify_changes`] is set). `direct_url`: where to `LISTEN` when the
+    /// store's URL is a transaction-mode pooler.
+    pub fn change_feed(&self, direct_url: Option<&str>) -> StoreResult<PostgresChangeFeed> {
+        PostgresChangeFeed::new(
+            &self.url,
+            direct_url,
+            self.pool.clone(),
+            self.persistent(),
+            self.pool
+                .options()
+                .get_acquire_timeout()
+                .max(Duration::from_secs(1)),
+        )
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
@@ -181,7 +208,21 @@ impl PostgresStore {
     /// A fresh version for a write to `subject`, recorded in the change log when asked to, in
     /// the caller's transaction.
     async fn stamp(&self, conn: &mut PgConnection, subject: ChangeSubject) -> StoreResult<u64> {
-        let version = next_version(conn, self.persistent()).await?;
+        let version = if self.notify_changes {
+            // One round trip: the version and the announcement carrying it.
+            let value: i64 = sqlx::query_scalar(
+                "SELECT s.v FROM (SELECT nextval('copilot.version_seq') AS v) s \
+                 CROSS JOIN LATERAL (SELECT pg_notify($1, $2 || s.v::text)) n",
+            )
+            .persistent(self.persistent())
+            .bind(CHANGES_CHANNEL)
+            .bind(crate::changes::Notice::encode_change_prefix(&subject))
+            .fetch_one(&mut *conn)
+            .await?;
+            to_u64(value, "version")?
+        } else {
+            next_version(conn, self.persistent()).await?
+        };
         if self.record_changes {
             let (kind, tenant, subject) = subject.columns();
             sqlx::query(
