@@ -1,6 +1,8 @@
 //! A circuit breaker: after `failure_threshold` consecutive failures it opens and every call is
 //! refused at once (callers treat that as a cache miss / no-op); after `open_for` one probe is
-//! let through (half-open); its success closes the breaker, its failure opens it again.
+//! let through (half-open); its success closes the breaker, its failure opens it again. With a
+//! background prober ([`CircuitBreaker::probe_in_background`]) the probe is never a request's
+//! call: requests are refused until the prober has closed the breaker.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +46,8 @@ pub struct CircuitBreaker {
     open: AtomicBool,
     failure_threshold: u32,
     open_for: Duration,
+    /// A background task probes: an open breaker never lets a request's call through.
+    background: AtomicBool,
 }
 
 impl CircuitBreaker {
@@ -53,7 +57,41 @@ impl CircuitBreaker {
             open: AtomicBool::new(false),
             failure_threshold: failure_threshold.max(1),
             open_for,
+            background: AtomicBool::new(false),
         }
+    }
+
+    /// From now on the half-open probe is taken only through [`CircuitBreaker::probe`].
+    pub fn probe_in_background(&self) {
+        self.background.store(true, Ordering::Relaxed);
+    }
+
+    /// How long it stays open before a probe.
+    pub fn open_for(&self) -> Duration {
+        self.open_for
+    }
+
+    /// For the background prober: the permit of the half-open probe, once the open time is up.
+    pub fn probe(&self) -> Option<Permit<'_>> {
+        let mut inner = self.lock();
+        match *inner {
+            Inner::Open { until } if Instant::now() >= until => {
+                self.half_open(&mut inner);
+                Some(Permit {
+                    breaker: self,
+                    settled: false,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn half_open(&self, inner: &mut Inner) {
+        *inner = Inner::HalfOpen;
+        self.open.store(false, Ordering::Relaxed);
+        metrics::counter!("copilot_cache_breaker_transitions_total", "to" => "half-open")
+            .increment(1);
+        Self::publish_state(BreakerState::HalfOpen);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -66,12 +104,10 @@ impl CircuitBreaker {
         match *inner {
             Inner::Closed { .. } => true,
             Inner::HalfOpen => false,
-            Inner::Open { until } if Instant::now() >= until => {
-                *inner = Inner::HalfOpen;
-                self.open.store(false, Ordering::Relaxed);
-                metrics::counter!("copilot_cache_breaker_transitions_total", "to" => "half-open")
-                    .increment(1);
-                Self::publish_state(BreakerState::HalfOpen);
+            Inner::Open { until }
+                if Instant::now() >= until && !self.background.load(Ordering::Relaxed) =>
+            {
+                self.half_open(&mut inner);
                 true
             }
             Inner::Open { .. } => false,

@@ -1,6 +1,7 @@
 //! Redis as the shared L2: every call has a deadline, the circuit breaker answers "miss / no-op"
 //! at once while Redis is failing, and fills and tombstones are version-guarded Lua scripts.
 
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -56,7 +57,7 @@ impl RedisSettings {
 
 pub struct RedisL2 {
     connection: ConnectionManager,
-    breaker: CircuitBreaker,
+    breaker: Arc<CircuitBreaker>,
     timeout: Duration,
     fill: Script,
     tombstone: Script,
@@ -71,9 +72,22 @@ impl RedisL2 {
             .set_response_timeout(Some(settings.timeout))
             .set_number_of_retries(1);
         let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        let breaker = Arc::new(CircuitBreaker::new(
+            settings.breaker_failures,
+            settings.breaker_open_for,
+        ));
+        // Inside a runtime (always, in the service) the breaker is probed by a task of its own.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            breaker.probe_in_background();
+            spawn_prober(
+                Arc::downgrade(&breaker),
+                connection.clone(),
+                settings.timeout,
+            );
+        }
         Ok(Self {
             connection,
-            breaker: CircuitBreaker::new(settings.breaker_failures, settings.breaker_open_for),
+            breaker,
             timeout: settings.timeout,
             fill: Script::new(FILL),
             tombstone: Script::new(TOMBSTONE),
@@ -249,6 +263,39 @@ impl RedisL2 {
         .is_some()
     }
 }
+
+/// Probes an open breaker with `PING` once its open time is up, so that no request ever waits
+/// on a Redis that may not answer; ends with the breaker.
+fn spawn_prober(breaker: Weak<CircuitBreaker>, connection: ConnectionManager, timeout: Duration) {
+    tokio::spawn(async move {
+        loop {
+            let every = match breaker.upgrade() {
+                Some(b) => (b.open_for() / 4).clamp(Duration::from_millis(20), PROBE_EVERY),
+                None => return,
+            };
+            tokio::time::sleep(every).await;
+            let Some(breaker) = breaker.upgrade() else {
+                return;
+            };
+            let Some(permit) = breaker.probe() else {
+                continue;
+            };
+            let mut conn = connection.clone();
+            let answered =
+                tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(&mut conn))
+                    .await;
+            metrics::counter!("copilot_redis_calls_total", "op" => "probe", "outcome" => if matches!(answered, Ok(Ok(_))) { "ok" } else { "error" })
+                .increment(1);
+            match answered {
+                Ok(Ok(_)) => permit.success(),
+                _ => permit.failure(),
+            }
+        }
+    });
+}
+
+/// The longest between two looks at an open breaker.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
 
 impl RedisL2 {
     /// The deadline of every call.

@@ -224,3 +224,51 @@ async fn regression_10_redis_killed_and_paused_under_load_nothing_fails_and_noth
         "after recovery reads are served by Redis again ({extra} store reads)"
     );
 }
+
+/// Issue "Speed": the breaker probes Redis from a background task, never on a request. With
+/// Redis paused, once the breaker is open no call waits for Redis (a request that carried the
+/// probe would wait the whole deadline); when Redis answers again the breaker closes with no
+/// request made at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_is_probed_in_the_background_never_on_a_request() {
+    let binary = redis_url("COPILOT_TEST_REDIS_SERVER");
+    let redis = OwnRedis::start(&binary, crate::free_port());
+    let deadline = Duration::from_millis(200);
+    let l2 = copilot_cache::RedisL2::new(&copilot_cache::RedisSettings {
+        timeout: deadline,
+        breaker_failures: 2,
+        breaker_open_for: Duration::from_millis(300),
+        ..copilot_cache::RedisSettings::new(redis.url())
+    })
+    .expect("redis url");
+    assert!(l2.ping().await, "Redis answers at first");
+
+    redis.signal("-STOP");
+    while l2.breaker_state() != BreakerState::Open {
+        l2.ping().await;
+    }
+    // Several open periods: each would hand its probe to a request if requests probed.
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut slowest = Duration::ZERO;
+    while tokio::time::Instant::now() < until {
+        let started = tokio::time::Instant::now();
+        assert!(!l2.ping().await, "paused Redis cannot answer");
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        slowest < deadline / 2,
+        "a request waited {slowest:?} on the paused Redis: it carried the probe"
+    );
+
+    redis.signal("-CONT");
+    let closed_by = tokio::time::Instant::now() + Duration::from_secs(5);
+    while l2.breaker_state() != BreakerState::Closed {
+        assert!(
+            tokio::time::Instant::now() < closed_by,
+            "the background probe never closed the breaker"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(l2.ping().await);
+}
