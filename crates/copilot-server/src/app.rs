@@ -128,7 +128,14 @@ async fn edge(State(state): State<Arc<Limiting>>, req: Request, next: Next) -> R
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = method_label(req.method());
-    let response = rate_limit(&state, req, next).await;
+    let if_none_match = if method == "GET" {
+        req.headers()
+            .get(axum::http::header::IF_NONE_MATCH)
+            .cloned()
+    } else {
+        None
+    };
+    let response = crate::conditional::answer(if_none_match, rate_limit(&state, req, next).await);
     let elapsed = started.elapsed();
     // One line per request, inside the request span (which carries the request id); the route
     // is the template (no ids, no query, no token).

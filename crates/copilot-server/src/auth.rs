@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 use crate::settings::JwtSettings;
 use crate::state::AppState;
+use crate::verified_tokens::VerifiedTokens;
 
 pub const SERVICE_ROLE: &str = "service_role";
 pub const AUTHENTICATED_ROLE: &str = "authenticated";
@@ -43,6 +44,7 @@ struct AsymmetricKey {
 
 /// Verifies bearer tokens and turns their claims into a [`Principal`].
 pub struct Authenticator {
+    verified: VerifiedTokens,
     hs256: Option<DecodingKey>,
     asymmetric: Vec<AsymmetricKey>,
     audience: Option<String>,
@@ -51,6 +53,8 @@ pub struct Authenticator {
 
 #[derive(Debug, Deserialize)]
 struct Claims {
+    /// Required (`Validation` checks it); kept to know how long a verified token may be reused.
+    exp: u64,
     sub: Option<String>,
     role: Option<String>,
     tenant_id: Option<String>,
@@ -108,6 +112,7 @@ impl Authenticator {
             return Err(AuthSetupError::NoKey);
         }
         Ok(Self {
+            verified: VerifiedTokens::default(),
             hs256,
             asymmetric,
             audience: jwt.audience.clone(),
@@ -116,6 +121,20 @@ impl Authenticator {
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
+        let key = VerifiedTokens::key(token);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if let Some(principal) = self.verified.get(&key, now) {
+            return Ok(principal);
+        }
+        let (principal, exp) = self.verify_uncached(token)?;
+        self.verified.insert(key, principal.clone(), exp);
+        Ok(principal)
+    }
+
+    /// Verifies `token`; its principal and `exp`.
+    fn verify_uncached(&self, token: &str) -> Result<(Principal, u64), ApiError> {
         let unauthenticated = |m: &str| ApiError::Unauthenticated(m.to_owned());
         let header = decode_header(token).map_err(|_| unauthenticated("malformed bearer token"))?;
         let key = match header.alg {
@@ -147,7 +166,8 @@ impl Authenticator {
         let claims = decode::<Claims>(token, key, &validation)
             .map_err(|e| ApiError::Unauthenticated(format!("invalid token: {e}")))?
             .claims;
-        principal_from(claims)
+        let exp = claims.exp;
+        Ok((principal_from(claims)?, exp))
     }
 }
 

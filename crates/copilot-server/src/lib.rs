@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod conditional;
 pub mod error;
 pub mod extract;
 pub mod net;
@@ -12,6 +13,7 @@ pub mod server;
 pub mod settings;
 pub mod state;
 pub mod telemetry;
+pub mod verified_tokens;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -24,7 +24,9 @@ pub struct EffectiveParams {
 #[utoipa::path(get, path = "/v1/tenants/{t}/config/effective", tag = "config",
     params(TenantPath,
            ("userId" = Option<String>, Query, description = "Defaults to the caller; another user's: admins and services")),
-    responses((status = 200, description = "Effective configuration with sources and versions", body = EffectiveConfig)))]
+    responses((status = 200, description = "Effective configuration with sources and versions; its `ETag` changes when any of its levels does",
+               body = EffectiveConfig, headers(("ETag" = String, description = "Entity tag; send it back in `If-None-Match` for a 304"))),
+              (status = 304, description = "Not modified: `If-None-Match` named the current `ETag`")))]
 pub async fn effective(
     State(state): State<AppState>,
     Auth(principal): Auth,
@@ -47,7 +49,17 @@ pub async fn effective(
             state.stores.configs.get_effective(&tenant, user.as_ref()),
         )
         .await?;
-    Ok(axum::Json(effective).into_response())
+    let etag = crate::conditional::effective_etag(
+        &effective.versions,
+        effective.user_id.as_ref().map(|u| u.as_str()),
+    );
+    let mut response = axum::Json(effective).into_response();
+    if let Ok(value) = axum::http::HeaderValue::from_str(&etag) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::ETAG, value);
+    }
+    Ok(response)
 }
 
 /// A level's stored version, for `If-Match: *` and lists.
@@ -142,7 +154,8 @@ fn user_level(t: &str, u: &str) -> ApiResult<ConfigLevel> {
 /// The global level's stored patch (anyone authenticated).
 #[utoipa::path(get, path = "/v1/config/global", tag = "config",
     responses((status = 200, description = "Stored fields, version, updatedAt, updatedBy", body = StoredPatchView,
-        headers(("ETag" = String, description = "\"<version>\"")))))]
+        headers(("ETag" = String, description = "\"<version>\""))),
+        (status = 304, description = "Not modified: `If-None-Match` named the current `ETag`")))]
 pub async fn get_global(
     State(state): State<AppState>,
     Auth(principal): Auth,
@@ -196,7 +209,8 @@ pub async fn delete_global(
 #[utoipa::path(get, path = "/v1/tenants/{t}/config", tag = "config",
     params(TenantPath),
     responses((status = 200, description = "Stored fields, version, updatedAt, updatedBy", body = StoredPatchView,
-        headers(("ETag" = String, description = "\"<version>\"")))))]
+        headers(("ETag" = String, description = "\"<version>\""))),
+        (status = 304, description = "Not modified: `If-None-Match` named the current `ETag`")))]
 pub async fn get_tenant(
     State(state): State<AppState>,
     Auth(principal): Auth,
@@ -257,7 +271,8 @@ pub async fn delete_tenant(
 #[utoipa::path(get, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
     params(TenantUserPath),
     responses((status = 200, description = "Stored fields, version, updatedAt, updatedBy", body = StoredPatchView,
-        headers(("ETag" = String, description = "\"<version>\"")))))]
+        headers(("ETag" = String, description = "\"<version>\""))),
+        (status = 304, description = "Not modified: `If-None-Match` named the current `ETag`")))]
 pub async fn get_user(
     State(state): State<AppState>,
     Auth(principal): Auth,

@@ -137,7 +137,8 @@ pub async fn list(
 #[utoipa::path(get, path = "/v1/tenants/{t}/conversations/{id}", tag = "conversations",
     params(ConversationPath),
     responses((status = 200, description = "The conversation", body = Conversation,
-        headers(("ETag" = String, description = "\"<version>\"")))))]
+        headers(("ETag" = String, description = "\"<version>\""))),
+        (status = 304, description = "Not modified: `If-None-Match` named the current `ETag`")))]
 pub async fn get(
     State(state): State<AppState>,
     Auth(principal): Auth,

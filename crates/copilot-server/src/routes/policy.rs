@@ -17,7 +17,8 @@ use crate::state::AppState;
 #[utoipa::path(get, path = "/v1/tenants/{t}/llm-policy", tag = "policy",
     params(TenantPath),
     responses((status = 200, description = "The policy", body = StoredPolicy,
-        headers(("ETag" = String, description = "\"<version>\"")))))]
+        headers(("ETag" = String, description = "\"<version>\""))),
+        (status = 304, description = "Not modified: `If-None-Match` named the current `ETag`")))]
 pub async fn get_policy(
     State(state): State<AppState>,
     Auth(principal): Auth,

@@ -189,3 +189,91 @@ async fn tenant_and_user_levels_and_effective_config() {
     .await
     .problem(400, "invalid_id");
 }
+
+/// The effective configuration has an `ETag` that changes with any of its three levels (and
+/// differs per user); any `GET` with an `ETag` answers a matching `If-None-Match` with an empty
+/// 304, and only where the same request would have been a 200.
+#[tokio::test]
+async fn effective_config_etag_and_conditional_gets() {
+    let s = TestServer::start().await;
+    let effective = format!("/v1/tenants/{TENANT}/config/effective");
+    let get_if = |path: String, who: Who, tag: String| {
+        let s = &s;
+        async move {
+            s.send(Method::GET, &path, who, None, &[("if-none-match", &tag)])
+                .await
+        }
+    };
+    let first = s.get(&effective, Who::Owner).await;
+    first.ok(200);
+    let tag = first.etag().expect("effective config has an ETag");
+    let r = get_if(effective.clone(), Who::Owner, tag.clone()).await;
+    assert_eq!(r.status.as_u16(), 304);
+    assert_eq!(r.body, serde_json::Value::Null, "a 304 has no body");
+    assert_eq!(r.etag().as_deref(), Some(tag.as_str()));
+    assert!(r.headers.get("content-type").is_none());
+    // Weak comparison, lists and `*`.
+    for condition in [format!("W/{tag}"), format!("\"x\", {tag}"), "*".to_owned()] {
+        let r = get_if(effective.clone(), Who::Owner, condition.clone()).await;
+        assert_eq!(r.status.as_u16(), 304, "If-None-Match: {condition}");
+    }
+    // Another user's answer at the same URL has another tag.
+    let bob = s.get(&effective, Who::Colleague).await;
+    assert_ne!(bob.etag(), Some(tag.clone()));
+    get_if(effective.clone(), Who::Colleague, tag.clone())
+        .await
+        .ok(200);
+
+    // Every level changes the tag: global, tenant, user, and a delete too.
+    let mut previous = tag;
+    let writes = [
+        ("/v1/config/global".to_owned(), Who::Service),
+        (format!("/v1/tenants/{TENANT}/config"), Who::Admin),
+        (
+            format!("/v1/tenants/{TENANT}/users/alice/config"),
+            Who::Owner,
+        ),
+    ];
+    for (i, (path, who)) in writes.iter().enumerate() {
+        s.put(path, *who, json!({"mergeMaxMessages": 10 + i}))
+            .await
+            .ok(200);
+        let r = get_if(effective.clone(), Who::Owner, previous.clone()).await;
+        assert_eq!(r.ok(200)["mergeMaxMessages"], 10 + i, "after {path}");
+        let tag = r.etag().expect("tag");
+        assert_ne!(tag, previous, "after {path}");
+        previous = tag;
+    }
+    s.delete(&writes[2].0, Who::Owner).await.ok(204);
+    let r = get_if(effective.clone(), Who::Owner, previous.clone()).await;
+    assert_eq!(r.ok(200)["mergeMaxMessages"], 11);
+    assert_ne!(r.etag(), Some(previous));
+
+    // The stored rows' GETs too; never where the same request is not a 200.
+    let policy = format!("/v1/tenants/{TENANT}/llm-policy");
+    let stored = s
+        .put(
+            &policy,
+            Who::Admin,
+            json!({"defaultModel": "gpt-tenant", "defaultProvider": "openai"}),
+        )
+        .await;
+    let policy_tag = stored.etag().expect("policy tag");
+    get_if(policy.clone(), Who::Admin, policy_tag.clone())
+        .await
+        .ok(304);
+    get_if(policy.clone(), Who::Stranger, policy_tag.clone())
+        .await
+        .problem(404, "not_found");
+    get_if(policy.clone(), Who::Nobody, policy_tag)
+        .await
+        .problem(401, "unauthenticated");
+    let tenant_tag = s
+        .get(&writes[1].0, Who::Admin)
+        .await
+        .etag()
+        .expect("tenant level tag");
+    get_if(writes[1].0.clone(), Who::Admin, tenant_tag)
+        .await
+        .ok(304);
+}
