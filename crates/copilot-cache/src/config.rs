@@ -2,14 +2,17 @@
 //! key and merged in process, so a global or tenant write invalidates exactly one key and every
 //! user sees it at once (DESIGN.md section 9, item 5). The effective config is one `MGET`.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use copilot_domain::config::{
-    ConfigLevel, ConfigPatch, EffectiveConfig, StoredPatch, StoredPatchView, effective_config,
+    ConfigLevel, ConfigPatch, EffectiveConfig, LevelVersions, StoredPatch, StoredPatchView,
+    effective_config,
 };
 use copilot_domain::{TenantId, UserId};
 use copilot_store::{ConfigStore, StoreResult};
+use quick_cache::sync::Cache;
 
 use crate::tier::CacheTier;
 
@@ -17,15 +20,72 @@ pub struct CachedConfigStore {
     inner: Arc<dyn ConfigStore>,
     tier: Arc<CacheTier<StoredPatchView>>,
     global_key: String,
+    merged: MergedConfigs,
+}
+
+/// Effective configurations already merged, by (tenant, user), handed out again while their
+/// three levels still have the versions they were merged from. The merge is a function of the
+/// stored levels alone, so this needs no invalidation of its own: whatever source the levels
+/// were read from this time decides.
+struct MergedConfigs {
+    entries: Cache<u64, Arc<EffectiveConfig>>,
+    hasher: std::collections::hash_map::RandomState,
+    /// `copilot_cache_requests_total{cache="config", tier="merged", outcome}`.
+    hit: metrics::Counter,
+    miss: metrics::Counter,
+}
+
+impl MergedConfigs {
+    fn new(capacity: usize) -> Self {
+        let counter = |outcome: &'static str| metrics::counter!("copilot_cache_requests_total", "cache" => "config", "tier" => "merged", "outcome" => outcome);
+        Self {
+            entries: Cache::new(capacity.max(1)),
+            hasher: std::collections::hash_map::RandomState::new(),
+            hit: counter("hit"),
+            miss: counter("miss"),
+        }
+    }
+
+    fn merge(
+        &self,
+        tenant: &TenantId,
+        user: Option<&UserId>,
+        levels: [Option<&StoredPatchView>; 3],
+    ) -> Arc<EffectiveConfig> {
+        let slot = self
+            .hasher
+            .hash_one((tenant.as_str(), user.map(UserId::as_str)));
+        let versions = LevelVersions {
+            global: levels[0].map(|l| l.version),
+            tenant: levels[1].map(|l| l.version),
+            user: levels[2].map(|l| l.version),
+        };
+        if let Some(merged) = self.entries.get(&slot)
+            && merged.versions == versions
+            && merged.tenant_id == *tenant
+            && merged.user_id.as_ref() == user
+        {
+            self.hit.increment(1);
+            return merged;
+        }
+        self.miss.increment(1);
+        let merged = Arc::new(effective_config(
+            tenant, user, levels[0], levels[1], levels[2],
+        ));
+        self.entries.insert(slot, merged.clone());
+        merged
+    }
 }
 
 impl CachedConfigStore {
     pub fn new(inner: Arc<dyn ConfigStore>, tier: CacheTier<StoredPatchView>) -> Self {
         let global_key = crate::keys::config(&tier.settings().prefix, &ConfigLevel::Global);
+        let merged = MergedConfigs::new(tier.settings().l1_capacity);
         Self {
             inner,
             tier: Arc::new(tier),
             global_key,
+            merged,
         }
     }
 
@@ -103,7 +163,7 @@ impl ConfigStore for CachedConfigStore {
         &self,
         tenant: &TenantId,
         user: Option<&UserId>,
-    ) -> StoreResult<EffectiveConfig> {
+    ) -> StoreResult<Arc<EffectiveConfig>> {
         // Keys straight from the ids; the levels are built only on a miss.
         let prefix = &self.tier.settings().prefix;
         let tenant_key = crate::keys::tenant_key(prefix, tenant.as_str(), "config");
@@ -129,6 +189,8 @@ impl ConfigStore for CachedConfigStore {
             })
             .await?;
         let level = |i: usize| found.get(i).and_then(Option::as_deref);
-        Ok(effective_config(tenant, user, level(0), level(1), level(2)))
+        Ok(self
+            .merged
+            .merge(tenant, user, [level(0), level(1), level(2)]))
     }
 }

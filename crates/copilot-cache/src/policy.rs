@@ -34,14 +34,16 @@ impl CachedPolicyStore {
 
 #[async_trait]
 impl PolicyStore for CachedPolicyStore {
-    async fn get_policy(&self, tenant: &TenantId) -> StoreResult<Option<StoredPolicy>> {
-        let found = self
-            .tier
+    async fn get_policy(&self, tenant: &TenantId) -> StoreResult<Option<Arc<StoredPolicy>>> {
+        self.tier
             .get(&self.key(tenant), || async {
-                Ok(self.inner.get_policy(tenant).await?.map(|p| (p.version, p)))
+                Ok(self
+                    .inner
+                    .get_policy(tenant)
+                    .await?
+                    .map(|p| (p.version, Arc::unwrap_or_clone(p))))
             })
-            .await?;
-        Ok(found.map(|p| p.as_ref().clone()))
+            .await
     }
 
     async fn put_policy(

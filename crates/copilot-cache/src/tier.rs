@@ -367,8 +367,13 @@ where
             self.count("store", "bypass");
             return Ok(load().await?.map(|(_, value)| Arc::new(value)));
         }
-        let keys = [key];
-        let mut found = self.lookup_cached(&keys).await;
+        // An L1 hit answers before anything is allocated or awaited.
+        let in_l1 = self.l1_lookup(key);
+        if let Lookup::Hit(value) = in_l1 {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(value);
+        }
+        let mut found = self.lookup_l2(&[key], vec![in_l1]).await;
         match found.pop() {
             Some(Lookup::Hit(value)) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
@@ -406,7 +411,15 @@ where
     }
 
     async fn lookup_cached(&self, keys: &[&str]) -> Vec<Lookup<T>> {
-        let mut found: Vec<Lookup<T>> = keys.iter().map(|k| self.l1_lookup(k)).collect();
+        let found: Vec<Lookup<T>> = keys.iter().map(|k| self.l1_lookup(k)).collect();
+        if found.iter().all(|l| matches!(l, Lookup::Hit(_))) {
+            return found;
+        }
+        self.lookup_l2(keys, found).await
+    }
+
+    /// Asks L2 for the keys L1 did not answer (`found[i]` is L1's answer for `keys[i]`).
+    async fn lookup_l2(&self, keys: &[&str], mut found: Vec<Lookup<T>>) -> Vec<Lookup<T>> {
         let Some(l2) = &self.l2 else { return found };
         let wanted: Vec<usize> = (0..keys.len())
             .filter(|&i| matches!(found[i], Lookup::Miss) && !self.is_pending(keys[i]))

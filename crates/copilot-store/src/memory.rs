@@ -106,8 +106,8 @@ impl MemoryStore {
 
 #[async_trait]
 impl PolicyStore for MemoryStore {
-    async fn get_policy(&self, tenant: &TenantId) -> StoreResult<Option<StoredPolicy>> {
-        Ok(self.lock().policies.get(tenant).cloned())
+    async fn get_policy(&self, tenant: &TenantId) -> StoreResult<Option<Arc<StoredPolicy>>> {
+        Ok(self.lock().policies.get(tenant).cloned().map(Arc::new))
     }
 
     async fn put_policy(

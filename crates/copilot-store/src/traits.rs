@@ -21,7 +21,8 @@ use crate::{ChangeFeed, ChangeLog, StoreResult};
 /// included, so versions never repeat, even after a delete and re-create (the cache relies on it).
 #[async_trait]
 pub trait PolicyStore: Send + Sync {
-    async fn get_policy(&self, tenant: &TenantId) -> StoreResult<Option<StoredPolicy>>;
+    /// Shared, not copied: a cache hands out the row it holds.
+    async fn get_policy(&self, tenant: &TenantId) -> StoreResult<Option<Arc<StoredPolicy>>>;
 
     /// Creates or replaces the tenant's policy. With `expected_version`, refuses
     /// (`VersionConflict`) unless the stored policy has exactly that version.
@@ -75,7 +76,7 @@ pub trait ConfigStore: Send + Sync {
         &self,
         tenant: &TenantId,
         user: Option<&UserId>,
-    ) -> StoreResult<EffectiveConfig> {
+    ) -> StoreResult<Arc<EffectiveConfig>> {
         let global = self.get_patch(&ConfigLevel::Global).await?;
         let tenant_patch = self.get_patch(&ConfigLevel::Tenant(tenant.clone())).await?;
         let user_patch = match user {
@@ -85,13 +86,13 @@ pub trait ConfigStore: Send + Sync {
             }
             None => None,
         };
-        Ok(effective_config(
+        Ok(Arc::new(effective_config(
             tenant,
             user,
             global.as_ref(),
             tenant_patch.as_ref(),
             user_patch.as_ref(),
-        ))
+        )))
     }
 }
 

@@ -78,7 +78,8 @@ async fn an_invalidation_lost_in_a_crash_is_resent_from_the_change_log() {
             .unwrap()
             .unwrap()
             .policy
-            .default_model;
+            .default_model
+            .clone();
         if model == "v2" {
             break;
         }

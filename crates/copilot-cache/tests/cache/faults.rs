@@ -106,7 +106,8 @@ async fn converged(reader: &crate::Stack, t: &copilot_domain::TenantId, model: u
             .expect("a read never fails because of Redis")
             .unwrap()
             .policy
-            .default_model;
+            .default_model
+            .clone();
         if seen == format!("m{model}") {
             return;
         }

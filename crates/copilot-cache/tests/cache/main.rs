@@ -87,7 +87,7 @@ pub struct Counting {
 
 #[async_trait]
 impl PolicyStore for Counting {
-    async fn get_policy(&self, tenant: &TenantId) -> StoreResult<Option<StoredPolicy>> {
+    async fn get_policy(&self, tenant: &TenantId) -> StoreResult<Option<Arc<StoredPolicy>>> {
         self.policy_reads.fetch_add(1, Ordering::SeqCst);
         let gate = self
             .policy_gate

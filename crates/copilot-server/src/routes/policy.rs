@@ -125,7 +125,7 @@ pub async fn resolve(
         .store("get_policy", state.stores.policies.get_policy(&tenant))
         .await?;
     let route = resolve_route(
-        policy.as_ref(),
+        policy.as_deref(),
         &state.service.router,
         &request,
         &principal,

@@ -41,7 +41,7 @@ pub async fn policy_put_get_round_trip(s: &StoreSet) {
     assert_eq!(stored.updated_by, "admin-1");
     let read = s.policies.get_policy(&t).await.unwrap().expect("stored");
     assert_eq!(
-        read, stored,
+        *read, stored,
         "a read returns exactly what the write returned"
     );
     let json = serde_json::to_value(&read).unwrap();
@@ -157,7 +157,7 @@ pub async fn route_resolution_over_a_stored_policy(s: &StoreSet) {
         .await
         .unwrap();
     let stored = s.policies.get_policy(&t).await.unwrap();
-    let p = stored.as_ref();
+    let p = stored.as_deref();
     let r = resolve_route(p, &defaults, &req(Some("summarize")), &member("carol"), &t).unwrap();
     assert_eq!(
         (
@@ -211,7 +211,7 @@ pub async fn route_resolution_over_a_stored_policy(s: &StoreSet) {
         .unwrap();
     let stored = s.policies.get_policy(&t).await.unwrap();
     let err = resolve_route(
-        stored.as_ref(),
+        stored.as_deref(),
         &defaults,
         &req(Some("summarize")),
         &member("carol"),
@@ -225,7 +225,7 @@ pub async fn route_resolution_over_a_stored_policy(s: &StoreSet) {
         }
     );
     let r = resolve_route(
-        stored.as_ref(),
+        stored.as_deref(),
         &defaults,
         &req(Some("classify")),
         &member("carol"),

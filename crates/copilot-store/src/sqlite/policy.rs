@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use copilot_domain::TenantId;
 use copilot_domain::clock::from_micros;
@@ -11,7 +13,7 @@ use crate::{ChangeSubject, StoreError, StoreResult};
 
 #[async_trait]
 impl PolicyStore for SqliteStore {
-    async fn get_policy(&self, tenant: &TenantId) -> StoreResult<Option<StoredPolicy>> {
+    async fn get_policy(&self, tenant: &TenantId) -> StoreResult<Option<Arc<StoredPolicy>>> {
         let row = sqlx::query(
             "SELECT document, version, updated_at, updated_by FROM tenant_llm_policies WHERE tenant_id = ?",
         )
@@ -22,12 +24,12 @@ impl PolicyStore for SqliteStore {
         let document: String = row.try_get("document")?;
         let policy: TenantLlmPolicy =
             serde_json::from_str(&document).map_err(|e| StoreError::corrupt("policy", e))?;
-        Ok(Some(StoredPolicy {
+        Ok(Some(Arc::new(StoredPolicy {
             policy,
             version: to_u64(row.try_get("version")?, "version")?,
             updated_at: from_micros(row.try_get("updated_at")?),
             updated_by: row.try_get("updated_by")?,
-        }))
+        })))
     }
 
     async fn put_policy(

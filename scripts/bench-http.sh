@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# HTTP reads against a static file server (BENCHMARKS.md, issue "Speed"): for each endpoint,
+# nginx serves a file holding the exact body our endpoint answers, and `wrk -t2 -c64` runs
+# against both in the same run, alternating, ROUNDS times. Two modes: embedded (SQLite, one
+# instance) and fleet (PostgreSQL + Redis). Both servers get the same bearer header; nginx
+# ignores it. Prints req/s per run and `ratio=<ours/nginx>` per endpoint and mode; the last
+# line is the smallest of those ratios (goal >= 1.0).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK_DIR=$(mktemp -d -t copilot-bench-http.XXXXXX)
+chmod 755 "$WORK_DIR"
+PIDS=()
+source scripts/services.sh
+trap 'status=$?; stop_all; rm -rf "$WORK_DIR"; exit $status' EXIT INT TERM
+
+ROUNDS=${ROUNDS:-2} DURATION=${DURATION:-8s}
+install_missing curl:curl redis-server:redis-server wrk:wrk nginx:nginx
+find_postgres
+log "build (release)"
+cargo build --release -q --bin copilot-state
+BIN=$PWD/target/release/copilot-state
+export COPILOT_JWT_SECRET=bench-secret-of-enough-length-0123456789
+
+# nginx: one server block per file, two workers (this machine's cores), no access log.
+start_nginx() {
+  local port=$1 root=$2
+  mkdir -p "$WORK_DIR/nginx"
+  cat >"$WORK_DIR/nginx/nginx.conf" <<CONF
+worker_processes auto;
+pid $WORK_DIR/nginx/nginx.pid;
+error_log $WORK_DIR/nginx/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  default_type application/json;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$port;
+    root $root;
+    location / { try_files \$uri =404; }
+  }
+}
+CONF
+  nginx -c "$WORK_DIR/nginx/nginx.conf"
+  wait_for_port "$port" 10
+  PIDS+=("$(cat "$WORK_DIR/nginx/nginx.pid")")
+}
+
+run_wrk() {
+  wrk -t2 -c64 -d"$DURATION" -H "Authorization: Bearer $TOKEN" "$1" \
+    | awk '/Requests\/sec/ {print $2} /Non-2xx/ {print "non2xx " $NF > "/dev/stderr"}'
+}
+
+RATIOS=()
+# $1 mode name, $2 our port. Captures each endpoint's body into the nginx root, then compares.
+compare() {
+  local mode=$1 port=$2 root="$WORK_DIR/static-$1" path
+  mkdir -p "$root"
+  for path in /v1/tenants/demo/config/effective /v1/tenants/demo/llm-policy; do
+    mkdir -p "$root$(dirname "$path")"
+    curl -fsS "http://127.0.0.1:$port$path" -H "Authorization: Bearer $TOKEN" >"$root$path"
+  done
+  local nginx_port
+  nginx_port=$(free_port)
+  start_nginx "$nginx_port" "$root"
+  for path in /v1/tenants/demo/config/effective /v1/tenants/demo/llm-policy; do
+    cmp -s <(curl -fsS "http://127.0.0.1:$nginx_port$path") <(curl -fsS "http://127.0.0.1:$port$path" -H "Authorization: Bearer $TOKEN") \
+      || { echo "bodies differ for $path" >&2; exit 1; }
+    local ours_total=0 nginx_total=0 ours theirs
+    for round in $(seq "$ROUNDS"); do
+      ours=$(run_wrk "http://127.0.0.1:$port$path")
+      theirs=$(run_wrk "http://127.0.0.1:$nginx_port$path")
+      echo "$mode GET $path round $round: ours ${ours} req/s, nginx ${theirs} req/s ($(stat -c %s "$root$path") bytes)"
+      ours_total=$(python3 -c "print($ours_total + $ours)")
+      nginx_total=$(python3 -c "print($nginx_total + $theirs)")
+    done
+    local ratio
+    ratio=$(python3 -c "print('%.3f' % ($ours_total / $nginx_total))")
+    echo "$mode GET $path ratio=$ratio"
+    RATIOS+=("$ratio")
+  done
+  kill "$(cat "$WORK_DIR/nginx/nginx.pid")"
+  sleep 0.5
+}
+
+seed() {
+  local port=$1 service=$2
+  put() { curl -fsS -X PUT "http://127.0.0.1:$port$1" -H "Authorization: Bearer $service" \
+    -H 'Content-Type: application/json' -d "$2" >/dev/null; }
+  put /v1/config/global '{"mergeMaxMessages": 80}'
+  put /v1/tenants/demo/config '{"pathMaxMessages": 300}'
+  put /v1/tenants/demo/users/alice/config '{"mergeMaxMessages": 40}'
+  put /v1/tenants/demo/llm-policy '{"defaultModel": "gpt-4o", "defaultProvider": "openai", "tasks": [{"task": "summarize", "model": "claude", "provider": "anthropic"}]}'
+}
+
+echo "machine: $(nproc) cores; $(date -u +%F); wrk -t2 -c64 -d$DURATION, $ROUNDS alternating rounds"
+
+log "embedded (SQLite)"
+mkdir -p "$WORK_DIR/embedded"
+DB="sqlite://$WORK_DIR/embedded/copilot.db"
+"$BIN" migrate --database-url "$DB" >/dev/null
+read -r PORT PID < <(start_copilot DATABASE_URL="$DB" COPILOT_RATE_LIMIT=off)
+PIDS+=("$PID")
+TOKEN=$("$BIN" token --tenant demo --user alice --database-url "$DB")
+seed "$PORT" "$("$BIN" token --tenant demo --role service --database-url "$DB")"
+compare embedded "$PORT"
+kill "$PID"
+
+log "fleet (PostgreSQL + Redis)"
+start_postgres
+read -r REDIS_PORT REDIS_PID < <(start_redis_server bench)
+PIDS+=("$REDIS_PID")
+"$PG_BIN/psql" -q -d "$PG_URL" -c 'CREATE DATABASE bench'
+DB="${PG_URL%/postgres}/bench"
+"$BIN" migrate --database-url "$DB" >/dev/null
+read -r PORT PID < <(start_copilot DATABASE_URL="$DB" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
+  COPILOT_REQUIRE_MEMBERSHIP=false COPILOT_RATE_LIMIT=off)
+PIDS+=("$PID")
+until curl -fsS "http://127.0.0.1:$PORT/readyz" | grep -q '"redis":"ok"'; do sleep 0.1; done
+TOKEN=$("$BIN" token --tenant demo --user alice --database-url "$DB")
+seed "$PORT" "$("$BIN" token --tenant demo --role service --database-url "$DB")"
+compare fleet "$PORT"
+
+python3 -c "import sys; print('ratio=%.3f' % min(float(r) for r in sys.argv[1:]))" "${RATIOS[@]}"
