@@ -22,7 +22,7 @@ fn bench(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1));
 
     // L1 only (no Redis): every read after the first is an in-process hit.
-    let (l1, _c1) = rt.block_on(async { cached(&store, None, "bench-l1") });
+    let (l1, _c1) = rt.block_on(async { cached(&store, None, "bench-l1", false) });
     rt.block_on(async {
         l1.policies.get_policy(&t).await.unwrap();
         l1.configs.get_effective(&t, Some(&u)).await.unwrap();

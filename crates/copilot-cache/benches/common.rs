@@ -72,9 +72,11 @@ pub fn cached(
     store: &Arc<SqliteStore>,
     redis: Option<&str>,
     prefix: &str,
+    shared_store: bool,
 ) -> (StoreSet, Arc<CacheControl>) {
     let settings = CacheSettings {
         redis: redis.map(RedisSettings::new),
+        shared_store,
         flags: CacheFlags::default(),
         prefix: prefix.to_owned(),
         ..Default::default()

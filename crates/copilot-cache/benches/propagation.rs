@@ -22,8 +22,8 @@ fn main() {
     rt.block_on(async {
         let store = seeded_sqlite().await;
         let prefix = format!("bench-prop-{}", std::process::id());
-        let (a, ca) = cached(&store, Some(&url), &prefix);
-        let (b, cb) = cached(&store, Some(&url), &prefix);
+        let (a, ca) = cached(&store, Some(&url), &prefix, true);
+        let (b, cb) = cached(&store, Some(&url), &prefix, true);
         let started = Instant::now();
         while !(ca.bus_healthy() && cb.bus_healthy()) {
             assert!(started.elapsed() < Duration::from_secs(5), "bus not healthy");

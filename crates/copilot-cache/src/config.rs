@@ -166,9 +166,8 @@ impl ConfigStore for CachedConfigStore {
     ) -> StoreResult<Arc<EffectiveConfig>> {
         // Keys straight from the ids; the levels are built only on a miss.
         let prefix = &self.tier.settings().prefix;
-        let tenant_key = crate::keys::tenant_key(prefix, tenant.as_str(), "config");
-        let user_key =
-            user.map(|u| crate::keys::tenant_key(prefix, tenant.as_str(), &format!("config:{u}")));
+        let tenant_key = crate::keys::tenant_config(prefix, tenant);
+        let user_key = user.map(|u| crate::keys::user_config(prefix, tenant, u));
         let mut keys = [self.global_key.as_str(), tenant_key.as_str(), ""];
         let count = match &user_key {
             Some(k) => {

@@ -29,7 +29,7 @@ impl CachedMembershipStore {
         &self.tier
     }
 
-    fn key(&self, tenant: &TenantId, user: &UserId) -> String {
+    fn key(&self, tenant: &TenantId, user: &UserId) -> crate::keys::Key {
         crate::keys::membership(&self.tier.settings().prefix, tenant, user)
     }
 }

@@ -27,7 +27,7 @@ impl CachedPolicyStore {
         &self.tier
     }
 
-    fn key(&self, tenant: &TenantId) -> String {
+    fn key(&self, tenant: &TenantId) -> crate::keys::Key {
         crate::keys::policy(&self.tier.settings().prefix, tenant)
     }
 }

@@ -107,9 +107,14 @@ struct L1<T> {
 
 impl<T: Serialize> L1<T> {
     fn get(&self, key: &str) -> Option<Entry<T>> {
+        self.get_at(key, Instant::now())
+    }
+
+    /// As of `now` (one clock reading serves several lookups of one read).
+    fn get_at(&self, key: &str, now: Instant) -> Option<Entry<T>> {
         self.cache
             .get(key)
-            .filter(|slot| slot.stored_at.elapsed() < self.ttl)
+            .filter(|slot| now.saturating_duration_since(slot.stored_at) < self.ttl)
             .map(|slot| slot.entry)
     }
 
@@ -327,10 +332,14 @@ where
     }
 
     fn l1_lookup(&self, key: &str) -> Lookup<T> {
+        self.l1_lookup_at(key, Instant::now())
+    }
+
+    fn l1_lookup_at(&self, key: &str, now: Instant) -> Lookup<T> {
         if !self.l1_trusted() {
             return Lookup::Miss;
         }
-        match self.l1.get(key) {
+        match self.l1.get_at(key, now) {
             Some(entry) => match entry {
                 Entry::Value { value, .. } => {
                     self.count("l1", "hit");
@@ -373,6 +382,21 @@ where
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(value);
         }
+        // Boxed: the L2 and store path is a large state machine, and inline it would make
+        // every caller's future (an L1 hit's too) that large.
+        Box::pin(self.get_past_l1(key, in_l1, load)).await
+    }
+
+    async fn get_past_l1<F, Fut>(
+        &self,
+        key: &str,
+        in_l1: Lookup<T>,
+        load: F,
+    ) -> StoreResult<Option<Arc<T>>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = StoreResult<Option<(u64, T)>>>,
+    {
         let mut found = self.lookup_l2(&[key], vec![in_l1]).await;
         match found.pop() {
             Some(Lookup::Hit(value)) => {
@@ -397,7 +421,32 @@ where
             }
             return Ok(out);
         }
-        let found = self.lookup_cached(keys).await;
+        let now = Instant::now();
+        let found: Vec<Lookup<T>> = keys.iter().map(|k| self.l1_lookup_at(k, now)).collect();
+        if found.iter().all(|l| matches!(l, Lookup::Hit(_))) {
+            for lookup in found {
+                if let Lookup::Hit(value) = lookup {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    out.push(value);
+                }
+            }
+            return Ok(out);
+        }
+        Box::pin(self.get_many_past_l1(keys, found, load, out)).await
+    }
+
+    async fn get_many_past_l1<F, Fut>(
+        &self,
+        keys: &[&str],
+        found: Vec<Lookup<T>>,
+        load: F,
+        mut out: Vec<Option<Arc<T>>>,
+    ) -> StoreResult<Vec<Option<Arc<T>>>>
+    where
+        F: Fn(usize) -> Fut,
+        Fut: Future<Output = StoreResult<Option<(u64, T)>>>,
+    {
+        let found = self.lookup_l2(keys, found).await;
         for (i, lookup) in found.into_iter().enumerate() {
             out.push(match lookup {
                 Lookup::Hit(value) => {
@@ -408,14 +457,6 @@ where
             });
         }
         Ok(out)
-    }
-
-    async fn lookup_cached(&self, keys: &[&str]) -> Vec<Lookup<T>> {
-        let found: Vec<Lookup<T>> = keys.iter().map(|k| self.l1_lookup(k)).collect();
-        if found.iter().all(|l| matches!(l, Lookup::Hit(_))) {
-            return found;
-        }
-        self.lookup_l2(keys, found).await
     }
 
     /// Asks L2 for the keys L1 did not answer (`found[i]` is L1's answer for `keys[i]`).
