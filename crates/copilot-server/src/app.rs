@@ -99,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         limiter: state.cache.rate_limiter().cloned(),
         auth: state.auth.clone(),
         trusted_proxies: state.service.trusted_proxies.clone(),
+        http_metrics: HttpMetrics::new(),
     });
     // One middleware for metrics and limits: each layer costs a service clone and a boxed
     // future per request.
@@ -109,8 +110,7 @@ pub fn router(state: AppState) -> Router {
                     .headers()
                     .get("x-request-id")
                     .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
+                    .unwrap_or_default();
                 // The path names the tenant; never log bodies, queries or tokens.
                 tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
             }),
@@ -123,10 +123,8 @@ pub fn router(state: AppState) -> Router {
 /// status, around the rate limit.
 async fn edge(State(state): State<Arc<Limiting>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = method_label(req.method());
     let if_none_match = if method == "GET" {
         req.headers()
@@ -146,16 +144,63 @@ async fn edge(State(state): State<Arc<Limiting>>, req: Request, next: Next) -> R
         duration_ms = elapsed.as_secs_f64() * 1e3,
         "request"
     );
-    let status = response.status().as_u16().to_string();
-    let labels = [
-        ("route", route),
-        ("method", method.to_owned()),
-        ("status", status),
-    ];
-    metrics::counter!("copilot_http_requests_total", &labels).increment(1);
-    metrics::histogram!("copilot_http_request_duration_seconds", &labels)
-        .record(elapsed.as_secs_f64());
+    let (requests, duration) =
+        state
+            .http_metrics
+            .handles(route, method, response.status().as_u16());
+    requests.increment(1);
+    duration.record(elapsed.as_secs_f64());
     response
+}
+
+/// The request metrics' handles by (route, method, status): naming a metric by its labels costs
+/// allocations and a registry lookup per request; a handle is one atomic operation. The label
+/// sets are few (route templates x methods x statuses) and bounded here anyway.
+struct HttpMetrics {
+    handles: quick_cache::sync::Cache<HttpLabels, (metrics::Counter, metrics::Histogram)>,
+}
+
+type HttpLabels = (String, &'static str, u16);
+
+/// A borrowed [`HttpLabels`], to look handles up without allocating.
+#[derive(Hash)]
+struct HttpLabelsRef<'a>(&'a str, &'static str, u16);
+
+impl quick_cache::Equivalent<HttpLabels> for HttpLabelsRef<'_> {
+    fn equivalent(&self, key: &HttpLabels) -> bool {
+        self.0 == key.0 && self.1 == key.1 && self.2 == key.2
+    }
+}
+
+impl HttpMetrics {
+    fn new() -> Self {
+        Self {
+            handles: quick_cache::sync::Cache::new(1024),
+        }
+    }
+
+    fn handles(
+        &self,
+        route: &str,
+        method: &'static str,
+        status: u16,
+    ) -> (metrics::Counter, metrics::Histogram) {
+        if let Some(found) = self.handles.get(&HttpLabelsRef(route, method, status)) {
+            return found;
+        }
+        let labels = [
+            ("route", route.to_owned()),
+            ("method", method.to_owned()),
+            ("status", status.to_string()),
+        ];
+        let found = (
+            metrics::counter!("copilot_http_requests_total", &labels),
+            metrics::histogram!("copilot_http_request_duration_seconds", &labels),
+        );
+        self.handles
+            .insert((route.to_owned(), method, status), found.clone());
+        found
+    }
 }
 
 /// The method as a metric label: the methods of this API and HTTP's usual ones; anything a
@@ -179,6 +224,7 @@ struct Limiting {
     limiter: Option<Arc<RateLimiterService>>,
     auth: Arc<Authenticator>,
     trusted_proxies: Vec<crate::net::Cidr>,
+    http_metrics: HttpMetrics,
 }
 
 /// Rate limiting of every `/v1` request (DESIGN.md 6.5), keyed by the verified principal, or by

@@ -11,7 +11,7 @@ use copilot_domain::TenantId;
 use copilot_domain::cursor::CursorKey;
 use copilot_server::auth::{Authenticator, TokenRole, issue_token};
 use copilot_server::settings::{Overrides, Settings};
-use copilot_server::state::{AppState, ServiceSettings};
+use copilot_server::state::{AppParts, AppState, ServiceSettings};
 use copilot_server::{open_and_migrate, open_stores, secret, serve_with, telemetry};
 
 /// Prints to stdout, ignoring a closed pipe: whoever started `serve` may stop reading its banner,
@@ -236,7 +236,7 @@ async fn run_serve(settings: Settings) -> Result<()> {
         Some(jwt_secret(&settings, true)?)
     };
     let auth = Authenticator::new(&settings.jwt, secret.as_ref().map(|(s, _)| s.as_str()))?;
-    let state = AppState {
+    let state = AppState::new(AppParts {
         stores,
         auth: Arc::new(auth),
         service: Arc::new(ServiceSettings {
@@ -249,7 +249,7 @@ async fn run_serve(settings: Settings) -> Result<()> {
         }),
         metrics,
         cache: cache.clone(),
-    };
+    });
     let listener = tokio::net::TcpListener::bind(settings.bind)
         .await
         .with_context(|| format!("cannot listen on {}", settings.bind))?;

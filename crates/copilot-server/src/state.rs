@@ -24,8 +24,25 @@ pub struct ServiceSettings {
     pub cursor_key: copilot_domain::cursor::CursorKey,
 }
 
+/// What every handler shares, behind one `Arc`: axum clones the state for each handler and
+/// extractor, and one reference count is cheaper than a dozen.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+impl AppState {
+    pub fn new(parts: AppParts) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+pub struct AppParts {
     pub stores: StoreSet,
     pub auth: Arc<Authenticator>,
     pub service: Arc<ServiceSettings>,
@@ -34,7 +51,7 @@ pub struct AppState {
     pub cache: Arc<CacheControl>,
 }
 
-impl AppState {
+impl AppParts {
     /// Runs one store call under the store deadline and records its latency
     /// (`copilot_store_duration_seconds{op}`); a call past the deadline is `store_unavailable`.
     /// The cache work after a commit has its own bound on top (`AFTER_COMMIT_WAIT`), so a write

@@ -23,7 +23,7 @@ use copilot_domain::route::RouterDefaults;
 use copilot_server::auth::{Authenticator, TokenRole, issue_token};
 use copilot_server::server::ServerLimits;
 use copilot_server::settings::JwtSettings;
-use copilot_server::state::{AppState, ServiceSettings};
+use copilot_server::state::{AppParts, AppState, ServiceSettings};
 use copilot_store::conformance::fresh_postgres_database;
 use copilot_store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, StoreSet};
 use reqwest::{Method, StatusCode};
@@ -222,7 +222,7 @@ impl TestServer {
         while !cache.l1_trust().0 && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        let state = AppState {
+        let state = AppState::new(AppParts {
             cache,
             stores,
             auth: Arc::new(
@@ -230,7 +230,7 @@ impl TestServer {
             ),
             service: Arc::new(settings),
             metrics,
-        };
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
