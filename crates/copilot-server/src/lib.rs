@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod net;
 pub mod openapi;
+pub mod rendered;
 pub mod routes;
 pub mod secret;
 pub mod server;

@@ -248,6 +248,7 @@ async fn run_serve(settings: Settings) -> Result<()> {
             cursor_key: cursor_key(&settings, secret.as_ref().map(|(s, _)| s.as_str())),
         }),
         metrics,
+        rendered: Default::default(),
         cache: cache.clone(),
     });
     let listener = tokio::net::TcpListener::bind(settings.bind)

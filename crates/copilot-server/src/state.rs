@@ -49,6 +49,29 @@ pub struct AppParts {
     pub metrics: Option<PrometheusHandle>,
     /// The caches in front of `stores`: their state and the kill switch.
     pub cache: Arc<CacheControl>,
+    /// Hot reads' bodies, rendered once per cached row.
+    pub rendered: Renderings,
+}
+
+pub struct Renderings {
+    pub policies: crate::rendered::RenderedJson<copilot_domain::policy::StoredPolicy>,
+    pub effective: crate::rendered::RenderedJson<copilot_domain::config::EffectiveConfig>,
+}
+
+impl Renderings {
+    /// After the metrics recorder is installed (handles taken earlier count nothing).
+    pub fn new() -> Self {
+        Self {
+            policies: crate::rendered::RenderedJson::new("policy"),
+            effective: crate::rendered::RenderedJson::new("effective_config"),
+        }
+    }
+}
+
+impl Default for Renderings {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl AppParts {

@@ -49,17 +49,9 @@ pub async fn effective(
             state.stores.configs.get_effective(&tenant, user.as_ref()),
         )
         .await?;
-    let etag = crate::conditional::effective_etag(
-        &effective.versions,
-        effective.user_id.as_ref().map(|u| u.as_str()),
-    );
-    let mut response = axum::Json(effective).into_response();
-    if let Ok(value) = axum::http::HeaderValue::from_str(&etag) {
-        response
-            .headers_mut()
-            .insert(axum::http::header::ETAG, value);
-    }
-    Ok(response)
+    state.rendered.effective.ok(&effective, |e| {
+        crate::conditional::effective_etag(&e.versions, e.user_id.as_ref().map(|u| u.as_str()))
+    })
 }
 
 /// A level's stored version, for `If-Match: *` and lists.

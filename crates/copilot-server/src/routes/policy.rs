@@ -30,7 +30,10 @@ pub async fn get_policy(
         .store("get_policy", state.stores.policies.get_policy(&tenant))
         .await?
         .ok_or(ApiError::PolicyNotFound)?;
-    Ok(with_etag(StatusCode::OK, policy.version, &policy))
+    state
+        .rendered
+        .policies
+        .ok(&policy, |p| format!("\"{}\"", p.version))
 }
 
 /// Creates or replaces the tenant's policy (tenant admins and services).

@@ -230,6 +230,7 @@ impl TestServer {
             ),
             service: Arc::new(settings),
             metrics,
+            rendered: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
