@@ -208,36 +208,49 @@ impl PostgresStore {
     /// A fresh version for a write to `subject`, recorded in the change log when asked to, in
     /// the caller's transaction.
     async fn stamp(&self, conn: &mut PgConnection, subject: ChangeSubject) -> StoreResult<u64> {
-        let version = if self.notify_changes {
-            // One round trip: the version and the announcement carrying it.
-            let value: i64 = sqlx::query_scalar(
-                "SELECT s.v FROM (SELECT nextval('copilot.version_seq') AS v) s \
-                 CROSS JOIN LATERAL (SELECT pg_notify($1, $2 || s.v::text)) n",
+        // One round trip whatever is asked: the version, its announcement and its change-log
+        // row. (A plain CTE nobody references does not run, so the notification is joined in;
+        // a data-modifying CTE always runs.)
+        let (kind, tenant, key) = subject.columns();
+        let notice = crate::changes::Notice::encode_change_prefix(&subject);
+        let query = match (self.notify_changes, self.record_changes) {
+            (false, false) => return next_version(conn, self.persistent()).await,
+            (true, false) => sqlx::query_scalar(
+                "WITH s AS (SELECT nextval('copilot.version_seq') AS v), \
+                 n AS (SELECT pg_notify($1, $2 || v::text) FROM s) \
+                 SELECT s.v FROM s CROSS JOIN n",
             )
-            .persistent(self.persistent())
             .bind(CHANGES_CHANNEL)
-            .bind(crate::changes::Notice::encode_change_prefix(&subject))
-            .fetch_one(&mut *conn)
-            .await?;
-            to_u64(value, "version")?
-        } else {
-            next_version(conn, self.persistent()).await?
-        };
-        if self.record_changes {
-            let (kind, tenant, subject) = subject.columns();
-            sqlx::query(
-                "INSERT INTO copilot.changes (kind, tenant_id, subject, version, created_at) VALUES ($1, $2, $3, $4, $5)",
+            .bind(notice),
+            (true, true) => sqlx::query_scalar(
+                "WITH s AS (SELECT nextval('copilot.version_seq') AS v), \
+                 n AS (SELECT pg_notify($1, $2 || v::text) FROM s), \
+                 c AS (INSERT INTO copilot.changes (kind, tenant_id, subject, version, created_at) \
+                       SELECT $3, $4, $5, v, $6 FROM s) \
+                 SELECT s.v FROM s CROSS JOIN n",
             )
-            .persistent(self.persistent())
+            .bind(CHANGES_CHANNEL)
+            .bind(notice)
             .bind(kind)
             .bind(tenant)
-            .bind(subject)
-            .bind(to_i64(version)?)
-            .bind(self.now())
-            .execute(conn)
+            .bind(key)
+            .bind(self.now()),
+            (false, true) => sqlx::query_scalar(
+                "WITH s AS (SELECT nextval('copilot.version_seq') AS v), \
+                 c AS (INSERT INTO copilot.changes (kind, tenant_id, subject, version, created_at) \
+                       SELECT $1, $2, $3, v, $4 FROM s) \
+                 SELECT s.v FROM s",
+            )
+            .bind(kind)
+            .bind(tenant)
+            .bind(key)
+            .bind(self.now()),
+        };
+        let value: i64 = query
+            .persistent(self.persistent())
+            .fetch_one(&mut *conn)
             .await?;
-        }
-        Ok(version)
+        to_u64(value, "version")
     }
 
     /// Named, cached prepared statements, except behind a transaction pooler.
