@@ -37,7 +37,12 @@ fn main() {
         let tenant = TenantId::parse("bench").unwrap();
         let patch = |v: serde_json::Value| ConfigPatch::from_json(&v).unwrap();
         store
-            .put_patch(&ConfigLevel::Global, &patch(json!({"mergeMaxMessages": 10})), None, "s")
+            .put_patch(
+                &ConfigLevel::Global,
+                &patch(json!({"mergeMaxMessages": 10})),
+                None,
+                "s",
+            )
             .await
             .unwrap();
         store
@@ -60,11 +65,20 @@ fn main() {
         let mut marks = Vec::new();
         for i in 0..1_000_000u32 {
             let user = UserId::parse(&format!("user-{i:07}")).unwrap();
-            let effective = stores.configs.get_effective(&tenant, Some(&user)).await.unwrap();
+            let effective = stores
+                .configs
+                .get_effective(&tenant, Some(&user))
+                .await
+                .unwrap();
             assert_eq!(effective.values.merge_max_messages, 10);
             if [10_000, 100_000, 999_999].contains(&i) {
                 let rss = rss_kib();
-                println!("after {:>9} users: RSS {:>7} KiB (+{} KiB)", i + 1, rss, rss - start);
+                println!(
+                    "after {:>9} users: RSS {:>7} KiB (+{} KiB)",
+                    i + 1,
+                    rss,
+                    rss - start
+                );
                 marks.push(rss);
             }
         }

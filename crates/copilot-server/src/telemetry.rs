@@ -20,9 +20,30 @@ pub fn prometheus() -> Option<PrometheusHandle> {
                 .ok()?
                 .install_recorder()
                 .ok()
+                .inspect(spawn_upkeep)
         })
         .clone()
 }
+
+/// Histogram samples wait in the recorder until upkeep (or a scrape) folds them in; without
+/// either they pile up without bound (the soak found RSS growing ~2 MB/s with `/metrics` never
+/// scraped). One thread, not a task: the recorder may be installed before any runtime exists.
+fn spawn_upkeep(handle: &PrometheusHandle) {
+    let handle = handle.clone();
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "metrics upkeep thread not started");
+    }
+}
+
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -104,7 +104,15 @@ fn pgbench_per_second(url: &str, clients: u64, seconds: u64) -> f64 {
     .expect("script");
     let pgbench = std::env::var("PGBENCH").unwrap_or_else(|_| "pgbench".into());
     let out = std::process::Command::new(pgbench)
-        .args(["-n", "-c", &clients.to_string(), "-j", "2", "-T", &seconds.to_string()])
+        .args([
+            "-n",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+        ])
         .arg("-f")
         .arg(&script)
         .arg(url)
@@ -117,7 +125,12 @@ fn pgbench_per_second(url: &str, clients: u64, seconds: u64) -> f64 {
                 .and_then(|rest| rest.split_whitespace().next())
                 .and_then(|n| n.parse().ok())
         })
-        .unwrap_or_else(|| panic!("pgbench printed no tps: {text} {}", String::from_utf8_lossy(&out.stderr)))
+        .unwrap_or_else(|| {
+            panic!(
+                "pgbench printed no tps: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
 }
 
 fn main() {
@@ -149,6 +162,9 @@ fn main() {
     println!("  append (service path, NOTIFY on):  {with_notify:>8.0} /s");
     println!("  append (NOTIFY off):               {without_notify:>8.0} /s");
     println!("  pgbench single-row INSERT:         {pgbench:>8.0} /s");
-    println!("notify cost: {:.3} (on / off)", with_notify / without_notify);
+    println!(
+        "notify cost: {:.3} (on / off)",
+        with_notify / without_notify
+    );
     println!("ratio={:.3}", with_notify / pgbench);
 }

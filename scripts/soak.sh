@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# The soak (BENCHMARKS.md, issue "Speed"; not part of CI): two `copilot-state serve` (release)
+# over one PostgreSQL and one Redis for SOAK_SECONDS (600), reads and writes mixed about 90/10 as
+# fast as they go: `wrk -c9` reading effective configuration on each instance, and one writer
+# per instance putting a user's config as fast as it is answered. At a third of the run Redis is
+# SIGSTOPped for 10 s; at two thirds PostgreSQL is stopped for 5 s and started again.
+# Judged: 0 failed reads; writes failing only while PostgreSQL is down (+5 s to reconnect); RSS
+# growth after warm-up (the first tenth, at most 60 s) at most 5 %. Last line: ratio=<RSS at
+# the end / RSS after warm-up> (the larger of the two instances).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK_DIR=$(mktemp -d -t copilot-soak.XXXXXX)
+chmod 755 "$WORK_DIR"
+PIDS=()
+source scripts/services.sh
+trap 'status=$?; stop_all; [ -n "${SOAK_KEEP:-}" ] || rm -rf "$WORK_DIR"; exit $status' EXIT INT TERM
+
+SOAK_SECONDS=${SOAK_SECONDS:-600}
+WARMUP=$((SOAK_SECONDS / 10 < 60 ? SOAK_SECONDS / 10 : 60))
+install_missing curl:curl redis-server:redis-server wrk:wrk
+find_postgres
+log "build (release)"
+cargo build --release -q --bin copilot-state
+BIN=$PWD/target/release/copilot-state
+
+start_postgres
+read -r REDIS_PORT REDIS_PID < <(start_redis_server soak)
+PIDS+=("$REDIS_PID")
+"$PG_BIN/psql" -q -d "$PG_URL" -c 'CREATE DATABASE soak'
+DB="${PG_URL%/postgres}/soak"
+export COPILOT_JWT_SECRET=soak-secret-of-enough-length-0123456789
+"$BIN" migrate --database-url "$DB" >/dev/null
+start_instance() {
+  start_copilot DATABASE_URL="$DB" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
+    COPILOT_REQUIRE_MEMBERSHIP=false COPILOT_RATE_LIMIT=off
+}
+read -r PORT_A PID_A < <(start_instance)
+read -r PORT_B PID_B < <(start_instance)
+PIDS+=("$PID_A" "$PID_B")
+ALICE=$("$BIN" token --tenant demo --user alice --database-url "$DB")
+SERVICE=$("$BIN" token --tenant demo --role service --database-url "$DB")
+for body in '/v1/config/global {"mergeMaxMessages": 80}' '/v1/tenants/demo/config {"pathMaxMessages": 300}'; do
+  curl -fsS -X PUT "http://127.0.0.1:$PORT_A${body%% *}" -H "Authorization: Bearer $SERVICE" \
+    -H 'Content-Type: application/json' -d "${body#* }" >/dev/null
+done
+for port in "$PORT_A" "$PORT_B"; do
+  until curl -fsS "http://127.0.0.1:$port/readyz" | grep -q '"redis":"ok"'; do sleep 0.1; done
+done
+
+# A writer per instance: PUTs as fast as they are answered; logs "<unix time> <status>" per failure.
+cat >"$WORK_DIR/writer.py" <<'PY'
+import http.client, json, sys, time
+port, token, user, seconds, out = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5]
+end = time.time() + seconds
+n = failed = 0
+with open(out, "w") as log:
+    conn = None
+    while time.time() < end:
+        n += 1
+        try:
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=10)
+            conn.request("PUT", f"/v1/tenants/demo/users/{user}/config",
+                         json.dumps({"mergeMaxMessages": n % 100 + 1}),
+                         {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+            r = conn.getresponse(); r.read()
+            if r.status != 200:
+                failed += 1; log.write(f"{time.time():.3f} {r.status}\n")
+        except Exception as e:
+            failed += 1; log.write(f"{time.time():.3f} {type(e).__name__}\n"); conn = None
+            time.sleep(0.05)
+    log.write(f"total {n} failed {failed}\n")
+PY
+cat >"$WORK_DIR/count.lua" <<'LUA'
+local counts = {}
+response = function(status, headers, body)
+  counts[status] = (counts[status] or 0) + 1
+end
+done = function(summary, latency, requests)
+  for status, n in pairs(counts) do io.write(string.format("status %d: %d\n", status, n)) end
+end
+LUA
+START=$(date +%s)
+LOAD_PIDS=()
+echo "machine: $(nproc) cores; $(date -u +%F); $SOAK_SECONDS s, warm-up $WARMUP s"
+python3 "$WORK_DIR/writer.py" "$PORT_A" "$SERVICE" bob "$SOAK_SECONDS" "$WORK_DIR/writes-a" &
+LOAD_PIDS+=("$!")
+python3 "$WORK_DIR/writer.py" "$PORT_B" "$SERVICE" carol "$SOAK_SECONDS" "$WORK_DIR/writes-b" &
+LOAD_PIDS+=("$!")
+for port in "$PORT_A" "$PORT_B"; do
+  wrk -t1 -c9 -d"${SOAK_SECONDS}s" --timeout 10s -s "$WORK_DIR/count.lua" -H "Authorization: Bearer $ALICE" \
+    "http://127.0.0.1:$port/v1/tenants/demo/config/effective" >"$WORK_DIR/reads-$port" 2>&1 &
+  LOAD_PIDS+=("$!")
+done
+
+rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+RSS_A0="" RSS_B0="" PAUSED=0 PG_DOWN_AT=0 PG_UP_AT=0
+while [ $(($(date +%s) - START)) -lt "$SOAK_SECONDS" ]; do
+  sleep 1
+  elapsed=$(($(date +%s) - START))
+  if [ -z "$RSS_A0" ] && [ "$elapsed" -ge "$WARMUP" ]; then
+    RSS_A0=$(rss "$PID_A") RSS_B0=$(rss "$PID_B")
+    echo "after warm-up ($elapsed s): RSS A $RSS_A0 KiB, B $RSS_B0 KiB"
+  fi
+  if [ "$PAUSED" = 0 ] && [ "$elapsed" -ge $((SOAK_SECONDS / 3)) ]; then
+    echo "$elapsed s: Redis SIGSTOP for 10 s"
+    kill -STOP "$REDIS_PID"; sleep 10; kill -CONT "$REDIS_PID"; PAUSED=1
+  fi
+  if [ "$PG_DOWN_AT" = 0 ] && [ "$elapsed" -ge $((2 * SOAK_SECONDS / 3)) ]; then
+    echo "$elapsed s: PostgreSQL stopped for 5 s"
+    PG_DOWN_AT=$(date +%s)
+    as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" stop -m fast >/dev/null
+    sleep 5
+    as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$WORK_DIR/pg/log" -w \
+      -o "-p $PG_PORT -k $WORK_DIR/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null
+    PG_UP_AT=$(date +%s)
+    PIDS+=("$(head -1 "$PG_DATA/postmaster.pid")")
+  fi
+done
+wait "${LOAD_PIDS[@]}" 2>/dev/null || true
+RSS_A1=$(rss "$PID_A") RSS_B1=$(rss "$PID_B")
+
+failed_reads=0
+for port in "$PORT_A" "$PORT_B"; do
+  reqs=$(awk '/requests in/ {print $1}' "$WORK_DIR/reads-$port")
+  rate=$(awk '/Requests\/sec/ {print $2}' "$WORK_DIR/reads-$port")
+  bad=$(awk '/Non-2xx/ {print $NF}' "$WORK_DIR/reads-$port"); bad=${bad:-0}
+  sock=$(awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$WORK_DIR/reads-$port"); sock=${sock:-0}
+  echo "reads on :$port: $reqs ($rate/s), non-2xx $bad, socket errors $sock"
+  grep '^status' "$WORK_DIR/reads-$port" | grep -v 'status 200:' || true
+  failed_reads=$((failed_reads + bad + sock))
+done
+outside=0
+for w in a b; do
+  tail -1 "$WORK_DIR/writes-$w" | sed "s/^/writes on $w: /"
+  # Failures by second of the run and status.
+  awk -v start="$START" '$1 ~ /^[0-9.]+$/ {print int($1 - start) "s " $2}' "$WORK_DIR/writes-$w" | sort | uniq -c | sort -k2 -n | head -20
+  outside=$((outside + $(awk -v down="$PG_DOWN_AT" -v up="$PG_UP_AT" \
+    '$1 ~ /^[0-9.]+$/ && ($1 < down || $1 > up + 5) {n++} END {print n + 0}' "$WORK_DIR/writes-$w")))
+done
+echo "failed reads: $failed_reads; failed writes outside the PostgreSQL outage (+5 s): $outside"
+echo "RSS A: $RSS_A0 -> $RSS_A1 KiB; B: $RSS_B0 -> $RSS_B1 KiB"
+python3 -c "print('ratio=%.3f' % max($RSS_A1 / $RSS_A0, $RSS_B1 / $RSS_B0))"
