@@ -3,7 +3,8 @@
 //! SECONDS each. The append is the whole write: lock the conversation, next `seq`, insert the
 //! message, update the conversation, take a version (with its `NOTIFY`), record the change.
 //! It runs with the `NOTIFY` (as the service does) and without, to show what the notification
-//! costs. Last line: ratio=<appends per second (with NOTIFY) / pgbench inserts per second>.
+//! costs, and pgbench runs the service's own append statement too, to tell the Rust client's
+//! cost from the schema's (three rows and their indexes against one). Last line: ratio=<appends per second (with NOTIFY) / pgbench inserts per second>.
 //!
 //!     COPILOT_BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres \
 //!       PGBENCH=/usr/lib/postgresql/15/bin/pgbench cargo bench -p copilot-store --bench postgres_append
@@ -92,20 +93,45 @@ async fn appends_per_second(url: &str, notify: bool, tasks: u64, seconds: u64) -
     total as f64 / started.elapsed().as_secs_f64()
 }
 
-fn pgbench_per_second(url: &str, clients: u64, seconds: u64) -> f64 {
+/// The single-row insert the append is judged against.
+const PGBENCH_INSERT: &str = "INSERT INTO bench_messages (conversation_id, seq, role, content, metadata)
+     VALUES (gen_random_uuid(), :client_id, 'user', repeat('x', 200), '{}');\n";
+
+/// The service's append statement (same rows, indexes, NOTIFY and change-log row), run by
+/// pgbench on a conversation per client: the ceiling of this schema's append, with no Rust
+/// client in the way.
+const PGBENCH_APPEND: &str = "WITH upd AS (
+    UPDATE copilot.conversations
+       SET last_seq = last_seq + 1, last_message_at = GREATEST(now(), last_message_at),
+           updated_at = GREATEST(now(), last_message_at), message_count = message_count + 1,
+           version = nextval('copilot.version_seq')
+     WHERE id = ('00000000-0000-4000-8000-' || lpad(:client_id::text, 12, '0'))::uuid
+       AND tenant_id = 'pgbench' AND archived_at IS NULL
+     RETURNING id, tenant_id, last_seq, last_message_at, version
+  ), ins AS (
+    INSERT INTO copilot.conversation_messages
+        (id, conversation_id, tenant_id, seq, role, content, metadata, author_id, created_at)
+    SELECT gen_random_uuid(), upd.id, upd.tenant_id, upd.last_seq, 'user', repeat('x', 200),
+           '{}', 'pgbench', upd.last_message_at FROM upd RETURNING id
+  ), n AS (
+    SELECT pg_notify('copilot_changes', 'c|conversation|pgbench|x|' || upd.version::text) FROM upd
+  ), c AS (
+    INSERT INTO copilot.changes (kind, tenant_id, subject, version, created_at)
+    SELECT 'conversation', 'pgbench', upd.id::text, upd.version, now() FROM upd
+  )
+  SELECT upd.version FROM upd CROSS JOIN ins LEFT JOIN n ON true;\n";
+
+fn pgbench_per_second(url: &str, clients: u64, seconds: u64, name: &str, sql: &str) -> f64 {
     let dir = std::env::temp_dir().join(format!("copilot-pgbench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let script = dir.join("insert.sql");
-    std::fs::write(
-        &script,
-        "INSERT INTO bench_messages (conversation_id, seq, role, content, metadata)
-         VALUES (gen_random_uuid(), :client_id, 'user', repeat('x', 200), '{}');\n",
-    )
-    .expect("script");
+    let script = dir.join(format!("{name}.sql"));
+    std::fs::write(&script, sql).expect("script");
     let pgbench = std::env::var("PGBENCH").unwrap_or_else(|_| "pgbench".into());
     let out = std::process::Command::new(pgbench)
         .args([
             "-n",
+            "-M",
+            "prepared",
             "-c",
             &clients.to_string(),
             "-j",
@@ -155,13 +181,28 @@ fn main() {
         .execute(&mut conn)
         .await
         .expect("table");
+        sqlx::query(&format!(
+            "INSERT INTO copilot.conversations (id, tenant_id, share_audience, tenant_access,
+                 created_at, updated_at, version)
+             SELECT ('00000000-0000-4000-8000-' || lpad(i::text, 12, '0'))::uuid, 'pgbench',
+                 'private', 'view', now(), now(), 1 FROM generate_series(0, {tasks}) AS i"
+        ))
+        .execute(&mut conn)
+        .await
+        .expect("pgbench conversations");
         (with_notify, without_notify, url)
     });
-    let pgbench = pgbench_per_second(&url, tasks, seconds);
+    let pgbench = pgbench_per_second(&url, tasks, seconds, "insert", PGBENCH_INSERT);
+    let pgbench_append = pgbench_per_second(&url, tasks, seconds, "append", PGBENCH_APPEND);
     println!("concurrency {tasks}, {seconds} s each:");
     println!("  append (service path, NOTIFY on):  {with_notify:>8.0} /s");
     println!("  append (NOTIFY off):               {without_notify:>8.0} /s");
     println!("  pgbench single-row INSERT:         {pgbench:>8.0} /s");
+    println!("  pgbench, the append statement:     {pgbench_append:>8.0} /s");
+    println!(
+        "client cost: {:.3} (append / the same statement from pgbench)",
+        with_notify / pgbench_append
+    );
     println!(
         "notify cost: {:.3} (on / off)",
         with_notify / without_notify

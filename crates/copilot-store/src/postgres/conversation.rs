@@ -12,7 +12,8 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::{PostgresStore, to_i64, to_u64};
+use super::{CHANGES_CHANNEL, PostgresStore, to_i64, to_u64};
+use crate::changes::Notice;
 use crate::error::check_expected;
 use crate::traits::ConversationStore;
 use crate::{ChangeSubject, StoreError, StoreResult};
@@ -27,6 +28,15 @@ macro_rules! conversation_columns {
 macro_rules! message_columns {
     () => {
         "id, conversation_id, seq, role, content, metadata, author_id, created_at, deleted_at, deleted_by"
+    };
+}
+
+macro_rules! prefixed_message_columns {
+    () => {
+        "ins.id AS m_id, ins.conversation_id AS m_conversation_id, ins.seq AS m_seq, \
+         ins.role AS m_role, ins.content AS m_content, ins.metadata AS m_metadata, \
+         ins.author_id AS m_author_id, ins.created_at AS m_created_at, \
+         ins.deleted_at AS m_deleted_at, ins.deleted_by AS m_deleted_by"
     };
 }
 
@@ -58,24 +68,69 @@ fn decode_conversation(row: &PgRow) -> StoreResult<Conversation> {
     })
 }
 
+/// Message column names, in `message_columns!` order.
+type MessageColumnNames = [&'static str; 10];
+const MESSAGE_COLUMNS: MessageColumnNames = [
+    "id",
+    "conversation_id",
+    "seq",
+    "role",
+    "content",
+    "metadata",
+    "author_id",
+    "created_at",
+    "deleted_at",
+    "deleted_by",
+];
+/// The same columns as `prefixed_message_columns!` names them beside a conversation row.
+const PREFIXED_MESSAGE_COLUMNS: MessageColumnNames = [
+    "m_id",
+    "m_conversation_id",
+    "m_seq",
+    "m_role",
+    "m_content",
+    "m_metadata",
+    "m_author_id",
+    "m_created_at",
+    "m_deleted_at",
+    "m_deleted_by",
+];
+
 fn decode_message(row: &PgRow) -> StoreResult<Message> {
-    let role: String = row.try_get("role")?;
-    let author: Option<String> = row.try_get("author_id")?;
-    let Json(metadata): Json<Map<String, Value>> = row.try_get("metadata")?;
+    decode_message_named(row, &MESSAGE_COLUMNS)
+}
+
+fn decode_message_named(row: &PgRow, names: &MessageColumnNames) -> StoreResult<Message> {
+    let [
+        id,
+        conversation_id,
+        seq,
+        role,
+        content,
+        metadata,
+        author_id,
+        created_at,
+        deleted_at,
+        deleted_by,
+    ] = *names;
+    let role_text: String = row.try_get(role)?;
+    let author: Option<String> = row.try_get(author_id)?;
+    let Json(metadata): Json<Map<String, Value>> = row.try_get(metadata)?;
     Ok(Message {
-        id: MessageId::from_uuid(row.try_get::<Uuid, _>("id")?),
-        conversation_id: ConversationId::from_uuid(row.try_get::<Uuid, _>("conversation_id")?),
-        seq: to_u64(row.try_get("seq")?, "seq")?,
-        role: MessageRole::parse(&role).ok_or_else(|| StoreError::corrupt("role", &role))?,
-        content: row.try_get("content")?,
+        id: MessageId::from_uuid(row.try_get::<Uuid, _>(id)?),
+        conversation_id: ConversationId::from_uuid(row.try_get::<Uuid, _>(conversation_id)?),
+        seq: to_u64(row.try_get(seq)?, "seq")?,
+        role: MessageRole::parse(&role_text)
+            .ok_or_else(|| StoreError::corrupt("role", &role_text))?,
+        content: row.try_get(content)?,
         metadata,
         author_id: author
             .map(|a| UserId::parse(&a))
             .transpose()
             .map_err(|e| StoreError::corrupt("author_id", e))?,
-        created_at: row.try_get("created_at")?,
-        deleted_at: row.try_get("deleted_at")?,
-        deleted_by: row.try_get("deleted_by")?,
+        created_at: row.try_get(created_at)?,
+        deleted_at: row.try_get(deleted_at)?,
+        deleted_by: row.try_get(deleted_by)?,
     })
 }
 
@@ -324,60 +379,80 @@ impl ConversationStore for PostgresStore {
         conversation: &ConversationId,
         message: &NewMessage,
     ) -> StoreResult<MessageWrite> {
-        let mut tx = self.begin().await?;
-        // The row lock serializes appenders of one conversation: seq is gapless and unique.
-        let (_, archived, last_seq) = self
-            .lock_conversation(&mut tx, tenant, conversation)
-            .await?;
-        // Read the clock under the lock, so createdAt follows seq.
+        // One autocommitted statement, one round trip: the UPDATE locks the conversation row,
+        // so seq (last_seq + 1, re-read after any wait) is gapless and the version is taken
+        // under the lock; createdAt never goes below the previous message's, so it follows seq.
         let now = self.now();
-        if archived {
-            return Err(StoreError::ConversationArchived);
-        }
-        let version = self
-            .stamp(
-                &mut tx,
-                ChangeSubject::Conversation(tenant.clone(), *conversation),
-            )
-            .await?;
-        let seq = last_seq + 1;
+        let subject = ChangeSubject::Conversation(tenant.clone(), *conversation);
+        let (kind, change_tenant, change_key) = subject.columns();
+        let mut conn = self.read().await?;
         let row = sqlx::query(concat!(
-            "INSERT INTO copilot.conversation_messages
-                 (id, conversation_id, tenant_id, seq, role, content, metadata, author_id, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
-            message_columns!()
+            "WITH upd AS (
+                 UPDATE copilot.conversations
+                    SET last_seq = last_seq + 1,
+                        last_message_at = GREATEST($8::timestamptz, last_message_at),
+                        updated_at = GREATEST($8::timestamptz, last_message_at),
+                        message_count = message_count + 1,
+                        version = nextval('copilot.version_seq')
+                  WHERE id = $2 AND tenant_id = $3 AND archived_at IS NULL
+                  RETURNING last_seq, ",
+            conversation_columns!(),
+            "), ins AS (
+                 INSERT INTO copilot.conversation_messages
+                     (id, conversation_id, tenant_id, seq, role, content, metadata, author_id, created_at)
+                 SELECT $1, $2, $3, upd.last_seq, $4, $5, $6, $7, upd.last_message_at FROM upd
+                 RETURNING ",
+            message_columns!(),
+            "), n AS (
+                 SELECT pg_notify($9::text, $10::text || upd.version::text) FROM upd WHERE $11::boolean
+             ), c AS (
+                 INSERT INTO copilot.changes (kind, tenant_id, subject, version, created_at)
+                 SELECT $12::text, $13::text, $14::text, upd.version, $8::timestamptz FROM upd WHERE $15::boolean
+             )
+             SELECT upd.*, ",
+            prefixed_message_columns!(),
+            " FROM upd CROSS JOIN ins LEFT JOIN n ON true"
         ))
         .persistent(self.persistent())
         .bind(MessageId::new_v7(now).as_uuid())
         .bind(conversation.as_uuid())
         .bind(tenant.as_str())
-        .bind(seq)
         .bind(message.role.as_str())
         .bind(&message.content)
         .bind(Json(&message.metadata))
         .bind(message.author_id.as_ref().map(UserId::as_str))
         .bind(now)
-        .fetch_one(&mut *tx)
+        .bind(CHANGES_CHANNEL)
+        .bind(Notice::encode_change_prefix(&subject))
+        .bind(self.notify_changes)
+        .bind(kind)
+        .bind(change_tenant)
+        .bind(change_key)
+        .bind(self.record_changes)
+        // `read()`: autocommit on a plain connection, or a transaction behind a pooler.
+        .fetch_optional(&mut *conn)
         .await?;
-        let stored = decode_message(&row)?;
-        let row = sqlx::query(concat!(
-            "UPDATE copilot.conversations SET last_seq = $1, last_message_at = $2, updated_at = $2,
-                 message_count = message_count + 1, version = $3
-             WHERE id = $4 RETURNING ",
-            conversation_columns!()
-        ))
-        .persistent(self.persistent())
-        .bind(seq)
-        .bind(now)
-        .bind(to_i64(version)?)
-        .bind(conversation.as_uuid())
-        .fetch_one(&mut *tx)
-        .await?;
-        let updated = decode_conversation(&row)?;
-        tx.commit().await?;
+        conn.finish().await?;
+        let Some(row) = row else {
+            // Nothing updated: the conversation is archived or is not there (rare; one more read).
+            let mut conn = self.read().await?;
+            let archived: Option<bool> = sqlx::query_scalar(
+                "SELECT archived_at IS NOT NULL FROM copilot.conversations WHERE id = $1 AND tenant_id = $2",
+            )
+            .persistent(self.persistent())
+            .bind(conversation.as_uuid())
+            .bind(tenant.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+            conn.finish().await?;
+            return Err(match archived {
+                Some(true) => StoreError::ConversationArchived,
+                _ => StoreError::NotFound,
+            });
+        };
         Ok(MessageWrite {
-            message: stored,
-            conversation: updated,
+            message: decode_message_named(&row, &PREFIXED_MESSAGE_COLUMNS)?,
+            conversation: decode_conversation(&row)?,
         })
     }
 
