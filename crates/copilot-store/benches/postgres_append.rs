@@ -1,10 +1,11 @@
 //! Message append on PostgreSQL against `pgbench` inserting one similar row per transaction, at
 //! the same concurrency (CONCURRENCY tasks / clients, each on its own conversation) for
-//! SECONDS each. The append is the whole write: lock the conversation, next `seq`, insert the
-//! message, update the conversation, take a version (with its `NOTIFY`), record the change.
+//! SECONDS each. The append is the whole write, one statement: lock the conversation, next
+//! `seq`, insert the message, take a version (with its `NOTIFY`), record the change.
 //! It runs with the `NOTIFY` (as the service does) and without, to show what the notification
 //! costs, and pgbench runs the service's own append statement too, to tell the Rust client's
-//! cost from the schema's (three rows and their indexes against one). Last line: ratio=<appends per second (with NOTIFY) / pgbench inserts per second>.
+//! cost from the schema's (three rows and their indexes against one).
+//! Last line: ratio=<appends per second (with NOTIFY) / pgbench inserts per second>.
 //!
 //!     COPILOT_BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres \
 //!       PGBENCH=/usr/lib/postgresql/15/bin/pgbench cargo bench -p copilot-store --bench postgres_append
@@ -94,7 +95,8 @@ async fn appends_per_second(url: &str, notify: bool, tasks: u64, seconds: u64) -
 }
 
 /// The single-row insert the append is judged against.
-const PGBENCH_INSERT: &str = "INSERT INTO bench_messages (conversation_id, seq, role, content, metadata)
+const PGBENCH_INSERT: &str =
+    "INSERT INTO bench_messages (conversation_id, seq, role, content, metadata)
      VALUES (gen_random_uuid(), :client_id, 'user', repeat('x', 200), '{}');\n";
 
 /// The service's append statement (same rows, indexes, NOTIFY and change-log row), run by

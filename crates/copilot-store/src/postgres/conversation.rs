@@ -12,8 +12,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::{CHANGES_CHANNEL, PostgresStore, to_i64, to_u64};
-use crate::changes::Notice;
+use super::{PostgresStore, to_i64, to_u64};
 use crate::error::check_expected;
 use crate::traits::ConversationStore;
 use crate::{ChangeSubject, StoreError, StoreResult};
@@ -384,9 +383,8 @@ impl ConversationStore for PostgresStore {
         // under the lock; createdAt never goes below the previous message's, so it follows seq.
         let now = self.now();
         let subject = ChangeSubject::Conversation(tenant.clone(), *conversation);
-        let (kind, change_tenant, change_key) = subject.columns();
         let mut conn = self.read().await?;
-        let row = sqlx::query(concat!(
+        let query = sqlx::query(concat!(
             "WITH upd AS (
                  UPDATE copilot.conversations
                     SET last_seq = last_seq + 1,
@@ -394,44 +392,34 @@ impl ConversationStore for PostgresStore {
                         updated_at = GREATEST($8::timestamptz, last_message_at),
                         message_count = message_count + 1,
                         version = nextval('copilot.version_seq')
-                  WHERE id = $2 AND tenant_id = $3 AND archived_at IS NULL
+                  WHERE id = $10 AND tenant_id = $11 AND archived_at IS NULL
                   RETURNING last_seq, ",
             conversation_columns!(),
             "), ins AS (
                  INSERT INTO copilot.conversation_messages
                      (id, conversation_id, tenant_id, seq, role, content, metadata, author_id, created_at)
-                 SELECT $1, $2, $3, upd.last_seq, $4, $5, $6, $7, upd.last_message_at FROM upd
+                 SELECT $9, $10, $11, upd.last_seq, $12, $13, $14, $15, upd.last_message_at FROM upd
                  RETURNING ",
             message_columns!(),
-            "), n AS (
-                 SELECT pg_notify($9::text, $10::text || upd.version::text) FROM upd WHERE $11::boolean
-             ), c AS (
-                 INSERT INTO copilot.changes (kind, tenant_id, subject, version, created_at)
-                 SELECT $12::text, $13::text, $14::text, upd.version, $8::timestamptz FROM upd WHERE $15::boolean
-             )
-             SELECT upd.*, ",
+            "), ",
+            announcement_ctes!("upd"),
+            " SELECT upd.*, ",
             prefixed_message_columns!(),
             " FROM upd CROSS JOIN ins LEFT JOIN n ON true"
-        ))
-        .persistent(self.persistent())
-        .bind(MessageId::new_v7(now).as_uuid())
-        .bind(conversation.as_uuid())
-        .bind(tenant.as_str())
-        .bind(message.role.as_str())
-        .bind(&message.content)
-        .bind(Json(&message.metadata))
-        .bind(message.author_id.as_ref().map(UserId::as_str))
-        .bind(now)
-        .bind(CHANGES_CHANNEL)
-        .bind(Notice::encode_change_prefix(&subject))
-        .bind(self.notify_changes)
-        .bind(kind)
-        .bind(change_tenant)
-        .bind(change_key)
-        .bind(self.record_changes)
-        // `read()`: autocommit on a plain connection, or a transaction behind a pooler.
-        .fetch_optional(&mut *conn)
-        .await?;
+        ));
+        let row = self
+            .bind_announcement(query, &subject, now)
+            .bind(MessageId::new_v7(now).as_uuid())
+            .bind(conversation.as_uuid())
+            .bind(tenant.as_str())
+            .bind(message.role.as_str())
+            .bind(&message.content)
+            .bind(Json(&message.metadata))
+            .bind(message.author_id.as_ref().map(UserId::as_str))
+            .persistent(self.persistent())
+            // `read()`: autocommit on a plain connection, or a transaction behind a pooler.
+            .fetch_optional(&mut *conn)
+            .await?;
         conn.finish().await?;
         let Some(row) = row else {
             // Nothing updated: the conversation is archived or is not there (rare; one more read).

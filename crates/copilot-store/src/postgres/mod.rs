@@ -9,6 +9,29 @@
 //! connection), every read inside its own transaction, and no `extra_float_digits` start-up
 //! parameter (PgBouncer refuses it unless told to ignore it).
 
+/// How a write announces itself, as CTEs over `$source` (a CTE with a `version` column): its
+/// `NOTIFY` (when `$3`) and its change-log row (when `$7`), in the write's own statement.
+/// Parameters `$1`-`$8`, bound first by [`PostgresStore::bind_announcement`]. (A plain CTE
+/// nobody references does not run, so the statement must join `n`; a data-modifying CTE always
+/// runs.)
+macro_rules! announcement_ctes {
+    ($source:literal) => {
+        concat!(
+            "n AS (SELECT pg_notify($1::text, $2::text || ",
+            $source,
+            ".version::text) FROM ",
+            $source,
+            " WHERE $3::boolean), ",
+            "c AS (INSERT INTO copilot.changes (kind, tenant_id, subject, version, created_at) ",
+            "SELECT $4::text, $5::text, $6::text, ",
+            $source,
+            ".version, $8::timestamptz FROM ",
+            $source,
+            " WHERE $7::boolean)"
+        )
+    };
+}
+
 mod config;
 mod conversation;
 mod feed;
@@ -25,8 +48,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use copilot_domain::{Clock, SystemClock, Timestamp};
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions};
+use sqlx::query::Query;
+use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 
 use crate::traits::StoreHealth;
 use crate::{Change, ChangeLog, ChangeSubject, StoreError, StoreResult};
@@ -205,52 +229,42 @@ impl PostgresStore {
         self.clock.now()
     }
 
-    /// A fresh version for a write to `subject`, recorded in the change log when asked to, in
-    /// the caller's transaction.
+    /// A fresh version for a write to `subject`, announced and recorded in the change log as
+    /// configured, in the caller's transaction: one round trip whatever is asked.
     async fn stamp(&self, conn: &mut PgConnection, subject: ChangeSubject) -> StoreResult<u64> {
-        // One round trip whatever is asked: the version, its announcement and its change-log
-        // row. (A plain CTE nobody references does not run, so the notification is joined in;
-        // a data-modifying CTE always runs.)
-        let (kind, tenant, key) = subject.columns();
-        let notice = crate::changes::Notice::encode_change_prefix(&subject);
-        let query = match (self.notify_changes, self.record_changes) {
-            (false, false) => return next_version(conn, self.persistent()).await,
-            (true, false) => sqlx::query_scalar(
-                "WITH s AS (SELECT nextval('copilot.version_seq') AS v), \
-                 n AS (SELECT pg_notify($1, $2 || v::text) FROM s) \
-                 SELECT s.v FROM s CROSS JOIN n",
-            )
-            .bind(CHANGES_CHANNEL)
-            .bind(notice),
-            (true, true) => sqlx::query_scalar(
-                "WITH s AS (SELECT nextval('copilot.version_seq') AS v), \
-                 n AS (SELECT pg_notify($1, $2 || v::text) FROM s), \
-                 c AS (INSERT INTO copilot.changes (kind, tenant_id, subject, version, created_at) \
-                       SELECT $3, $4, $5, v, $6 FROM s) \
-                 SELECT s.v FROM s CROSS JOIN n",
-            )
-            .bind(CHANGES_CHANNEL)
-            .bind(notice)
-            .bind(kind)
-            .bind(tenant)
-            .bind(key)
-            .bind(self.now()),
-            (false, true) => sqlx::query_scalar(
-                "WITH s AS (SELECT nextval('copilot.version_seq') AS v), \
-                 c AS (INSERT INTO copilot.changes (kind, tenant_id, subject, version, created_at) \
-                       SELECT $1, $2, $3, v, $4 FROM s) \
-                 SELECT s.v FROM s",
-            )
-            .bind(kind)
-            .bind(tenant)
-            .bind(key)
-            .bind(self.now()),
-        };
-        let value: i64 = query
+        if !self.notify_changes && !self.record_changes {
+            return next_version(conn, self.persistent()).await;
+        }
+        let query = sqlx::query(concat!(
+            "WITH s AS (SELECT nextval('copilot.version_seq') AS version), ",
+            announcement_ctes!("s"),
+            " SELECT s.version FROM s LEFT JOIN n ON true"
+        ));
+        let row = self
+            .bind_announcement(query, &subject, self.now())
             .persistent(self.persistent())
             .fetch_one(&mut *conn)
             .await?;
-        to_u64(value, "version")
+        to_u64(row.try_get("version")?, "version")
+    }
+
+    /// Binds `$1`-`$8` of [`announcement_ctes!`].
+    fn bind_announcement<'q>(
+        &self,
+        query: Query<'q, Postgres, PgArguments>,
+        subject: &ChangeSubject,
+        now: Timestamp,
+    ) -> Query<'q, Postgres, PgArguments> {
+        let (kind, tenant, key) = subject.columns();
+        query
+            .bind(CHANGES_CHANNEL)
+            .bind(crate::changes::Notice::encode_change_prefix(subject))
+            .bind(self.notify_changes)
+            .bind(kind)
+            .bind(tenant)
+            .bind(key)
+            .bind(self.record_changes)
+            .bind(now)
     }
 
     /// Named, cached prepared statements, except behind a transaction pooler.
