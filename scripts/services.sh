@@ -104,3 +104,79 @@ start_copilot() {
   wait_for_http "http://127.0.0.1:$port/healthz" 30
   echo "$port $pid"
 }
+
+# Makes a throw-away CA and a server certificate for "localhost" (DNS name only, so a client
+# that checks names refuses 127.0.0.1), a client certificate, and a second CA that signed
+# nothing here. Writes into $1; sets TLS_DIR.
+make_test_certificates() {
+  TLS_DIR=$1
+  mkdir -p "$TLS_DIR"
+  (
+    cd "$TLS_DIR"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=copilot-state test CA" \
+      -keyout ca.key -out ca.crt 2>/dev/null
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=unrelated CA" \
+      -keyout other-ca.key -out other-ca.crt 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key -out server.csr 2>/dev/null
+    printf 'subjectAltName=DNS:localhost\n' >server.ext
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile server.ext -out server.crt 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=copilot-state" -keyout client.key -out client.csr 2>/dev/null
+    openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -out client.crt 2>/dev/null
+    # PostgreSQL insists on a key only its own user can read.
+    cp server.key pg-server.key
+    chmod 600 pg-server.key
+    [ "$(id -u)" = 0 ] && chown postgres pg-server.key
+    chmod 644 ca.crt other-ca.crt server.crt client.crt client.key server.key
+  )
+  chmod 755 "$TLS_DIR"
+}
+
+# Extra PostgreSQL options that turn TLS on with the certificates of make_test_certificates
+# (plain connections stay allowed: sslmode decides per client).
+postgres_tls_options() {
+  echo "-c ssl=on -c ssl_cert_file=$TLS_DIR/server.crt -c ssl_key_file=$TLS_DIR/pg-server.key"
+}
+
+# Starts a redis-server that speaks only TLS (port 0) with the test certificates; prints
+# "<port> <pid>". $1 names its log file; further arguments go to redis-server.
+start_tls_redis_server() {
+  local name=$1 port dir="$WORK_DIR/redis"
+  shift
+  port=$(free_port)
+  mkdir -p "$dir"
+  redis-server --port 0 --tls-port "$port" --bind 127.0.0.1 --dir "$dir" --save '' --appendonly no \
+    --tls-cert-file "$TLS_DIR/server.crt" --tls-key-file "$TLS_DIR/server.key" \
+    --tls-ca-cert-file "$TLS_DIR/ca.crt" --tls-auth-clients no --daemonize no "$@" >"$dir/$name.log" 2>&1 &
+  local pid=$!
+  wait_for_port "$port" 10
+  echo "$port $pid"
+}
+
+# PgBouncer in transaction mode in front of that PostgreSQL (it refuses to run as root).
+start_pgbouncer() {
+  BOUNCER_PORT=$(free_port)
+  local dir="$WORK_DIR/pgbouncer"
+  mkdir -p "$dir"
+  cat >"$dir/pgbouncer.ini" <<INI
+[databases]
+* = host=127.0.0.1 port=$PG_PORT
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $dir/users.txt
+pool_mode = transaction
+max_client_conn = 500
+default_pool_size = 20
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+INI
+  echo '"postgres" ""' >"$dir/users.txt"
+  [ "$(id -u)" = 0 ] && chown -R postgres "$dir"
+  as_postgres pgbouncer -d "$dir/pgbouncer.ini"
+  wait_for_port "$BOUNCER_PORT" 10
+  PIDS+=("$(cat "$dir/pgbouncer.pid")")
+  export COPILOT_TEST_PGBOUNCER_URL="postgres://postgres@127.0.0.1:$BOUNCER_PORT"
+}

@@ -43,34 +43,6 @@ if ! python3 -c 'import schemathesis' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check 'schemathesis>=4,<5'
 fi
 
-# PgBouncer in transaction mode in front of that PostgreSQL (it refuses to run as root).
-start_pgbouncer() {
-  BOUNCER_PORT=$(free_port)
-  local dir="$WORK_DIR/pgbouncer"
-  mkdir -p "$dir"
-  cat >"$dir/pgbouncer.ini" <<INI
-[databases]
-* = host=127.0.0.1 port=$PG_PORT
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-unix_socket_dir =
-auth_type = trust
-auth_file = $dir/users.txt
-pool_mode = transaction
-max_client_conn = 500
-default_pool_size = 20
-logfile = $dir/pgbouncer.log
-pidfile = $dir/pgbouncer.pid
-INI
-  echo '"postgres" ""' >"$dir/users.txt"
-  [ "$(id -u)" = 0 ] && chown -R postgres "$dir"
-  as_postgres pgbouncer -d "$dir/pgbouncer.ini"
-  wait_for_port "$BOUNCER_PORT" 10
-  PIDS+=("$(cat "$dir/pgbouncer.pid")")
-  export COPILOT_TEST_PGBOUNCER_URL="postgres://postgres@127.0.0.1:$BOUNCER_PORT"
-}
-
 start_redis() {
   local pid
   read -r REDIS_PORT pid < <(start_redis_server main)

@@ -30,22 +30,17 @@ pub struct Bus {
 
 impl Bus {
     /// A bus whose health and messages go to `trust`.
-    pub fn new(
-        l2: Arc<RedisL2>,
-        url: &str,
-        prefix: &str,
-        trust: Arc<L1Trust>,
-    ) -> Result<Arc<Self>, redis::RedisError> {
+    pub fn new(l2: Arc<RedisL2>, prefix: &str, trust: Arc<L1Trust>) -> Arc<Self> {
         let instance = format!("{}-{}", std::process::id(), rand_suffix());
-        Ok(Arc::new(Self {
+        Arc::new(Self {
+            client: l2.client().clone(),
             l2,
-            client: redis::Client::open(url)?,
             channel: format!("{prefix}:v1:invalidations"),
             instance,
             healthy: AtomicBool::new(false),
             last_heard: Mutex::new(None),
             trust,
-        }))
+        })
     }
 
     /// The trust this bus reports to.

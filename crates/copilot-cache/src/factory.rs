@@ -272,9 +272,9 @@ impl CacheControl {
         } else {
             L1Trust::single_process()
         };
-        let bus = match (&l2, &settings.redis) {
-            (Some(l2), Some(redis)) => {
-                let bus = Bus::new(l2.clone(), &redis.url, &settings.prefix, trust.clone())?;
+        let bus = match &l2 {
+            Some(l2) => {
+                let bus = Bus::new(l2.clone(), &settings.prefix, trust.clone());
                 bus.spawn();
                 Some(bus)
             }
@@ -346,7 +346,7 @@ impl CacheControl {
             stats.push(("auth", Arc::new(move || c.tier().stats())));
             out.members = cached;
         }
-        let events = Self::build_events(&settings, &l2, &switch)?;
+        let events = Self::build_events(&settings, &l2, &switch);
         let limiter = settings.rate_limit.clone().map(|mut rl| {
             rl.prefix = settings.prefix.clone();
             let (switch, flag) = (switch.clone(), settings.flags.rate_limiter);
@@ -376,20 +376,19 @@ impl CacheControl {
         settings: &CacheSettings,
         l2: &Option<Arc<RedisL2>>,
         switch: &Arc<AtomicBool>,
-    ) -> Result<EventHub, redis::RedisError> {
+    ) -> EventHub {
         let mut hub_settings = settings.events.clone();
         hub_settings.prefix = settings.prefix.clone();
-        match (l2, &settings.redis) {
-            (Some(l2), Some(redis)) => {
+        match l2 {
+            Some(l2) => {
                 let (switch, flag) = (switch.clone(), settings.flags.events);
                 EventHub::with_redis(
                     hub_settings,
                     l2.clone(),
-                    &redis.url,
                     Box::new(move || flag && switch.load(Ordering::Relaxed)),
                 )
             }
-            _ => Ok(EventHub::local(hub_settings)),
+            None => EventHub::local(hub_settings),
         }
     }
 

@@ -35,27 +35,10 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 ";
 
-#[derive(Clone, Debug)]
-pub struct RedisSettings {
-    pub url: String,
-    /// `REDIS_TIMEOUT_MS`: the deadline of every Redis call.
-    pub timeout: Duration,
-    pub breaker_failures: u32,
-    pub breaker_open_for: Duration,
-}
-
-impl RedisSettings {
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            timeout: Duration::from_millis(50),
-            breaker_failures: 3,
-            breaker_open_for: Duration::from_secs(1),
-        }
-    }
-}
+pub use crate::redis_connect::{RedisSettings, RedisTls};
 
 pub struct RedisL2 {
+    client: redis::Client,
     connection: ConnectionManager,
     breaker: Arc<CircuitBreaker>,
     timeout: Duration,
@@ -66,12 +49,12 @@ pub struct RedisL2 {
 impl RedisL2 {
     /// Does not connect: the first call does, under the breaker.
     pub fn new(settings: &RedisSettings) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(settings.url.as_str())?;
+        let client = settings.client()?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout.max(Duration::from_millis(200))))
             .set_response_timeout(Some(settings.timeout))
             .set_number_of_retries(1);
-        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         let breaker = Arc::new(CircuitBreaker::new(
             settings.breaker_failures,
             settings.breaker_open_for,
@@ -86,12 +69,18 @@ impl RedisL2 {
             );
         }
         Ok(Self {
+            client,
             connection,
             breaker,
             timeout: settings.timeout,
             fill: Script::new(FILL),
             tombstone: Script::new(TOMBSTONE),
         })
+    }
+
+    /// The client the bus and the event hub open their own connections from.
+    pub(crate) fn client(&self) -> &redis::Client {
+        &self.client
     }
 
     pub fn breaker_state(&self) -> BreakerState {

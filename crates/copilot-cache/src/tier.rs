@@ -800,8 +800,7 @@ mod tests {
     async fn a_fill_from_an_older_bus_epoch_stays_out_of_l1() {
         let l2 =
             Arc::new(RedisL2::new(&RedisSettings::new("redis://127.0.0.1:9")).expect("redis url"));
-        let bus =
-            Bus::new(l2.clone(), "redis://127.0.0.1:9", "test", L1Trust::shared()).expect("bus");
+        let bus = Bus::new(l2.clone(), "test", L1Trust::shared());
         bus.force_health(true);
         let tier =
             CacheTier::<String>::new(TierSettings::new("test", Duration::from_secs(60)), Some(l2))

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use copilot_cache::events::HubSettings;
 use copilot_cache::ratelimit::RateLimitSettings;
-use copilot_cache::{CacheFlags, CacheSettings, RedisSettings};
+use copilot_cache::{CacheFlags, CacheSettings, RedisSettings, RedisTls};
 
 use crate::net::Cidr;
 use crate::server::ServerLimits;
@@ -136,11 +136,13 @@ impl Settings {
         }
         let redis_url = overrides.redis_url.or_else(|| var("REDIS_URL"));
         if let Some(url) = &redis_url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+            && !["redis://", "rediss://", "https://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
         {
             return Err(invalid(
                 "REDIS_URL",
-                "must start with redis:// or rediss://",
+                "must start with redis://, rediss:// or https:// (Upstash)",
             ));
         }
         let bool_var = |name: &str, default: bool| -> Result<bool, SettingsError> {
@@ -247,12 +249,22 @@ impl Settings {
         let redis = match &redis_url {
             None => None,
             Some(url) => {
-                let mut settings = RedisSettings::new(with_password(
-                    url,
-                    var("REDIS_PASSWORD").or_else(|| var("REDIS_TOKEN")),
-                ));
-                settings.timeout =
-                    Duration::from_millis(number_var("REDIS_TIMEOUT_MS", 50, 1..=10_000)?);
+                let path = |name: &str| var(name).map(std::path::PathBuf::from);
+                let settings = RedisSettings {
+                    username: var("REDIS_USERNAME"),
+                    password: var("REDIS_PASSWORD").or_else(|| var("REDIS_TOKEN")),
+                    tls: RedisTls {
+                        ca_file: path("REDIS_CA_FILE"),
+                        client_cert_file: path("REDIS_CLIENT_CERT_FILE"),
+                        client_key_file: path("REDIS_CLIENT_KEY_FILE"),
+                    },
+                    timeout: Duration::from_millis(number_var("REDIS_TIMEOUT_MS", 50, 1..=10_000)?),
+                    ..RedisSettings::new(url.as_str())
+                };
+                // Certificates and the Upstash form are checked now, not at the first request.
+                settings
+                    .client()
+                    .map_err(|e| invalid("REDIS_URL", e.to_string()))?;
                 Some(settings)
             }
         };
@@ -407,30 +419,6 @@ fn rate_limit_settings(
     }))
 }
 
-/// Puts `REDIS_PASSWORD` / `REDIS_TOKEN` into a URL that carries no credentials,
-/// percent-encoded (a password may hold `@`, `:`, `/`, `#`, ...).
-fn with_password(url: &str, password: Option<String>) -> String {
-    match (password, url.split_once("://")) {
-        (Some(password), Some((scheme, rest))) if !rest.contains('@') => {
-            format!("{scheme}://:{}@{rest}", percent_encode(&password))
-        }
-        _ => url.to_owned(),
-    }
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
 pub fn is_sqlite(url: &str) -> bool {
     url.starts_with("sqlite:")
 }
@@ -536,10 +524,11 @@ mod tests {
         )
         .unwrap();
         let redis = s.cache.redis.unwrap();
-        assert_eq!(redis.url, "redis://:pw@cache:6379");
+        assert_eq!(redis.url, "redis://cache:6379");
+        assert_eq!(redis.password.as_deref(), Some("pw"));
         assert_eq!(redis.timeout, Duration::from_millis(20));
         assert_eq!(s.cache.prefix, "staging");
-        // Reserved characters in a password are encoded, so the URL still parses as meant.
+        // A password with URL-reserved characters reaches Redis as it is.
         let encoded = load(
             &[
                 ("REDIS_URL", "redis://cache:6379"),
@@ -548,13 +537,37 @@ mod tests {
             Overrides::default(),
         )
         .unwrap();
-        let url = encoded.cache.redis.unwrap().url;
-        assert_eq!(url, "redis://:p%40ss%3Aw%2Frd%231@cache:6379");
-        let info = redis::Client::open(url.as_str())
-            .unwrap()
-            .get_connection_info()
-            .clone();
+        let client = encoded.cache.redis.unwrap().client().unwrap();
+        let info = client.get_connection_info();
         assert_eq!(info.redis_settings().password(), Some("p@ss:w/rd#1"));
+        // Upstash: the REST URL and its token.
+        let upstash = load(
+            &[
+                ("REDIS_URL", "https://eu1-fine-cat-1.upstash.io"),
+                ("REDIS_TOKEN", "tok"),
+            ],
+            Overrides::default(),
+        )
+        .unwrap();
+        let client = upstash.cache.redis.unwrap().client().unwrap();
+        let info = client.get_connection_info();
+        assert_eq!(info.redis_settings().username(), Some("default"));
+        assert_eq!(info.redis_settings().password(), Some("tok"));
+        let err = load(
+            &[("REDIS_URL", "https://eu1-fine-cat-1.upstash.io")],
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("REDIS_TOKEN"), "{err}");
+        let err = load(
+            &[
+                ("REDIS_URL", "rediss://cache:6380"),
+                ("REDIS_CA_FILE", "/nonexistent/ca.pem"),
+            ],
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
         assert!(
             load(&[], Overrides::default())
                 .unwrap()

@@ -223,18 +223,17 @@ impl EventHub {
         Self::build(settings, None, Box::new(|| false))
     }
 
-    /// A hub that uses Redis at `url` while `wanted()` says so, in-process otherwise.
+    /// A hub that uses `l2`'s Redis while `wanted()` says so, in-process otherwise.
     /// Spawns its subscriber task; call inside a tokio runtime.
     pub fn with_redis(
         settings: HubSettings,
         l2: Arc<RedisL2>,
-        url: &str,
         wanted: Box<dyn Fn() -> bool + Send + Sync>,
-    ) -> Result<Self, ::redis::RedisError> {
-        let redis = redis::RedisHub::new(l2, url)?;
+    ) -> Self {
+        let redis = redis::RedisHub::new(l2);
         let hub = Self::build(settings, Some(redis), wanted);
         redis::spawn_subscriber(Arc::downgrade(&hub.inner));
-        Ok(hub)
+        hub
     }
 
     fn build(

@@ -65,16 +65,16 @@ enum Replay {
 }
 
 impl RedisHub {
-    pub(crate) fn new(l2: Arc<RedisL2>, url: &str) -> Result<Self, redis::RedisError> {
-        Ok(Self {
+    pub(crate) fn new(l2: Arc<RedisL2>) -> Self {
+        Self {
+            client: l2.client().clone(),
             l2,
-            client: redis::Client::open(url)?,
             publish: Script::new(PUBLISH),
             wake: Arc::new(Notify::new()),
             connected: AtomicBool::new(false),
             subscribed: watch::channel((0, HashSet::new())).0,
             gaps: Mutex::new(HashSet::new()),
-        })
+        }
     }
 
     fn key(settings: &HubSettings, name: &str) -> String {

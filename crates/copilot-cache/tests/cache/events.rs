@@ -27,10 +27,8 @@ fn hub_and_l2(url: &str, prefix: &str) -> (EventHub, Arc<RedisL2>) {
             ..Default::default()
         },
         l2.clone(),
-        url,
         Box::new(|| true),
-    )
-    .expect("hub");
+    );
     (hub, l2)
 }
 
@@ -185,8 +183,7 @@ async fn a_publish_retried_after_a_late_answer_is_stored_once() {
         prefix: prefix.clone(),
         ..Default::default()
     };
-    let a =
-        EventHub::with_redis(settings, l2.clone(), &redis.url(), Box::new(|| true)).expect("hub");
+    let a = EventHub::with_redis(settings, l2.clone(), Box::new(|| true));
     wait_answers(&l2).await;
     let first = publish(&a, "first").await;
 

@@ -151,6 +151,18 @@ pub async fn fresh_postgres_database() -> String {
     .await
     .expect("create a test database from copilot_template");
     let _ = conn.close().await;
-    let (base, _) = admin.rsplit_once('/').expect("URL with a database");
-    format!("{base}/{name}")
+    with_database(&admin, &name)
+}
+
+/// `url` with its database replaced by `name`, keeping its parameters (`?sslmode=...`).
+pub fn with_database(url: &str, name: &str) -> String {
+    let (path, query) = match url.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (url, None),
+    };
+    let (base, _) = path.rsplit_once('/').expect("URL with a database");
+    match query {
+        Some(query) => format!("{base}/{name}?{query}"),
+        None => format!("{base}/{name}"),
+    }
 }

@@ -1,0 +1,301 @@
+//! How to reach Redis: the URL and what a URL cannot carry (a private CA, a client certificate,
+//! ACL credentials kept out of it), turned into one [`redis::Client`] that every connection of
+//! the process (L2, bus, event hub) is made from.
+//!
+//! Accepted URLs: `redis://`, `rediss://` (TLS; system roots unless a CA file is given), and an
+//! Upstash REST URL `https://<name>.upstash.io[:port]`, which is reached the way Upstash serves
+//! Redis: over TLS on the same host (port 6379 unless given), user `default`, the token as
+//! password.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use redis::{ErrorKind, IntoConnectionInfo, RedisError};
+
+/// Files for TLS beyond the system roots (`REDIS_CA_FILE`, `REDIS_CLIENT_CERT_FILE`,
+/// `REDIS_CLIENT_KEY_FILE`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// PEM roots to trust instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for servers that authenticate clients.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+}
+
+#[derive(Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    /// `REDIS_USERNAME` (an ACL user); the URL's own user wins.
+    pub username: Option<String>,
+    /// `REDIS_PASSWORD` or `REDIS_TOKEN`; the URL's own password wins.
+    pub password: Option<String>,
+    pub tls: RedisTls,
+    /// `REDIS_TIMEOUT_MS`: the deadline of every Redis call.
+    pub timeout: Duration,
+    pub breaker_failures: u32,
+    pub breaker_open_for: Duration,
+}
+
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redacted_url(&self.url))
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The URL without its password, for logs and reports.
+pub fn redacted_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((credentials, host)) => {
+                let user = credentials.split(':').next().unwrap_or("");
+                format!("{scheme}://{user}:***@{host}")
+            }
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+impl RedisSettings {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            username: None,
+            password: None,
+            tls: RedisTls::default(),
+            timeout: Duration::from_millis(50),
+            breaker_failures: 3,
+            breaker_open_for: Duration::from_secs(1),
+        }
+    }
+
+    /// Whether the connection is encrypted.
+    pub fn uses_tls(&self) -> bool {
+        self.url.starts_with("rediss://") || self.url.starts_with("https://")
+    }
+
+    /// The client every connection of the process is made from. Fails (without connecting) on
+    /// a URL it does not understand, an Upstash URL without a token, or an unreadable or
+    /// malformed certificate file.
+    pub fn client(&self) -> Result<redis::Client, RedisError> {
+        let url = self.redis_url()?;
+        let mut info = url.as_str().into_connection_info()?;
+        let mut redis = info.redis_settings().clone();
+        if redis.username().is_none()
+            && let Some(username) = self
+                .username
+                .as_deref()
+                .or(self.url.starts_with("https://").then_some(UPSTASH_USER))
+        {
+            redis = redis.set_username(username);
+        }
+        if redis.password().is_none()
+            && let Some(password) = &self.password
+        {
+            redis = redis.set_password(password);
+        }
+        info = info.set_redis_settings(redis);
+        if !self.uses_tls() {
+            if self.tls != RedisTls::default() {
+                return Err(invalid(
+                    "REDIS_CA_FILE and client certificates need a rediss:// REDIS_URL",
+                ));
+            }
+            return redis::Client::open(info);
+        }
+        let root_cert = self.tls.ca_file.as_ref().map(read_pem).transpose()?;
+        let client_tls = match (&self.tls.client_cert_file, &self.tls.client_key_file) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read_pem(cert)?,
+                client_key: read_pem(key)?,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "REDIS_CLIENT_CERT_FILE and REDIS_CLIENT_KEY_FILE go together",
+                ));
+            }
+        };
+        redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        )
+    }
+
+    /// The URL in Redis's own scheme: an Upstash `https://` URL becomes `rediss://` to the same
+    /// host.
+    fn redis_url(&self) -> Result<String, RedisError> {
+        if let Some(rest) = self.url.strip_prefix("https://") {
+            if self.password.is_none() && !rest.contains('@') {
+                return Err(invalid(
+                    "an https:// (Upstash) REDIS_URL needs REDIS_TOKEN (or REDIS_PASSWORD)",
+                ));
+            }
+            let authority = rest.split('/').next().unwrap_or(rest);
+            let host_has_port = authority
+                .rsplit_once(':')
+                .is_some_and(|(_, port)| port.parse::<u16>().is_ok());
+            return Ok(if host_has_port {
+                format!("rediss://{authority}")
+            } else {
+                format!("rediss://{authority}:{UPSTASH_PORT}")
+            });
+        }
+        if self.url.starts_with("redis://") || self.url.starts_with("rediss://") {
+            Ok(self.url.clone())
+        } else {
+            Err(invalid("must start with redis://, rediss:// or https://"))
+        }
+    }
+}
+
+/// Upstash serves the Redis protocol on the REST host, port 6379, as user `default`.
+const UPSTASH_PORT: u16 = 6379;
+const UPSTASH_USER: &str = "default";
+
+fn read_pem(path: &PathBuf) -> Result<Vec<u8>, RedisError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        RedisError::from((
+            ErrorKind::InvalidClientConfig,
+            "cannot read a TLS file",
+            format!("{}: {e}", path.display()),
+        ))
+    })?;
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(RedisError::from((
+            ErrorKind::InvalidClientConfig,
+            "not a PEM file",
+            path.display().to_string(),
+        )));
+    }
+    Ok(bytes)
+}
+
+fn invalid(message: &'static str) -> RedisError {
+    RedisError::from((ErrorKind::InvalidClientConfig, message))
+}
+
+/// Whether a connection error says the server's certificate (or ours) was refused, as opposed to
+/// Redis being unreachable: the first is a configuration mistake worth failing start-up for, the
+/// second an outage the service rides out.
+pub fn is_certificate_error(error: &RedisError) -> bool {
+    let text = format!("{error:?}").to_ascii_lowercase();
+    [
+        "certificate",
+        "unknownissuer",
+        "invalidcertificate",
+        "handshake",
+        "tls",
+    ]
+    .iter()
+    .any(|word| text.contains(word))
+}
+
+/// Connects once within `within` and answers `PING`: `Ok` when Redis answered, `Err` with the
+/// error otherwise. For start-up checks and `doctor`; requests never call this.
+pub async fn check(client: &redis::Client, within: Duration) -> Result<(), RedisError> {
+    let attempt = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(within, attempt).await {
+        Ok(result) => result.map(|_| ()),
+        Err(_) => Err(RedisError::from((
+            ErrorKind::Io,
+            "no answer within the deadline",
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(url: &str, password: Option<&str>) -> RedisSettings {
+        RedisSettings {
+            password: password.map(str::to_owned),
+            ..RedisSettings::new(url)
+        }
+    }
+
+    #[test]
+    fn upstash_url_becomes_tls_redis_on_the_same_host() {
+        let s = settings("https://eu1-fine-cat-12345.upstash.io", Some("tok"));
+        assert_eq!(
+            s.redis_url().unwrap(),
+            "rediss://eu1-fine-cat-12345.upstash.io:6379"
+        );
+        let client = s.client().unwrap();
+        let info = client.get_connection_info();
+        assert_eq!(info.redis_settings().username(), Some("default"));
+        assert_eq!(info.redis_settings().password(), Some("tok"));
+        assert!(matches!(
+            info.addr(),
+            redis::ConnectionAddr::TcpTls { host, port: 6379, .. } if host == "eu1-fine-cat-12345.upstash.io"
+        ));
+        // A port in the URL is kept (tests point it at a local TLS Redis).
+        let s = settings("https://localhost:7000/", Some("tok"));
+        assert_eq!(s.redis_url().unwrap(), "rediss://localhost:7000");
+        // Without a token there is nothing to log in with.
+        assert!(settings("https://x.upstash.io", None).client().is_err());
+    }
+
+    #[test]
+    fn credentials_fill_in_what_the_url_leaves_out() {
+        let mut s = settings("redis://cache:6379", Some("p@ss:w/rd#1"));
+        s.username = Some("app".into());
+        let client = s.client().unwrap();
+        let info = client.get_connection_info().redis_settings();
+        assert_eq!(info.username(), Some("app"));
+        assert_eq!(info.password(), Some("p@ss:w/rd#1"));
+        // The URL's own credentials win.
+        let s = settings("redis://u:fromurl@cache:6379", Some("env"));
+        let client = s.client().unwrap();
+        assert_eq!(
+            client.get_connection_info().redis_settings().password(),
+            Some("fromurl")
+        );
+        assert!(!format!("{s:?}").contains("fromurl"));
+        assert!(!format!("{s:?}").contains("env"));
+    }
+
+    #[test]
+    fn bad_tls_files_fail_before_connecting() {
+        let mut s = RedisSettings::new("rediss://localhost:1");
+        s.tls.ca_file = Some("/nonexistent/ca.pem".into());
+        assert!(s.client().is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        s.tls.ca_file = Some(junk);
+        assert!(s.client().is_err());
+        // A CA for a plain-text connection is a mistake, not silently ignored.
+        let mut plain = RedisSettings::new("redis://localhost:1");
+        plain.tls.ca_file = Some("/etc/hosts".into());
+        assert!(plain.client().is_err());
+        let mut half = RedisSettings::new("rediss://localhost:1");
+        half.tls.client_cert_file = Some("/etc/hosts".into());
+        assert!(half.client().is_err());
+        assert!(RedisSettings::new("http://x").client().is_err());
+    }
+
+    #[test]
+    fn redacted_url_hides_the_password() {
+        assert_eq!(
+            redacted_url("rediss://default:secret@host:6379"),
+            "rediss://default:***@host:6379"
+        );
+        assert_eq!(redacted_url("redis://host:6379"), "redis://host:6379");
+    }
+}
