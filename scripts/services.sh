@@ -122,7 +122,10 @@ make_test_certificates() {
     openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
       -extfile server.ext -out server.crt 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -subj "/CN=copilot-state" -keyout client.key -out client.csr 2>/dev/null
-    openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -out client.crt 2>/dev/null
+    # An extension makes it X.509 v3 (rustls refuses v1 certificates).
+    printf 'extendedKeyUsage=clientAuth\n' >client.ext
+    openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile client.ext -out client.crt 2>/dev/null
     # PostgreSQL insists on a key only its own user can read.
     cp server.key pg-server.key
     chmod 600 pg-server.key

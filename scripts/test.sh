@@ -53,6 +53,10 @@ start_redis() {
   PIDS+=("$PAUSED_REDIS_PID")
   kill -STOP "$PAUSED_REDIS_PID"
   export COPILOT_TEST_REDIS_PAUSED_URL="redis://127.0.0.1:$PAUSED_REDIS_PORT"
+  # A Redis that speaks TLS only, for the TLS pass.
+  local tls_pid
+  read -r TLS_REDIS_PORT tls_pid < <(start_tls_redis_server tls)
+  PIDS+=("$tls_pid")
   # Fault tests start (and kill, and pause) Redis servers of their own.
   export COPILOT_TEST_REDIS_SERVER
   COPILOT_TEST_REDIS_SERVER=$(command -v redis-server)
@@ -63,8 +67,11 @@ log "build"
 cargo build --workspace --all-targets
 
 # --- services ---------------------------------------------------------------------------------
-log "starting PostgreSQL"
-start_postgres
+log "making a throw-away CA and certificates"
+make_test_certificates "$WORK_DIR/tls"
+export COPILOT_TEST_TLS_DIR="$TLS_DIR"
+log "starting PostgreSQL (TLS on; sslmode decides per client)"
+PG_EXTRA_OPTIONS="$(postgres_tls_options)" start_postgres
 export COPILOT_TEST_POSTGRES_URL="$PG_URL"
 export COPILOT_TEST_PG_BIN="$PG_BIN"
 # A migrated template: each test creates its own database from it in ~60 ms.
@@ -130,6 +137,17 @@ wait "$SERVE_PID" 2>/dev/null || true
 # --- every Rust test (last, so its summary closes the run) ------------------------------------
 log "HTTP tests over PostgreSQL: ${RUNNER[*]} -p copilot-server --test api"
 COPILOT_TEST_BACKEND=postgres "${RUNNER[@]}" -p copilot-server --test api
+
+# TLS pass: the PostgreSQL conformance suite with sslmode=verify-full, and the fleet tests with
+# every instance on PostgreSQL over verify-full and Redis over rediss:// (REDIS_CA_FILE).
+log "TLS pass: PostgreSQL suite and fleet tests over TLS"
+(
+  export COPILOT_TEST_POSTGRES_URL="postgres://postgres@localhost:$PG_PORT/postgres?sslmode=verify-full&sslrootcert=$TLS_DIR/ca.crt"
+  export COPILOT_TEST_REDIS_URL="rediss://localhost:$TLS_REDIS_PORT"
+  export COPILOT_TEST_REDIS_TLS=1
+  "${RUNNER[@]}" -p copilot-store --test conformance -E 'test(/^postgres::/) | test(/^postgres_tls::/)'
+  "${RUNNER[@]}" -p copilot-server --test api -E 'test(/^fleet::/) | test(/^freshness::/) | test(/^tls::/)'
+)
 
 log "all tests: ${RUNNER[*]}"
 "${RUNNER[@]}" --workspace

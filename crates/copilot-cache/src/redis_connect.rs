@@ -190,16 +190,33 @@ fn invalid(message: &'static str) -> RedisError {
 /// Redis being unreachable: the first is a configuration mistake worth failing start-up for, the
 /// second an outage the service rides out.
 pub fn is_certificate_error(error: &RedisError) -> bool {
-    let text = format!("{error:?}").to_ascii_lowercase();
-    [
-        "certificate",
-        "unknownissuer",
-        "invalidcertificate",
-        "handshake",
-        "tls",
-    ]
-    .iter()
-    .any(|word| text.contains(word))
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    // redis keeps an I/O error as `Arc<dyn Error>`; tokio-rustls reports rustls's verdict as an
+    // `io::Error` wrapping a `rustls::Error`.
+    let Some(source) = std::error::Error::source(error) else {
+        return false;
+    };
+    let io = match source.downcast_ref::<Shared>() {
+        Some(shared) => shared.downcast_ref::<std::io::Error>(),
+        None => source.downcast_ref::<std::io::Error>(),
+    };
+    let tls = io
+        .and_then(std::io::Error::get_ref)
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    matches!(
+        tls,
+        Some(
+            rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+                | rustls::Error::AlertReceived(_)
+        )
+    )
+}
+
+/// Whether Redis refused the username or password (`WRONGPASS`, `NOAUTH`).
+pub fn is_credentials_error(error: &RedisError) -> bool {
+    error.kind() == ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("WRONGPASS" | "NOAUTH"))
 }
 
 /// Connects once within `within` and answers `PING`: `Ok` when Redis answered, `Err` with the

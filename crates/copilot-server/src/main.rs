@@ -227,6 +227,7 @@ async fn run_serve(settings: Settings) -> Result<()> {
     let stores = open_stores(&settings)
         .await
         .context("cannot open the store")?;
+    check_redis_at_start(&settings).await?;
     let (stores, cache) =
         CacheControl::build(stores, settings.cache.clone()).context("REDIS_URL")?;
     cache.follow_switch(std::time::Duration::from_millis(500));
@@ -341,6 +342,38 @@ async fn doctor(settings: Settings) -> Result<()> {
     println!("database: ok ({} ms)", started.elapsed().as_millis());
     doctor_redis(&settings).await
 }
+
+/// A Redis that refuses our certificate checks or credentials is a configuration mistake: stop
+/// with a clear error. A Redis that is merely away is an outage: start degraded, without it,
+/// and let the breaker's background probe bring it back.
+async fn check_redis_at_start(settings: &Settings) -> Result<()> {
+    let Some(redis) = &settings.cache.redis else {
+        return Ok(());
+    };
+    let client = redis.client().context("REDIS_URL")?;
+    match copilot_cache::redis_connect::check(&client, REDIS_START_CHECK).await {
+        Ok(()) => Ok(()),
+        Err(e) if copilot_cache::redis_connect::is_certificate_error(&e) => bail!(
+            "REDIS_URL {}: the TLS handshake failed: {e} (check REDIS_CA_FILE, the host name in the URL, and REDIS_CLIENT_CERT_FILE/REDIS_CLIENT_KEY_FILE)",
+            redact(&redis.url)
+        ),
+        Err(e) if copilot_cache::redis_connect::is_credentials_error(&e) => bail!(
+            "REDIS_URL {}: Redis refused the credentials: {e} (check REDIS_USERNAME, REDIS_PASSWORD or REDIS_TOKEN)",
+            redact(&redis.url)
+        ),
+        Err(e) => {
+            tracing::warn!(
+                redis = %redact(&redis.url),
+                error = %e,
+                "Redis does not answer: serving without it (degraded) until it does"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// How long start-up waits for Redis before it starts degraded.
+const REDIS_START_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Redis and the caches, for `doctor`.
 async fn doctor_redis(settings: &Settings) -> Result<()> {

@@ -16,6 +16,7 @@ pub struct OwnRedis {
     port: u16,
     binary: String,
     dir: Option<std::path::PathBuf>,
+    tls: Option<Vec<String>>,
 }
 
 impl OwnRedis {
@@ -25,15 +26,45 @@ impl OwnRedis {
 
     /// With `dir`, Redis keeps an append-only file there (it survives a restart).
     pub fn start_in(binary: &str, port: u16, dir: Option<&std::path::Path>) -> Self {
+        Self::start_full(binary, port, dir, None)
+    }
+
+    /// Speaking TLS only, with the test script's certificates (`COPILOT_TEST_TLS_DIR`) and
+    /// `extra` arguments (`--tls-auth-clients yes`, `--requirepass x`).
+    pub fn start_tls(binary: &str, port: u16, extra: &[&str]) -> Self {
+        let dir = redis_url("COPILOT_TEST_TLS_DIR");
+        let mut args: Vec<String> = [
+            "--tls-cert-file",
+            &format!("{dir}/server.crt"),
+            "--tls-key-file",
+            &format!("{dir}/server.key"),
+            "--tls-ca-cert-file",
+            &format!("{dir}/ca.crt"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        if !extra.contains(&"--tls-auth-clients") {
+            args.extend(["--tls-auth-clients".into(), "no".into()]);
+        }
+        Self::start_full(binary, port, None, Some(args))
+    }
+
+    fn start_full(
+        binary: &str,
+        port: u16,
+        dir: Option<&std::path::Path>,
+        tls: Option<Vec<String>>,
+    ) -> Self {
         let mut command = Command::new(binary);
-        command.args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ]);
+        match &tls {
+            None => command.args(["--port", &port.to_string()]),
+            Some(args) => command
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .args(args),
+        };
+        command.args(["--bind", "127.0.0.1", "--save", ""]);
         match dir {
             Some(dir) => command
                 .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
@@ -54,11 +85,16 @@ impl OwnRedis {
             port,
             binary: binary.to_owned(),
             dir: dir.map(std::path::Path::to_path_buf),
+            tls,
         }
     }
 
+    /// `redis://127.0.0.1:port`, or `rediss://localhost:port` (the certificate's name) for TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.tls {
+            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(_) => format!("rediss://localhost:{}", self.port),
+        }
     }
 
     /// Stops it (SIGTERM: an append-only file is flushed) and starts it again on its port.
@@ -66,8 +102,8 @@ impl OwnRedis {
         self.signal("-CONT");
         self.signal("-TERM");
         let _ = self.child.wait();
-        let (binary, dir) = (self.binary.clone(), self.dir.clone());
-        *self = Self::start_in(&binary, self.port, dir.as_deref());
+        let (binary, dir, tls) = (self.binary.clone(), self.dir.clone(), self.tls.clone());
+        *self = Self::start_full(&binary, self.port, dir.as_deref(), tls);
     }
 
     pub fn signal(&self, signal: &str) {
@@ -84,8 +120,8 @@ impl OwnRedis {
 
     fn restart(&mut self) {
         self.kill();
-        let (binary, dir) = (self.binary.clone(), self.dir.clone());
-        *self = Self::start_in(&binary, self.port, dir.as_deref());
+        let (binary, dir, tls) = (self.binary.clone(), self.dir.clone(), self.tls.clone());
+        *self = Self::start_full(&binary, self.port, dir.as_deref(), tls);
     }
 }
 

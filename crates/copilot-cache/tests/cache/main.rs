@@ -24,6 +24,7 @@ mod events;
 mod faults;
 mod regressions;
 mod switch;
+mod tls;
 
 /// A service of the test script by its variable; a test without it fails, naming it.
 pub fn redis_url(var: &str) -> String {
@@ -149,10 +150,12 @@ pub struct Stack {
 }
 
 pub fn stack(store: Arc<Counting>, redis: Option<&str>, prefix: &str) -> Stack {
-    let l2 = redis.map(|url| {
-        let settings = RedisSettings::new(url);
-        Arc::new(RedisL2::new(&settings).expect("redis client"))
-    });
+    stack_over(store, redis.map(RedisSettings::new), prefix)
+}
+
+/// [`stack`] with Redis settings of the caller's (TLS, credentials).
+pub fn stack_over(store: Arc<Counting>, redis: Option<RedisSettings>, prefix: &str) -> Stack {
+    let l2 = redis.map(|settings| Arc::new(RedisL2::new(&settings).expect("redis client")));
     let tier = |name: &'static str| {
         let mut s = TierSettings::new(name, Duration::from_secs(300));
         s.prefix = prefix.to_owned();

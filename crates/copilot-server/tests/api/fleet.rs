@@ -59,6 +59,11 @@ impl Instance {
             Some(url) => command.env("REDIS_URL", url),
             None => command.env_remove("REDIS_URL"),
         };
+        // Over TLS, the test script's throw-away CA is the one to trust.
+        command.env_remove("REDIS_CA_FILE");
+        if redis.is_some_and(|url| url.starts_with("rediss://") || url.starts_with("https://")) {
+            command.env("REDIS_CA_FILE", tls_file("ca.crt"));
+        }
         command
             .env("DATABASE_URL", database)
             .env("COPILOT_JWT_SECRET", SECRET)
@@ -129,16 +134,49 @@ impl Drop for Instance {
     }
 }
 
-/// A redis-server of a test's own (append-only file in `dir`), stopped on drop.
+/// A file the test script made for TLS (`COPILOT_TEST_TLS_DIR`: a throw-away CA, a server
+/// certificate for `localhost`).
+pub(crate) fn tls_file(name: &str) -> String {
+    format!("{}/{name}", service("COPILOT_TEST_TLS_DIR"))
+}
+
+/// A redis-server of a test's own (append-only file in `dir`), stopped on drop. It speaks TLS
+/// only (`rediss://localhost`) when started so, or when the script's TLS pass sets
+/// `COPILOT_TEST_REDIS_TLS=1`.
 pub struct OwnRedis {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    tls: Option<Vec<String>>,
 }
 
 impl OwnRedis {
     pub(crate) fn start(binary: &str) -> Self {
-        Self::start_on(binary, free_port(), tempfile::tempdir().unwrap())
+        if std::env::var("COPILOT_TEST_REDIS_TLS").is_ok_and(|v| v == "1") {
+            return Self::start_tls(binary, &[]);
+        }
+        Self::start_on(binary, free_port(), tempfile::tempdir().unwrap(), None)
+    }
+
+    /// TLS only, with the script's certificates and `extra` arguments (`--requirepass x`).
+    pub(crate) fn start_tls(binary: &str, extra: &[&str]) -> Self {
+        let mut args: Vec<String> = vec![
+            "--tls-cert-file".into(),
+            tls_file("server.crt"),
+            "--tls-key-file".into(),
+            tls_file("server.key"),
+            "--tls-ca-cert-file".into(),
+            tls_file("ca.crt"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start_on(
+            binary,
+            free_port(),
+            tempfile::tempdir().unwrap(),
+            Some(args),
+        )
     }
 
     /// Sends `signal` (`-STOP`, `-CONT`) to the server.
@@ -148,16 +186,16 @@ impl OwnRedis {
             .status();
     }
 
-    fn start_on(binary: &str, port: u16, dir: tempfile::TempDir) -> Self {
-        let child = Command::new(binary)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
+    fn start_on(binary: &str, port: u16, dir: tempfile::TempDir, tls: Option<Vec<String>>) -> Self {
+        let mut command = Command::new(binary);
+        match &tls {
+            None => command.args(["--port", &port.to_string()]),
+            Some(args) => command
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .args(args),
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -168,11 +206,19 @@ impl OwnRedis {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
-        Self { child, port, dir }
+        Self {
+            child,
+            port,
+            dir,
+            tls,
+        }
     }
 
     pub(crate) fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.tls {
+            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(_) => format!("rediss://localhost:{}", self.port),
+        }
     }
 
     fn stop(&mut self) {
@@ -186,11 +232,12 @@ impl OwnRedis {
     fn restart(self, binary: &str) -> Self {
         let mut me = self;
         me.stop();
-        let (port, dir) = (
+        let (port, dir, tls) = (
             me.port,
             std::mem::replace(&mut me.dir, tempfile::tempdir().unwrap()),
+            me.tls.take(),
         );
-        Self::start_on(binary, port, dir)
+        Self::start_on(binary, port, dir, tls)
     }
 }
 

@@ -13,6 +13,7 @@ mod members;
 mod operations;
 mod policy;
 mod postgres_faults;
+mod tls;
 
 use std::sync::Arc;
 
