@@ -197,6 +197,8 @@ pub struct CacheState {
     pub redis: &'static str,
     /// `closed`, `open` or `half-open`.
     pub breaker: &'static str,
+    /// Where Redis is (`null` without Redis).
+    pub topology: Option<crate::redis_connect::RedisTopology>,
     pub caches: std::collections::BTreeMap<&'static str, CacheReport>,
 }
 
@@ -612,6 +614,7 @@ impl CacheControl {
                 .as_ref()
                 .map_or(BreakerState::Closed, |l2| l2.breaker_state())
                 .as_str(),
+            topology: self.settings.redis.as_ref().map(RedisSettings::topology),
             caches,
         }
     }

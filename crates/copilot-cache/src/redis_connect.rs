@@ -160,6 +160,30 @@ impl RedisSettings {
     }
 }
 
+/// How Redis is deployed, for `/v1/admin/cache` and `doctor`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RedisTopology {
+    /// `single` (one server, or a managed endpoint that hides its nodes).
+    pub kind: &'static str,
+    pub tls: bool,
+    /// The node(s) connected to, `host:port`.
+    pub nodes: Vec<String>,
+}
+
+impl RedisSettings {
+    pub fn topology(&self) -> RedisTopology {
+        let nodes = self
+            .client()
+            .map(|c| vec![c.get_connection_info().addr().to_string()])
+            .unwrap_or_default();
+        RedisTopology {
+            kind: "single",
+            tls: self.uses_tls(),
+            nodes,
+        }
+    }
+}
+
 /// Upstash serves the Redis protocol on the REST host, port 6379, as user `default`.
 const UPSTASH_PORT: u16 = 6379;
 const UPSTASH_USER: &str = "default";
@@ -266,6 +290,9 @@ mod tests {
         assert_eq!(s.redis_url().unwrap(), "rediss://localhost:7000");
         // Without a token there is nothing to log in with.
         assert!(settings("https://x.upstash.io", None).client().is_err());
+        let topology = settings("https://localhost:7000/", Some("tok")).topology();
+        assert_eq!(topology.nodes, ["localhost:7000"]);
+        assert!(topology.tls);
     }
 
     #[test]

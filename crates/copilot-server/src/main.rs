@@ -295,7 +295,9 @@ fn print_banner(settings: &Settings, address: SocketAddr, secret: Option<&(Strin
 
 async fn doctor(settings: Settings) -> Result<()> {
     println!("configuration: ok");
-    println!("  DATABASE_URL: {}", redact(&settings.database_url));
+    for line in database_report(&settings) {
+        println!("{line}");
+    }
     println!("  bind: {}", settings.bind);
     println!(
         "  memberships required: {} (default: true on Postgres, false on SQLite)",
@@ -375,10 +377,93 @@ async fn check_redis_at_start(settings: &Settings) -> Result<()> {
 /// How long start-up waits for Redis before it starts degraded.
 const REDIS_START_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Which PostgreSQL URL does what, its TLS mode, and the pooler warning, for `doctor`.
+fn database_report(settings: &Settings) -> Vec<String> {
+    let url = &settings.database_url;
+    if settings.is_sqlite() {
+        return vec![format!("  DATABASE_URL: {} (SQLite)", redact(url))];
+    }
+    let pg = &settings.postgres;
+    let pooler = pg.transaction_pooler;
+    let mut lines = vec![format!(
+        "  DATABASE_URL (queries{}): {} [TLS: {}]",
+        if pooler {
+            ", through a transaction-mode pooler"
+        } else {
+            ""
+        },
+        redact(url),
+        sslmode(url)
+    )];
+    match &pg.direct_url {
+        Some(direct) => lines.push(format!(
+            "  COPILOT_DIRECT_DATABASE_URL (migrations, LISTEN/NOTIFY): {} [TLS: {}]",
+            redact(direct),
+            sslmode(direct)
+        )),
+        None => lines.push(
+            "  COPILOT_DIRECT_DATABASE_URL: unset (migrations and LISTEN/NOTIFY use DATABASE_URL)"
+                .to_owned(),
+        ),
+    }
+    if pg.direct_url.is_none() && (pooler || looks_like_a_pooler(url)) {
+        lines.push(format!(
+            "  warning: {} but COPILOT_DIRECT_DATABASE_URL is unset: migrations must run elsewhere and other instances' L1 gets no PostgreSQL notifications (set it to the database's direct URL, e.g. Supabase's port 5432)",
+            if pooler {
+                "COPILOT_PG_TRANSACTION_POOLER is on"
+            } else {
+                "DATABASE_URL looks like a transaction-mode pooler (port 6543 or a pooler host)"
+            }
+        ));
+    }
+    if !pooler && looks_like_a_pooler(url) {
+        lines.push("  warning: DATABASE_URL looks like a transaction-mode pooler: set COPILOT_PG_TRANSACTION_POOLER=true (no prepared statements, no session state)".to_owned());
+    }
+    lines
+}
+
+/// Supabase's Supavisor serves transaction mode on port 6543 (`*.pooler.supabase.com`).
+fn looks_like_a_pooler(url: &str) -> bool {
+    let authority = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or("");
+    let host_port = authority.rsplit('@').next().unwrap_or(authority);
+    host_port.ends_with(":6543") || host_port.contains(".pooler.supabase.com")
+}
+
+/// The `sslmode` a PostgreSQL URL asks for (`prefer` when it says nothing, as libpq and sqlx).
+fn sslmode(url: &str) -> String {
+    url.split_once('?')
+        .and_then(|(_, query)| {
+            query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("sslmode="))
+        })
+        .unwrap_or("prefer (default)")
+        .to_owned()
+}
+
 /// Redis and the caches, for `doctor`.
 async fn doctor_redis(settings: &Settings) -> Result<()> {
     match (&settings.redis_url, &settings.cache.redis) {
         (Some(url), Some(redis)) => {
+            let topology = redis.topology();
+            println!(
+                "  REDIS_URL: {} [{}, TLS: {}, node(s): {}]",
+                redact(url),
+                topology.kind,
+                if topology.tls { "on" } else { "off" },
+                topology.nodes.join(", ")
+            );
+            let client = redis.client().context("REDIS_URL")?;
+            if let Err(e) =
+                copilot_cache::redis_connect::check(&client, REDIS_START_CHECK * 2).await
+            {
+                bail!("redis: {}: {e}", redact(url));
+            }
             let l2 = copilot_cache::RedisL2::new(redis).context("REDIS_URL")?;
             // The first call also connects: give it a few tries within its deadline.
             let mut answered = false;

@@ -216,7 +216,18 @@ pub struct CacheStateDoc {
     enabled: bool,
     redis: String,
     breaker: String,
+    /// Where Redis is; `null` without Redis.
+    topology: Option<RedisTopologyDoc>,
     caches: BTreeMap<String, CacheReportDoc>,
+}
+
+/// `kind`: `single` (one server or a managed endpoint); `tls`: whether the connection is
+/// encrypted; `nodes`: `host:port` of the node(s) connected to.
+#[derive(Deserialize, ToSchema)]
+pub struct RedisTopologyDoc {
+    kind: String,
+    tls: bool,
+    nodes: Vec<String>,
 }
 
 #[derive(OpenApi)]
@@ -242,7 +253,7 @@ pub struct CacheStateDoc {
         RouteSource, EgressDecision, ConfigPatch, ConfigPatchInput, ConfigValues, ConfigSources, ConfigSource, LevelVersions,
         EffectiveConfig, StoredPatchView, MergeCompressionStrategy, PathCompressionStrategy, Conversation,
         ConversationPage, ConversationStatus, Message, MessagePage, MessageRole, ShareAudience, TenantAccess, Membership,
-        MembershipStatus, TenantRole, CacheSwitchInput, CacheReportDoc, CacheStateDoc,
+        MembershipStatus, TenantRole, CacheSwitchInput, CacheReportDoc, CacheStateDoc, RedisTopologyDoc,
         routes::events::EventPostInput, routes::events::EventAccepted,
     )),
     modifiers(&BearerSecurity, &ProblemResponses),

@@ -142,4 +142,96 @@ async fn an_upstash_style_https_url_with_a_token_connects_over_tls() {
     );
     // Ready means Redis answered and the bus heard its own heartbeat, over TLS.
     instance.ready().await;
+    let state: Value = reqwest::Client::new()
+        .get(format!("{}/v1/admin/cache", instance.base))
+        .bearer_auth(service_token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        state["topology"],
+        json!({"kind": "single", "tls": true, "nodes": [format!("localhost:{port}")]}),
+        "{state}"
+    );
+}
+
+/// `doctor` over the production shape: PostgreSQL behind a transaction-mode pooler plus a direct
+/// URL over TLS, Redis over TLS; and the warning when the direct URL is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_says_which_url_does_what_and_shows_the_redis_topology() {
+    let direct = copilot_store::conformance::fresh_postgres_database().await;
+    let (_, database) = direct.split('?').next().unwrap().rsplit_once('/').unwrap();
+    let pooler = format!("{}/{database}", service("COPILOT_TEST_PGBOUNCER_URL"));
+    let port = direct
+        .split('?')
+        .next()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let direct_tls = format!(
+        "postgres://postgres@localhost:{port}/{database}?sslmode=verify-full&sslrootcert={}",
+        tls_file("ca.crt")
+    );
+    let redis = OwnRedis::start_tls(&service("COPILOT_TEST_REDIS_SERVER"), &[]);
+    let doctor = |env: &[(&str, &str)]| {
+        let mut command = Command::new(BIN);
+        command
+            .env_remove("COPILOT_DIRECT_DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env("COPILOT_JWT_SECRET", SECRET);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let out = command.arg("doctor").output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let ca = tls_file("ca.crt");
+    let redis_url = redis.url();
+    let (ok, text) = doctor(&[
+        ("DATABASE_URL", pooler.as_str()),
+        ("COPILOT_PG_TRANSACTION_POOLER", "true"),
+        ("COPILOT_DIRECT_DATABASE_URL", direct_tls.as_str()),
+        ("REDIS_URL", redis_url.as_str()),
+        ("REDIS_CA_FILE", ca.as_str()),
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("DATABASE_URL (queries, through a transaction-mode pooler)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("COPILOT_DIRECT_DATABASE_URL (migrations, LISTEN/NOTIFY)")
+            && text.contains("[TLS: verify-full]"),
+        "{text}"
+    );
+    assert!(!text.contains("warning"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "[single, TLS: on, node(s): localhost:{}]",
+            redis_url.rsplit(':').next().unwrap()
+        )) && text.contains("redis: ok"),
+        "{text}"
+    );
+    let (_, text) = doctor(&[
+        ("DATABASE_URL", pooler.as_str()),
+        ("COPILOT_PG_TRANSACTION_POOLER", "true"),
+    ]);
+    assert!(
+        text.contains(
+            "warning: COPILOT_PG_TRANSACTION_POOLER is on but COPILOT_DIRECT_DATABASE_URL is unset"
+        ),
+        "{text}"
+    );
 }
