@@ -183,3 +183,46 @@ INI
   PIDS+=("$(cat "$dir/pgbouncer.pid")")
   export COPILOT_TEST_PGBOUNCER_URL="postgres://postgres@127.0.0.1:$BOUNCER_PORT"
 }
+
+# A free port P whose cluster bus port P+10000 is free too (so P <= 55535).
+free_cluster_port() {
+  python3 -c '
+import random, socket
+while True:
+    p = random.randint(20000, 55000)
+    try:
+        for q in (p, p + 10000):
+            s = socket.socket(); s.bind(("127.0.0.1", q)); s.close()
+        print(p); break
+    except OSError:
+        pass'
+}
+
+# Starts a Redis Cluster of $1 primaries with $2 replicas each on free ports (failover after a
+# 1 s node timeout); sets REDIS_CLUSTER_URL ("redis://127.0.0.1:P1,127.0.0.1:P2,...") and adds
+# every node's PID to PIDS. Must not run in a subshell.
+start_redis_cluster() {
+  local primaries=$1 replicas=$2 count port dir nodes=() i
+  count=$((primaries * (replicas + 1)))
+  for ((i = 0; i < count; i++)); do
+    port=$(free_cluster_port)
+    dir="$WORK_DIR/redis-cluster/$port"
+    mkdir -p "$dir"
+    redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --save '' --appendonly no \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 1000 \
+      --daemonize no >"$dir/log" 2>&1 &
+    PIDS+=("$!")
+    nodes+=("127.0.0.1:$port")
+  done
+  for node in "${nodes[@]}"; do wait_for_port "${node##*:}" 10; done
+  redis-cli --cluster create "${nodes[@]}" --cluster-replicas "$replicas" --cluster-yes >"$WORK_DIR/redis-cluster/create.log" 2>&1
+  local deadline=$((SECONDS + 30))
+  for node in "${nodes[@]}"; do
+    until redis-cli -p "${node##*:}" cluster info 2>/dev/null | grep -q 'cluster_state:ok'; do
+      [ "$SECONDS" -lt "$deadline" ] || { echo "Redis Cluster did not become ready" >&2; return 1; }
+      sleep 0.1
+    done
+  done
+  local IFS=,
+  REDIS_CLUSTER_URL="redis://${nodes[*]}"
+}

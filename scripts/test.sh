@@ -149,5 +149,17 @@ log "TLS pass: PostgreSQL suite and fleet tests over TLS"
   "${RUNNER[@]}" -p copilot-server --test api -E 'test(/^fleet::/) | test(/^freshness::/) | test(/^tls::/)'
 )
 
+# Cluster pass: the cache suite (conformance through the caching decorators, bus, events,
+# convergence) and the HTTP cache and fleet tests on a Redis Cluster of three primaries with a
+# replica each. (The cluster fault tests start clusters of their own in the main run.)
+log "Cluster pass: cache and fleet tests on Redis Cluster"
+start_redis_cluster 3 1
+echo "Redis Cluster: $REDIS_CLUSTER_URL"
+(
+  export COPILOT_TEST_REDIS_URL="$REDIS_CLUSTER_URL"
+  "${RUNNER[@]}" -p copilot-cache --test cache
+  "${RUNNER[@]}" -p copilot-server --test api -E 'test(/^cache::/) | test(/^fleet::regression_02/) | test(/^fleet::a_stalled/)'
+)
+
 log "all tests: ${RUNNER[*]}"
 "${RUNNER[@]}" --workspace

@@ -20,7 +20,7 @@ const HEALTHY_WITHIN: Duration = Duration::from_secs(1);
 
 pub struct Bus {
     l2: Arc<RedisL2>,
-    client: redis::Client,
+    subscribers: crate::redis_l2::PubSubNodes,
     channel: String,
     instance: String,
     healthy: AtomicBool,
@@ -33,7 +33,7 @@ impl Bus {
     pub fn new(l2: Arc<RedisL2>, prefix: &str, trust: Arc<L1Trust>) -> Arc<Self> {
         let instance = format!("{}-{}", std::process::id(), rand_suffix());
         Arc::new(Self {
-            client: l2.client().clone(),
+            subscribers: l2.subscribers(),
             l2,
             channel: format!("{prefix}:v1:invalidations"),
             instance,
@@ -116,7 +116,7 @@ impl Bus {
             loop {
                 let Some(bus) = weak.upgrade() else { return };
                 let connected = tokio::time::timeout(HEALTHY_WITHIN, async {
-                    let mut pubsub = bus.client.get_async_pubsub().await?;
+                    let mut pubsub = bus.subscribers.connect().await?;
                     pubsub.subscribe(&bus.channel).await?;
                     Ok::<_, redis::RedisError>(pubsub)
                 })

@@ -32,6 +32,8 @@ pub struct RedisSettings {
     /// `REDIS_PASSWORD` or `REDIS_TOKEN`; the URL's own password wins.
     pub password: Option<String>,
     pub tls: RedisTls,
+    /// `REDIS_CLUSTER=true`, or several comma-separated nodes in the URL: Redis Cluster.
+    pub cluster: bool,
     /// `REDIS_TIMEOUT_MS`: the deadline of every Redis call.
     pub timeout: Duration,
     pub breaker_failures: u32,
@@ -45,6 +47,7 @@ impl fmt::Debug for RedisSettings {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("tls", &self.tls)
+            .field("cluster", &self.cluster)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -71,6 +74,7 @@ impl RedisSettings {
             username: None,
             password: None,
             tls: RedisTls::default(),
+            cluster: false,
             timeout: Duration::from_millis(50),
             breaker_failures: 3,
             breaker_open_for: Duration::from_secs(1),
@@ -82,12 +86,101 @@ impl RedisSettings {
         self.url.starts_with("rediss://") || self.url.starts_with("https://")
     }
 
-    /// The client every connection of the process is made from. Fails (without connecting) on
-    /// a URL it does not understand, an Upstash URL without a token, or an unreadable or
-    /// malformed certificate file.
+    /// A client of the first (or only) node. Fails (without connecting) on a URL it does not
+    /// understand, an Upstash URL without a token, or an unreadable or malformed certificate
+    /// file.
     pub fn client(&self) -> Result<redis::Client, RedisError> {
-        let url = self.redis_url()?;
-        let mut info = url.as_str().into_connection_info()?;
+        let nodes = self.node_urls()?;
+        self.node_client(&nodes[0])
+    }
+
+    /// Whether this is a Redis Cluster (`REDIS_CLUSTER=true` or several nodes).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster || self.url.contains(',')
+    }
+
+    /// Clients of every node given (one for a single server): subscribers connect to any.
+    pub fn node_clients(&self) -> Result<Vec<redis::Client>, RedisError> {
+        self.node_urls()?
+            .iter()
+            .map(|url| self.node_client(url))
+            .collect()
+    }
+
+    /// The cluster client over every node given, with the same credentials and TLS; it learns
+    /// the rest of the cluster from them and follows `MOVED`/`ASK` and failovers.
+    pub fn cluster_client(&self) -> Result<redis::cluster::ClusterClient, RedisError> {
+        let infos = self
+            .node_clients()?
+            .into_iter()
+            .map(|client| client.get_connection_info().clone())
+            .collect::<Vec<_>>();
+        let first = infos[0].redis_settings().clone();
+        let mut builder = redis::cluster::ClusterClient::builder(infos);
+        if let Some(username) = first.username() {
+            builder = builder.username(username);
+        }
+        if let Some(password) = first.password() {
+            builder = builder.password(password);
+        }
+        if self.uses_tls() {
+            builder = builder.certs(self.certificates()?);
+        }
+        builder.build()
+    }
+
+    /// The URL of each node: `redis://a:1,b:2` or `redis://a:1,redis://b:2` (later nodes
+    /// without a scheme take the first one's scheme and credentials).
+    fn node_urls(&self) -> Result<Vec<String>, RedisError> {
+        let mut parts = self.url.split(',').map(str::trim).filter(|p| !p.is_empty());
+        let first = parts.next().unwrap_or_default();
+        let first = self.redis_url_of(first)?;
+        let (scheme, rest) = first.split_once("://").unwrap_or(("redis", ""));
+        let (scheme, credentials) = (
+            scheme.to_owned(),
+            rest.rsplit_once('@').map(|(c, _)| c.to_owned()),
+        );
+        let mut urls = vec![first];
+        for part in parts {
+            if part.contains("://") {
+                urls.push(self.redis_url_of(part)?);
+            } else {
+                urls.push(match &credentials {
+                    Some(c) => format!("{scheme}://{c}@{part}"),
+                    None => format!("{scheme}://{part}"),
+                });
+            }
+        }
+        if urls.len() > 1 && self.url.starts_with("https://") {
+            return Err(invalid(
+                "an https:// (Upstash) REDIS_URL names one endpoint",
+            ));
+        }
+        Ok(urls)
+    }
+
+    fn certificates(&self) -> Result<redis::TlsCertificates, RedisError> {
+        let root_cert = self.tls.ca_file.as_ref().map(read_pem).transpose()?;
+        let client_tls = match (&self.tls.client_cert_file, &self.tls.client_key_file) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read_pem(cert)?,
+                client_key: read_pem(key)?,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "REDIS_CLIENT_CERT_FILE and REDIS_CLIENT_KEY_FILE go together",
+                ));
+            }
+        };
+        Ok(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        })
+    }
+
+    fn node_client(&self, url: &str) -> Result<redis::Client, RedisError> {
+        let mut info = url.into_connection_info()?;
         let mut redis = info.redis_settings().clone();
         if redis.username().is_none()
             && let Some(username) = self
@@ -111,32 +204,13 @@ impl RedisSettings {
             }
             return redis::Client::open(info);
         }
-        let root_cert = self.tls.ca_file.as_ref().map(read_pem).transpose()?;
-        let client_tls = match (&self.tls.client_cert_file, &self.tls.client_key_file) {
-            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
-                client_cert: read_pem(cert)?,
-                client_key: read_pem(key)?,
-            }),
-            (None, None) => None,
-            _ => {
-                return Err(invalid(
-                    "REDIS_CLIENT_CERT_FILE and REDIS_CLIENT_KEY_FILE go together",
-                ));
-            }
-        };
-        redis::Client::build_with_tls(
-            info,
-            redis::TlsCertificates {
-                client_tls,
-                root_cert,
-            },
-        )
+        redis::Client::build_with_tls(info, self.certificates()?)
     }
 
-    /// The URL in Redis's own scheme: an Upstash `https://` URL becomes `rediss://` to the same
-    /// host.
-    fn redis_url(&self) -> Result<String, RedisError> {
-        if let Some(rest) = self.url.strip_prefix("https://") {
+    /// One node's URL in Redis's own scheme: an Upstash `https://` URL becomes `rediss://` to
+    /// the same host.
+    fn redis_url_of(&self, url: &str) -> Result<String, RedisError> {
+        if let Some(rest) = url.strip_prefix("https://") {
             if self.password.is_none() && !rest.contains('@') {
                 return Err(invalid(
                     "an https:// (Upstash) REDIS_URL needs REDIS_TOKEN (or REDIS_PASSWORD)",
@@ -152,8 +226,8 @@ impl RedisSettings {
                 format!("rediss://{authority}:{UPSTASH_PORT}")
             });
         }
-        if self.url.starts_with("redis://") || self.url.starts_with("rediss://") {
-            Ok(self.url.clone())
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
+            Ok(url.to_owned())
         } else {
             Err(invalid("must start with redis://, rediss:// or https://"))
         }
@@ -163,7 +237,7 @@ impl RedisSettings {
 /// How Redis is deployed, for `/v1/admin/cache` and `doctor`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct RedisTopology {
-    /// `single` (one server, or a managed endpoint that hides its nodes).
+    /// `single` (one server, or a managed endpoint that hides its nodes) or `cluster`.
     pub kind: &'static str,
     pub tls: bool,
     /// The node(s) connected to, `host:port`.
@@ -173,11 +247,20 @@ pub struct RedisTopology {
 impl RedisSettings {
     pub fn topology(&self) -> RedisTopology {
         let nodes = self
-            .client()
-            .map(|c| vec![c.get_connection_info().addr().to_string()])
+            .node_clients()
+            .map(|clients| {
+                clients
+                    .iter()
+                    .map(|c| c.get_connection_info().addr().to_string())
+                    .collect()
+            })
             .unwrap_or_default();
         RedisTopology {
-            kind: "single",
+            kind: if self.is_cluster() {
+                "cluster"
+            } else {
+                "single"
+            },
             tls: self.uses_tls(),
             nodes,
         }
@@ -274,7 +357,7 @@ mod tests {
     fn upstash_url_becomes_tls_redis_on_the_same_host() {
         let s = settings("https://eu1-fine-cat-12345.upstash.io", Some("tok"));
         assert_eq!(
-            s.redis_url().unwrap(),
+            s.redis_url_of(&s.url).unwrap(),
             "rediss://eu1-fine-cat-12345.upstash.io:6379"
         );
         let client = s.client().unwrap();
@@ -287,7 +370,7 @@ mod tests {
         ));
         // A port in the URL is kept (tests point it at a local TLS Redis).
         let s = settings("https://localhost:7000/", Some("tok"));
-        assert_eq!(s.redis_url().unwrap(), "rediss://localhost:7000");
+        assert_eq!(s.redis_url_of(&s.url).unwrap(), "rediss://localhost:7000");
         // Without a token there is nothing to log in with.
         assert!(settings("https://x.upstash.io", None).client().is_err());
         let topology = settings("https://localhost:7000/", Some("tok")).topology();
@@ -332,6 +415,30 @@ mod tests {
         half.tls.client_cert_file = Some("/etc/hosts".into());
         assert!(half.client().is_err());
         assert!(RedisSettings::new("http://x").client().is_err());
+    }
+
+    #[test]
+    fn several_nodes_make_a_cluster_with_shared_scheme_and_credentials() {
+        let s = settings("rediss://:pw@a:7000, b:7001,rediss://c:7002", None);
+        assert!(s.is_cluster());
+        assert_eq!(
+            s.node_urls().unwrap(),
+            [
+                "rediss://:pw@a:7000",
+                "rediss://:pw@b:7001",
+                "rediss://c:7002"
+            ]
+        );
+        let topology = s.topology();
+        assert_eq!(topology.kind, "cluster");
+        assert_eq!(topology.nodes, ["a:7000", "b:7001", "c:7002"]);
+        assert!(s.cluster_client().is_ok());
+        let one = RedisSettings {
+            cluster: true,
+            ..RedisSettings::new("redis://a:7000")
+        };
+        assert!(one.is_cluster());
+        assert!(!RedisSettings::new("redis://a:7000").is_cluster());
     }
 
     #[test]

@@ -37,9 +37,74 @@ return 1
 
 pub use crate::redis_connect::{RedisSettings, RedisTls};
 
+/// One server (reconnecting manager) or a cluster (slot-routing connection that follows
+/// `MOVED`/`ASK` and failovers); both multiplex every call over shared connections.
+#[derive(Clone)]
+enum Link {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Link {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Link::Single(c) => c.req_packed_command(cmd),
+            Link::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Link::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Link::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Link::Single(c) => c.get_db(),
+            Link::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where subscribers connect: any node (in a cluster, `PUBLISH` reaches every node), the one
+/// that answered last first.
+#[derive(Clone)]
+pub(crate) struct PubSubNodes {
+    clients: Arc<[redis::Client]>,
+    next: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl PubSubNodes {
+    pub(crate) async fn connect(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        use std::sync::atomic::Ordering;
+        let start = self.next.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..self.clients.len() {
+            let index = (start + i) % self.clients.len();
+            match self.clients[index].get_async_pubsub().await {
+                Ok(pubsub) => {
+                    self.next.store(index, Ordering::Relaxed);
+                    return Ok(pubsub);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no Redis node"))
+        }))
+    }
+}
+
 pub struct RedisL2 {
-    client: redis::Client,
-    connection: ConnectionManager,
+    subscribers: PubSubNodes,
+    connection: Link,
     breaker: Arc<CircuitBreaker>,
     timeout: Duration,
     fill: Script,
@@ -49,12 +114,31 @@ pub struct RedisL2 {
 impl RedisL2 {
     /// Does not connect: the first call does, under the breaker.
     pub fn new(settings: &RedisSettings) -> Result<Self, redis::RedisError> {
-        let client = settings.client()?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(settings.timeout))
-            .set_number_of_retries(1);
-        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let clients = settings.node_clients()?;
+        let connect_within = settings.timeout.max(Duration::from_millis(200));
+        let connection = if settings.is_cluster() {
+            let config = redis::cluster::ClusterConfig::new()
+                .set_connection_timeout(connect_within)
+                .set_response_timeout(settings.timeout);
+            Link::Cluster(
+                settings
+                    .cluster_client()?
+                    .get_pending_async_connection_with_config(config),
+            )
+        } else {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(connect_within))
+                .set_response_timeout(Some(settings.timeout))
+                .set_number_of_retries(1);
+            Link::Single(ConnectionManager::new_lazy_with_config(
+                clients[0].clone(),
+                config,
+            )?)
+        };
+        let subscribers = PubSubNodes {
+            clients: clients.into(),
+            next: Default::default(),
+        };
         let breaker = Arc::new(CircuitBreaker::new(
             settings.breaker_failures,
             settings.breaker_open_for,
@@ -69,7 +153,7 @@ impl RedisL2 {
             );
         }
         Ok(Self {
-            client,
+            subscribers,
             connection,
             breaker,
             timeout: settings.timeout,
@@ -78,9 +162,9 @@ impl RedisL2 {
         })
     }
 
-    /// The client the bus and the event hub open their own connections from.
-    pub(crate) fn client(&self) -> &redis::Client {
-        &self.client
+    /// Where the bus and the event hub open their subscriber connections.
+    pub(crate) fn subscribers(&self) -> PubSubNodes {
+        self.subscribers.clone()
     }
 
     pub fn breaker_state(&self) -> BreakerState {
@@ -255,7 +339,7 @@ impl RedisL2 {
 
 /// Probes an open breaker with `PING` once its open time is up, so that no request ever waits
 /// on a Redis that may not answer; ends with the breaker.
-fn spawn_prober(breaker: Weak<CircuitBreaker>, connection: ConnectionManager, timeout: Duration) {
+fn spawn_prober(breaker: Weak<CircuitBreaker>, connection: Link, timeout: Duration) {
     tokio::spawn(async move {
         loop {
             let every = match breaker.upgrade() {

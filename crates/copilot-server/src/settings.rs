@@ -258,6 +258,7 @@ impl Settings {
                         client_cert_file: path("REDIS_CLIENT_CERT_FILE"),
                         client_key_file: path("REDIS_CLIENT_KEY_FILE"),
                     },
+                    cluster: bool_var("REDIS_CLUSTER", false)?,
                     timeout: Duration::from_millis(number_var("REDIS_TIMEOUT_MS", 50, 1..=10_000)?),
                     ..RedisSettings::new(url.as_str())
                 };

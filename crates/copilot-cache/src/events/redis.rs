@@ -46,7 +46,7 @@ const MAX_GAPS: usize = 10_000;
 
 pub(crate) struct RedisHub {
     l2: Arc<RedisL2>,
-    client: redis::Client,
+    subscribers: crate::redis_l2::PubSubNodes,
     publish: Script,
     wake: Arc<Notify>,
     connected: AtomicBool,
@@ -67,7 +67,7 @@ enum Replay {
 impl RedisHub {
     pub(crate) fn new(l2: Arc<RedisL2>) -> Self {
         Self {
-            client: l2.client().clone(),
+            subscribers: l2.subscribers(),
             l2,
             publish: Script::new(PUBLISH),
             wake: Arc::new(Notify::new()),
@@ -345,7 +345,7 @@ pub(crate) fn spawn_subscriber(hub: Weak<HubInner>) {
         let Some((client, wake, mut closed)) = hub.upgrade().and_then(|h| {
             let redis = h.redis.as_ref()?;
             Some((
-                redis.client.clone(),
+                redis.subscribers.clone(),
                 redis.wake.clone(),
                 h.closed.subscribe(),
             ))
@@ -356,7 +356,7 @@ pub(crate) fn spawn_subscriber(hub: Weak<HubInner>) {
             if *closed.borrow() {
                 return;
             }
-            let connected = tokio::time::timeout(CONNECT_WITHIN, client.get_async_pubsub()).await;
+            let connected = tokio::time::timeout(CONNECT_WITHIN, client.connect()).await;
             let Ok(Ok(pubsub)) = connected else {
                 tokio::select! {
                     _ = tokio::time::sleep(RECONCILE_EVERY) => continue,

@@ -141,7 +141,10 @@ async fn three_instances_drain_the_change_log_once() {
             .await
             .unwrap();
     }
-    let client = redis::Client::open(url.as_str()).unwrap();
+    // Any node hears every PUBLISH, in a cluster too.
+    let client = copilot_cache::RedisSettings::new(url.as_str())
+        .client()
+        .unwrap();
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     pubsub
         .subscribe(format!("{prefix}:v1:invalidations"))

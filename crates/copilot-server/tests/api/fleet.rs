@@ -41,6 +41,8 @@ pub(crate) fn service_token() -> String {
 pub struct Instance {
     child: Child,
     pub base: String,
+    /// Its `COPILOT_CACHE_PREFIX`.
+    pub prefix: String,
     /// What `/readyz` says of Redis once this instance is ready.
     redis_when_ready: &'static str,
 }
@@ -89,6 +91,7 @@ impl Instance {
         Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            prefix: prefix.to_owned(),
             redis_when_ready: if redis.is_some() { "ok" } else { "disabled" },
         }
     }

@@ -15,11 +15,16 @@ const FRESH_WITHIN: Duration = Duration::from_millis(100);
 /// Writes the policy on `a` `ROUNDS` times; after each write, reads it on `b` until it shows
 /// the new model. Returns how many rounds were still stale on `b` after `FRESH_WITHIN`.
 async fn stale_rounds(a: &Instance, b: &Instance) -> usize {
+    stale_rounds_of(a, b, ROUNDS).await
+}
+
+/// [`stale_rounds`] with `rounds` rounds.
+pub(crate) async fn stale_rounds_of(a: &Instance, b: &Instance, rounds: usize) -> usize {
     let client = reqwest::Client::new();
     let token = service_token();
     let path = "/v1/tenants/acme/llm-policy";
     let mut stale = 0;
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let model = format!("model-{round}");
         let written = client
             .put(format!("{}{path}", a.base))

@@ -3,6 +3,7 @@
 mod access_table;
 mod cache;
 mod cli;
+mod cluster;
 mod config;
 mod conversations;
 mod events;
