@@ -614,7 +614,7 @@ impl CacheControl {
                 .as_ref()
                 .map_or(BreakerState::Closed, |l2| l2.breaker_state())
                 .as_str(),
-            topology: self.settings.redis.as_ref().map(RedisSettings::topology),
+            topology: self.l2.as_ref().map(|l2| l2.topology()),
             caches,
         }
     }

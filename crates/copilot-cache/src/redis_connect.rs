@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use redis::{ErrorKind, IntoConnectionInfo, RedisError};
 
+pub use crate::redis_sentinel::SentinelTarget;
+
 /// Files for TLS beyond the system roots (`REDIS_CA_FILE`, `REDIS_CLIENT_CERT_FILE`,
 /// `REDIS_CLIENT_KEY_FILE`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -83,7 +85,82 @@ impl RedisSettings {
 
     /// Whether the connection is encrypted.
     pub fn uses_tls(&self) -> bool {
-        self.url.starts_with("rediss://") || self.url.starts_with("https://")
+        ["rediss://", "https://", "rediss+sentinel://"]
+            .iter()
+            .any(|scheme| self.url.starts_with(scheme))
+    }
+
+    /// Checks what can be checked without connecting (URL, token, certificate files).
+    pub fn validate(&self) -> Result<(), RedisError> {
+        if self.sentinel_target()?.is_some() {
+            self.certificates().map(|_| ())
+        } else {
+            self.node_clients().map(|_| ())
+        }
+    }
+
+    /// Sentinel: `redis+sentinel://[user:password@]host:port[,host:port...]/<master>` (or
+    /// `rediss+sentinel://` for TLS to the sentinels and the primary).
+    pub fn sentinel_target(&self) -> Result<Option<SentinelTarget>, RedisError> {
+        let (tls, rest) = if let Some(rest) = self.url.strip_prefix("redis+sentinel://") {
+            (false, rest)
+        } else if let Some(rest) = self.url.strip_prefix("rediss+sentinel://") {
+            (true, rest)
+        } else {
+            return Ok(None);
+        };
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, hosts)| hosts);
+        let (hosts, master) = rest.split_once('/').ok_or_else(|| {
+            invalid("a redis+sentinel:// URL ends with /<master name> (REDIS_SENTINEL_MASTER)")
+        })?;
+        let master = master.trim_matches('/');
+        if master.is_empty() {
+            return Err(invalid(
+                "a redis+sentinel:// URL ends with /<master name> (REDIS_SENTINEL_MASTER)",
+            ));
+        }
+        let mut sentinels = Vec::new();
+        for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            let (name, port) = match host.rsplit_once(':') {
+                Some((name, port)) => (
+                    name,
+                    port.parse::<u16>()
+                        .map_err(|_| invalid("a sentinel is host:port"))?,
+                ),
+                None => (host, 26379),
+            };
+            sentinels.push((name.to_owned(), port));
+        }
+        if sentinels.is_empty() {
+            return Err(invalid(
+                "a redis+sentinel:// URL names at least one sentinel",
+            ));
+        }
+        Ok(Some(SentinelTarget {
+            sentinels,
+            master: master.to_owned(),
+            tls,
+        }))
+    }
+
+    /// Username and password for the data nodes: the URL's own, else the settings'.
+    pub(crate) fn credentials(&self) -> (Option<String>, Option<String>) {
+        let from_url = self
+            .url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.rsplit_once('@'))
+            .map(|(credentials, _)| credentials);
+        let (user, password) = match from_url.map(|c| c.split_once(':').unwrap_or((c, ""))) {
+            Some((user, password)) => (
+                (!user.is_empty()).then(|| user.to_owned()),
+                (!password.is_empty()).then(|| password.to_owned()),
+            ),
+            None => (None, None),
+        };
+        (
+            user.or_else(|| self.username.clone()),
+            password.or_else(|| self.password.clone()),
+        )
     }
 
     /// A client of the first (or only) node. Fails (without connecting) on a URL it does not
@@ -159,7 +236,7 @@ impl RedisSettings {
         Ok(urls)
     }
 
-    fn certificates(&self) -> Result<redis::TlsCertificates, RedisError> {
+    pub(crate) fn certificates(&self) -> Result<redis::TlsCertificates, RedisError> {
         let root_cert = self.tls.ca_file.as_ref().map(read_pem).transpose()?;
         let client_tls = match (&self.tls.client_cert_file, &self.tls.client_key_file) {
             (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
@@ -237,11 +314,14 @@ impl RedisSettings {
 /// How Redis is deployed, for `/v1/admin/cache` and `doctor`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct RedisTopology {
-    /// `single` (one server, or a managed endpoint that hides its nodes) or `cluster`.
+    /// `single` (one server, or a managed endpoint that hides its nodes), `cluster` or
+    /// `sentinel`.
     pub kind: &'static str,
     pub tls: bool,
-    /// The node(s) connected to, `host:port`.
+    /// The node(s) connected to, `host:port` (the sentinels, for `sentinel`).
     pub nodes: Vec<String>,
+    /// `sentinel`: the primary in use now.
+    pub primary: Option<String>,
 }
 
 impl RedisSettings {
@@ -255,6 +335,18 @@ impl RedisSettings {
                     .collect()
             })
             .unwrap_or_default();
+        if let Ok(Some(target)) = self.sentinel_target() {
+            return RedisTopology {
+                kind: "sentinel",
+                tls: self.uses_tls(),
+                nodes: target
+                    .sentinels
+                    .iter()
+                    .map(|(host, port)| format!("{host}:{port}"))
+                    .collect(),
+                primary: None,
+            };
+        }
         RedisTopology {
             kind: if self.is_cluster() {
                 "cluster"
@@ -263,6 +355,7 @@ impl RedisSettings {
             },
             tls: self.uses_tls(),
             nodes,
+            primary: None,
         }
     }
 }
@@ -324,6 +417,25 @@ pub fn is_certificate_error(error: &RedisError) -> bool {
 pub fn is_credentials_error(error: &RedisError) -> bool {
     error.kind() == ErrorKind::AuthenticationFailed
         || matches!(error.code(), Some("WRONGPASS" | "NOAUTH"))
+}
+
+/// [`check`] for any deployment: through the sentinels for Sentinel.
+pub async fn check_settings(settings: &RedisSettings, within: Duration) -> Result<(), RedisError> {
+    let attempt = async {
+        if settings.sentinel_target()?.is_some() {
+            let l2 = crate::RedisL2::new(settings)?;
+            l2.ping_now().await
+        } else {
+            check(&settings.client()?, within).await
+        }
+    };
+    match tokio::time::timeout(within, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(RedisError::from((
+            ErrorKind::Io,
+            "no answer within the deadline",
+        ))),
+    }
 }
 
 /// Connects once within `within` and answers `PING`: `Ok` when Redis answered, `Err` with the
@@ -439,6 +551,38 @@ mod tests {
         };
         assert!(one.is_cluster());
         assert!(!RedisSettings::new("redis://a:7000").is_cluster());
+    }
+
+    #[test]
+    fn sentinel_urls_name_the_sentinels_and_the_master() {
+        let s = settings("redis+sentinel://:pw@s1:26379,s2/mymaster", None);
+        let target = s.sentinel_target().unwrap().unwrap();
+        assert_eq!(
+            target.sentinels,
+            [("s1".to_owned(), 26379), ("s2".to_owned(), 26379)]
+        );
+        assert_eq!(target.master, "mymaster");
+        assert!(!target.tls);
+        assert_eq!(s.credentials(), (None, Some("pw".to_owned())));
+        assert_eq!(s.topology().kind, "sentinel");
+        assert!(s.validate().is_ok());
+        assert!(
+            settings("redis+sentinel://s1:26379", None)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            settings("redis+sentinel://s1:x/m", None)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            settings("rediss+sentinel://s1/m", None)
+                .sentinel_target()
+                .unwrap()
+                .unwrap()
+                .tls
+        );
     }
 
     #[test]

@@ -35,7 +35,8 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 ";
 
-pub use crate::redis_connect::{RedisSettings, RedisTls};
+pub use crate::redis_connect::{RedisSettings, RedisTls, RedisTopology};
+use crate::redis_sentinel::SentinelLink;
 
 /// One server (reconnecting manager) or a cluster (slot-routing connection that follows
 /// `MOVED`/`ASK` and failovers); both multiplex every call over shared connections.
@@ -43,6 +44,8 @@ pub use crate::redis_connect::{RedisSettings, RedisTls};
 enum Link {
     Single(ConnectionManager),
     Cluster(redis::cluster_async::ClusterConnection),
+    /// The primary the sentinels name now.
+    Sentinel(Arc<SentinelLink>),
 }
 
 impl redis::aio::ConnectionLike for Link {
@@ -50,6 +53,10 @@ impl redis::aio::ConnectionLike for Link {
         match self {
             Link::Single(c) => c.req_packed_command(cmd),
             Link::Cluster(c) => c.req_packed_command(cmd),
+            Link::Sentinel(s) => {
+                let s = s.clone();
+                Box::pin(async move { s.connection().await?.req_packed_command(cmd).await })
+            }
         }
     }
 
@@ -62,6 +69,15 @@ impl redis::aio::ConnectionLike for Link {
         match self {
             Link::Single(c) => c.req_packed_commands(cmd, offset, count),
             Link::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Link::Sentinel(s) => {
+                let s = s.clone();
+                Box::pin(async move {
+                    s.connection()
+                        .await?
+                        .req_packed_commands(cmd, offset, count)
+                        .await
+                })
+            }
         }
     }
 
@@ -69,21 +85,26 @@ impl redis::aio::ConnectionLike for Link {
         match self {
             Link::Single(c) => c.get_db(),
             Link::Cluster(c) => c.get_db(),
+            Link::Sentinel(_) => 0,
         }
     }
 }
 
 /// Where subscribers connect: any node (in a cluster, `PUBLISH` reaches every node), the one
-/// that answered last first.
+/// that answered last first; behind Sentinel, the current primary.
 #[derive(Clone)]
 pub(crate) struct PubSubNodes {
     clients: Arc<[redis::Client]>,
     next: Arc<std::sync::atomic::AtomicUsize>,
+    sentinel: Option<Arc<SentinelLink>>,
 }
 
 impl PubSubNodes {
     pub(crate) async fn connect(&self) -> redis::RedisResult<redis::aio::PubSub> {
         use std::sync::atomic::Ordering;
+        if let Some(sentinel) = &self.sentinel {
+            return sentinel.client().await?.get_async_pubsub().await;
+        }
         let start = self.next.load(Ordering::Relaxed);
         let mut last = None;
         for i in 0..self.clients.len() {
@@ -104,6 +125,7 @@ impl PubSubNodes {
 
 pub struct RedisL2 {
     subscribers: PubSubNodes,
+    topology: RedisTopology,
     connection: Link,
     breaker: Arc<CircuitBreaker>,
     timeout: Duration,
@@ -114,9 +136,37 @@ pub struct RedisL2 {
 impl RedisL2 {
     /// Does not connect: the first call does, under the breaker.
     pub fn new(settings: &RedisSettings) -> Result<Self, redis::RedisError> {
-        let clients = settings.node_clients()?;
         let connect_within = settings.timeout.max(Duration::from_millis(200));
-        let connection = if settings.is_cluster() {
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect_within))
+            .set_response_timeout(Some(settings.timeout))
+            .set_number_of_retries(1);
+        let sentinel = match settings.sentinel_target()? {
+            Some(target) => {
+                let (username, password) = settings.credentials();
+                let certificates = if target.tls {
+                    Some(settings.certificates()?)
+                } else {
+                    None
+                };
+                Some(SentinelLink::new(
+                    &target,
+                    username.as_deref(),
+                    password.as_deref(),
+                    certificates,
+                    manager_config.clone(),
+                )?)
+            }
+            None => None,
+        };
+        let clients = if sentinel.is_some() {
+            Vec::new()
+        } else {
+            settings.node_clients()?
+        };
+        let connection = if let Some(sentinel) = &sentinel {
+            Link::Sentinel(sentinel.clone())
+        } else if settings.is_cluster() {
             let config = redis::cluster::ClusterConfig::new()
                 .set_connection_timeout(connect_within)
                 .set_response_timeout(settings.timeout);
@@ -126,19 +176,17 @@ impl RedisL2 {
                     .get_pending_async_connection_with_config(config),
             )
         } else {
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(connect_within))
-                .set_response_timeout(Some(settings.timeout))
-                .set_number_of_retries(1);
             Link::Single(ConnectionManager::new_lazy_with_config(
                 clients[0].clone(),
-                config,
+                manager_config,
             )?)
         };
         let subscribers = PubSubNodes {
             clients: clients.into(),
             next: Default::default(),
+            sentinel,
         };
+        let topology = settings.topology();
         let breaker = Arc::new(CircuitBreaker::new(
             settings.breaker_failures,
             settings.breaker_open_for,
@@ -154,12 +202,31 @@ impl RedisL2 {
         }
         Ok(Self {
             subscribers,
+            topology,
             connection,
             breaker,
             timeout: settings.timeout,
             fill: Script::new(FILL),
             tombstone: Script::new(TOMBSTONE),
         })
+    }
+
+    /// How Redis is deployed, with the primary in use behind Sentinel.
+    pub fn topology(&self) -> RedisTopology {
+        let mut topology = self.topology.clone();
+        if let Link::Sentinel(sentinel) = &self.connection {
+            topology.primary = sentinel.primary();
+        }
+        topology
+    }
+
+    /// `PING` now, without the breaker (start-up checks and `doctor`).
+    pub async fn ping_now(&self) -> redis::RedisResult<()> {
+        let mut conn = self.connection.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(|_| ())
     }
 
     /// Where the bus and the event hub open their subscriber connections.

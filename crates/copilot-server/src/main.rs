@@ -352,8 +352,7 @@ async fn check_redis_at_start(settings: &Settings) -> Result<()> {
     let Some(redis) = &settings.cache.redis else {
         return Ok(());
     };
-    let client = redis.client().context("REDIS_URL")?;
-    match copilot_cache::redis_connect::check(&client, REDIS_START_CHECK).await {
+    match copilot_cache::redis_connect::check_settings(redis, REDIS_START_CHECK).await {
         Ok(()) => Ok(()),
         Err(e) if copilot_cache::redis_connect::is_certificate_error(&e) => bail!(
             "REDIS_URL {}: the TLS handshake failed: {e} (check REDIS_CA_FILE, the host name in the URL, and REDIS_CLIENT_CERT_FILE/REDIS_CLIENT_KEY_FILE)",
@@ -458,9 +457,8 @@ async fn doctor_redis(settings: &Settings) -> Result<()> {
                 if topology.tls { "on" } else { "off" },
                 topology.nodes.join(", ")
             );
-            let client = redis.client().context("REDIS_URL")?;
             if let Err(e) =
-                copilot_cache::redis_connect::check(&client, REDIS_START_CHECK * 2).await
+                copilot_cache::redis_connect::check_settings(redis, REDIS_START_CHECK * 2).await
             {
                 bail!("redis: {}: {e}", redact(url));
             }
@@ -476,7 +474,10 @@ async fn doctor_redis(settings: &Settings) -> Result<()> {
                     redact(url)
                 );
             }
-            println!("redis: ok ({})", redact(url));
+            match l2.topology().primary {
+                Some(primary) => println!("redis: ok ({}, primary {primary})", redact(url)),
+                None => println!("redis: ok ({})", redact(url)),
+            }
         }
         _ => println!("redis: disabled (REDIS_URL is not set)"),
     }

@@ -221,13 +221,15 @@ pub struct CacheStateDoc {
     caches: BTreeMap<String, CacheReportDoc>,
 }
 
-/// `kind`: `single` (one server or a managed endpoint); `tls`: whether the connection is
-/// encrypted; `nodes`: `host:port` of the node(s) connected to.
+/// `kind`: `single` (one server or a managed endpoint), `cluster` or `sentinel`; `tls`:
+/// whether the connection is encrypted; `nodes`: `host:port` of the node(s) given (the
+/// sentinels for `sentinel`); `primary`: behind Sentinel, the primary in use now.
 #[derive(Deserialize, ToSchema)]
 pub struct RedisTopologyDoc {
     kind: String,
     tls: bool,
     nodes: Vec<String>,
+    primary: Option<String>,
 }
 
 #[derive(OpenApi)]

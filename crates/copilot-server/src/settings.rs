@@ -134,15 +134,24 @@ impl Settings {
                 "must start with sqlite: or postgres://",
             ));
         }
-        let redis_url = overrides.redis_url.or_else(|| var("REDIS_URL"));
+        let redis_url = overrides
+            .redis_url
+            .or_else(|| var("REDIS_URL"))
+            .or_else(|| sentinel_url(var("REDIS_SENTINELS"), var("REDIS_SENTINEL_MASTER")));
         if let Some(url) = &redis_url
-            && !["redis://", "rediss://", "https://"]
-                .iter()
-                .any(|scheme| url.starts_with(scheme))
+            && ![
+                "redis://",
+                "rediss://",
+                "https://",
+                "redis+sentinel://",
+                "rediss+sentinel://",
+            ]
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
         {
             return Err(invalid(
                 "REDIS_URL",
-                "must start with redis://, rediss:// or https:// (Upstash)",
+                "must start with redis://, rediss://, https:// (Upstash) or redis+sentinel://",
             ));
         }
         let bool_var = |name: &str, default: bool| -> Result<bool, SettingsError> {
@@ -264,7 +273,7 @@ impl Settings {
                 };
                 // Certificates and the Upstash form are checked now, not at the first request.
                 settings
-                    .client()
+                    .validate()
                     .map_err(|e| invalid("REDIS_URL", e.to_string()))?;
                 Some(settings)
             }
@@ -420,6 +429,16 @@ fn rate_limit_settings(
     }))
 }
 
+/// `REDIS_SENTINELS` (`host:port,host:port`) and `REDIS_SENTINEL_MASTER` as one
+/// `redis+sentinel://` URL.
+fn sentinel_url(sentinels: Option<String>, master: Option<String>) -> Option<String> {
+    let sentinels = sentinels?;
+    Some(format!(
+        "redis+sentinel://{sentinels}/{}",
+        master.unwrap_or_else(|| "mymaster".to_owned())
+    ))
+}
+
 pub fn is_sqlite(url: &str) -> bool {
     url.starts_with("sqlite:")
 }
@@ -569,6 +588,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+        // Sentinel, as a URL or as the two variables.
+        let sentinel = load(
+            &[
+                ("REDIS_SENTINELS", "s1:26379,s2:26380"),
+                ("REDIS_SENTINEL_MASTER", "primary"),
+            ],
+            Overrides::default(),
+        )
+        .unwrap();
+        let target = sentinel
+            .cache
+            .redis
+            .unwrap()
+            .sentinel_target()
+            .unwrap()
+            .unwrap();
+        assert_eq!(target.master, "primary");
+        assert_eq!(target.sentinels.len(), 2);
         assert!(
             load(&[], Overrides::default())
                 .unwrap()

@@ -14,6 +14,7 @@ mod members;
 mod operations;
 mod policy;
 mod postgres_faults;
+mod sentinel;
 mod tls;
 
 use std::sync::Arc;

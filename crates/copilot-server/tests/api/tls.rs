@@ -153,7 +153,7 @@ async fn an_upstash_style_https_url_with_a_token_connects_over_tls() {
         .unwrap();
     assert_eq!(
         state["topology"],
-        json!({"kind": "single", "tls": true, "nodes": [format!("localhost:{port}")]}),
+        json!({"kind": "single", "tls": true, "nodes": [format!("localhost:{port}")], "primary": null}),
         "{state}"
     );
 }
