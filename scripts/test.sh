@@ -27,11 +27,13 @@ if ! command -v cargo >/dev/null; then
   echo "cargo is required (https://rustup.rs)" >&2
   exit 1
 fi
-if cargo nextest --version >/dev/null 2>&1; then
-  RUNNER=(cargo nextest run --no-fail-fast)
-else
-  RUNNER=(cargo test --no-fail-fast)
+if ! cargo nextest --version >/dev/null 2>&1; then
+  log "installing cargo-nextest"
+  cargo install --locked cargo-nextest
 fi
+# Every pass selects the whole workspace and filters tests, so all passes share the one build
+# (selecting a package alone unifies features differently and rebuilds).
+RUNNER=(cargo nextest run --workspace --no-fail-fast)
 
 # PostgreSQL (Debian packages; the image may already have the binaries), PgBouncer, Redis.
 find_postgres
@@ -135,8 +137,8 @@ kill "$SERVE_PID" 2>/dev/null || true
 wait "$SERVE_PID" 2>/dev/null || true
 
 # --- every Rust test (last, so its summary closes the run) ------------------------------------
-log "HTTP tests over PostgreSQL: ${RUNNER[*]} -p copilot-server --test api"
-COPILOT_TEST_BACKEND=postgres "${RUNNER[@]}" -p copilot-server --test api
+log "HTTP tests over PostgreSQL: ${RUNNER[*]} -E binary_id(copilot-server::api)"
+COPILOT_TEST_BACKEND=postgres "${RUNNER[@]}" -E 'binary_id(copilot-server::api)'
 
 # TLS pass: the PostgreSQL conformance suite with sslmode=verify-full, and the fleet tests with
 # every instance on PostgreSQL over verify-full and Redis over rediss:// (REDIS_CA_FILE).
@@ -145,8 +147,8 @@ log "TLS pass: PostgreSQL suite and fleet tests over TLS"
   export COPILOT_TEST_POSTGRES_URL="postgres://postgres@localhost:$PG_PORT/postgres?sslmode=verify-full&sslrootcert=$TLS_DIR/ca.crt"
   export COPILOT_TEST_REDIS_URL="rediss://localhost:$TLS_REDIS_PORT"
   export COPILOT_TEST_REDIS_TLS=1
-  "${RUNNER[@]}" -p copilot-store --test conformance -E 'test(/^postgres::/) | test(/^postgres_tls::/)'
-  "${RUNNER[@]}" -p copilot-server --test api -E 'test(/^fleet::/) | test(/^freshness::/) | test(/^tls::/)'
+  "${RUNNER[@]}" -E 'binary_id(copilot-store::conformance) & (test(/^postgres::/) | test(/^postgres_tls::/))'
+  "${RUNNER[@]}" -E 'binary_id(copilot-server::api) & (test(/^fleet::/) | test(/^freshness::/) | test(/^tls::/))'
 )
 
 # Cluster pass: the cache suite (conformance through the caching decorators, bus, events,
@@ -157,9 +159,9 @@ start_redis_cluster 3 1
 echo "Redis Cluster: $REDIS_CLUSTER_URL"
 (
   export COPILOT_TEST_REDIS_URL="$REDIS_CLUSTER_URL"
-  "${RUNNER[@]}" -p copilot-cache --test cache
-  "${RUNNER[@]}" -p copilot-server --test api -E 'test(/^cache::/) | test(/^fleet::regression_02/) | test(/^fleet::a_stalled/)'
+  "${RUNNER[@]}" -E 'binary_id(copilot-cache::cache)'
+  "${RUNNER[@]}" -E 'binary_id(copilot-server::api) & (test(/^cache::/) | test(/^fleet::regression_02/) | test(/^fleet::a_stalled/))'
 )
 
 log "all tests: ${RUNNER[*]}"
-"${RUNNER[@]}" --workspace
+"${RUNNER[@]}"

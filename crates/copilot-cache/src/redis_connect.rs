@@ -318,7 +318,8 @@ pub struct RedisTopology {
     /// `sentinel`.
     pub kind: &'static str,
     pub tls: bool,
-    /// The node(s) connected to, `host:port` (the sentinels, for `sentinel`).
+    /// `host:port` of the node given (`single`), the primaries serving slots (`cluster`, once
+    /// known; the nodes given before), or the sentinels (`sentinel`).
     pub nodes: Vec<String>,
     /// `sentinel`: the primary in use now.
     pub primary: Option<String>,

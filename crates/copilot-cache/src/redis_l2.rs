@@ -36,6 +36,7 @@ return 1
 ";
 
 pub use crate::redis_connect::{RedisSettings, RedisTls, RedisTopology};
+use crate::redis_nodes::{ClusterNodes, MAP_EVERY};
 use crate::redis_sentinel::SentinelLink;
 
 /// One server (reconnecting manager) or a cluster (slot-routing connection that follows
@@ -124,6 +125,8 @@ impl PubSubNodes {
 }
 
 pub struct RedisL2 {
+    /// Redis Cluster: the slot map and one breaker per primary.
+    nodes: Option<Arc<ClusterNodes>>,
     subscribers: PubSubNodes,
     topology: RedisTopology,
     connection: Link,
@@ -200,7 +203,19 @@ impl RedisL2 {
                 settings.timeout,
             );
         }
+        let nodes = matches!(connection, Link::Cluster(_)).then(|| {
+            Arc::new(ClusterNodes::new(
+                settings.breaker_failures,
+                settings.breaker_open_for,
+            ))
+        });
+        if let (Some(nodes), Link::Cluster(cluster)) = (&nodes, &connection)
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            spawn_slot_watcher(Arc::downgrade(nodes), cluster.clone(), settings.timeout);
+        }
         Ok(Self {
+            nodes,
             subscribers,
             topology,
             connection,
@@ -216,6 +231,11 @@ impl RedisL2 {
         let mut topology = self.topology.clone();
         if let Link::Sentinel(sentinel) = &self.connection {
             topology.primary = sentinel.primary();
+        }
+        // A cluster: the primaries that serve slots now, once the slot map is known.
+        let primaries = self.node_breakers();
+        if !primaries.is_empty() {
+            topology.nodes = primaries.into_iter().map(|(address, _)| address).collect();
         }
         topology
     }
@@ -234,8 +254,26 @@ impl RedisL2 {
         self.subscribers.clone()
     }
 
+    /// The breaker's state; in a cluster, the worst of the cluster-wide one (keyless calls) and
+    /// the primaries' ones.
     pub fn breaker_state(&self) -> BreakerState {
-        self.breaker.state()
+        let rank = |s: BreakerState| match s {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        };
+        let nodes = self.nodes.as_ref().map(|n| n.states()).unwrap_or_default();
+        nodes
+            .into_iter()
+            .map(|(_, state)| state)
+            .chain([self.breaker.state()])
+            .max_by_key(|s| rank(*s))
+            .unwrap_or(BreakerState::Closed)
+    }
+
+    /// Each primary's breaker, by `host:port` (Redis Cluster only).
+    pub fn node_breakers(&self) -> Vec<(String, BreakerState)> {
+        self.nodes.as_ref().map(|n| n.states()).unwrap_or_default()
     }
 
     /// One Redis call under the breaker and the deadline. `None`: skipped, failed or too slow.
@@ -244,10 +282,43 @@ impl RedisL2 {
         op: &'static str,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Option<T> {
+        self.call_on(op, &self.breaker, None, call).await
+    }
+
+    /// A call about `key`: in a cluster, under the breaker of the primary that serves its slot.
+    async fn call_keyed<T>(
+        &self,
+        op: &'static str,
+        key: &str,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
+        match self.nodes.as_ref().and_then(|n| n.node_for(key)) {
+            Some(node) => {
+                self.call_on(op, &node.breaker, Some(&node.address()), call)
+                    .await
+            }
+            None => self.call(op, call).await,
+        }
+    }
+
+    async fn call_on<T>(
+        &self,
+        op: &'static str,
+        breaker: &CircuitBreaker,
+        node: Option<&str>,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
+        let node_outcome = |outcome: &'static str| {
+            if let Some(node) = node {
+                metrics::counter!("copilot_redis_node_calls_total", "node" => node.to_owned(), "outcome" => outcome)
+                    .increment(1);
+            }
+        };
         // The permit settles as a failure if this future is dropped mid-call.
-        let Some(permit) = self.breaker.permit() else {
+        let Some(permit) = breaker.permit() else {
             metrics::counter!("copilot_redis_calls_total", "op" => op, "outcome" => "skipped")
                 .increment(1);
+            node_outcome("skipped");
             return None;
         };
         let started = tokio::time::Instant::now();
@@ -259,12 +330,14 @@ impl RedisL2 {
                 permit.success();
                 metrics::counter!("copilot_redis_calls_total", "op" => op, "outcome" => "ok")
                     .increment(1);
+                node_outcome("ok");
                 Some(value)
             }
             Ok(Err(e)) => {
                 permit.failure();
                 metrics::counter!("copilot_redis_calls_total", "op" => op, "outcome" => "error")
                     .increment(1);
+                node_outcome("error");
                 tracing::debug!(op, error = %e, "redis call failed");
                 None
             }
@@ -272,21 +345,69 @@ impl RedisL2 {
                 permit.failure();
                 metrics::counter!("copilot_redis_calls_total", "op" => op, "outcome" => "timeout")
                     .increment(1);
+                node_outcome("timeout");
                 None
             }
         }
     }
 
-    /// Values of `keys` in one round trip (`MGET`).
+    /// Values of `keys` in one round trip (`MGET`). In a cluster, one `MGET` per primary, sent
+    /// together, each under its node's breaker: the keys of a node that fails read as absent.
     pub async fn get_many(&self, keys: &[String]) -> Option<Vec<Option<String>>> {
         if keys.is_empty() {
             return Some(Vec::new());
+        }
+        if let Some(nodes) = &self.nodes {
+            let owners: Vec<_> = keys.iter().map(|k| nodes.node_for(k)).collect();
+            if owners.iter().all(Option::is_some) {
+                return self.get_many_per_node(keys, owners).await;
+            }
         }
         let mut conn = self.connection.clone();
         self.call("mget", async move {
             redis::cmd("MGET").arg(keys).query_async(&mut conn).await
         })
         .await
+    }
+
+    async fn get_many_per_node(
+        &self,
+        keys: &[String],
+        owners: Vec<Option<Arc<crate::redis_nodes::Node>>>,
+    ) -> Option<Vec<Option<String>>> {
+        let mut groups: Vec<(Arc<crate::redis_nodes::Node>, Vec<usize>)> = Vec::new();
+        for (index, owner) in owners.into_iter().enumerate() {
+            let Some(owner) = owner else { continue };
+            match groups.iter_mut().find(|(n, _)| Arc::ptr_eq(n, &owner)) {
+                Some((_, indexes)) => indexes.push(index),
+                None => groups.push((owner, vec![index])),
+            }
+        }
+        let reads = groups.iter().map(|(node, indexes)| {
+            let mut conn = self.connection.clone();
+            let group: Vec<&String> = indexes.iter().map(|i| &keys[*i]).collect();
+            let address = node.address();
+            async move {
+                self.call_on("mget", &node.breaker, Some(&address), async move {
+                    redis::cmd("MGET")
+                        .arg(group)
+                        .query_async::<Vec<Option<String>>>(&mut conn)
+                        .await
+                })
+                .await
+            }
+        });
+        let answers = futures::future::join_all(reads).await;
+        let mut values = vec![None; keys.len()];
+        let mut any = false;
+        for ((_, indexes), answer) in groups.iter().zip(answers) {
+            let Some(answer) = answer else { continue };
+            any = true;
+            for (index, value) in indexes.iter().zip(answer) {
+                values[*index] = value;
+            }
+        }
+        any.then_some(values)
     }
 
     /// Version-guarded fill; `Some(false)` when a newer entry or tombstone is there.
@@ -313,7 +434,7 @@ impl RedisL2 {
     ) -> Option<bool> {
         let mut conn = self.connection.clone();
         let ttl_ms = ttl.as_millis() as u64;
-        self.call(op, async move {
+        self.call_keyed(op, key, async move {
             script
                 .key(key)
                 .arg(version)
@@ -330,7 +451,7 @@ impl RedisL2 {
     pub async fn fill_absent(&self, key: &str, encoded: &str, ttl: Duration) -> Option<bool> {
         let mut conn = self.connection.clone();
         let ttl_ms = ttl.as_millis() as u64;
-        self.call("fill_absent", async move {
+        self.call_keyed("fill_absent", key, async move {
             redis::cmd("SET")
                 .arg(key)
                 .arg(encoded)
@@ -359,7 +480,7 @@ impl RedisL2 {
     /// A plain `GET` (`Some(None)`: no such key).
     pub async fn get(&self, key: &str) -> Option<Option<String>> {
         let mut conn = self.connection.clone();
-        self.call("get", async move {
+        self.call_keyed("get", key, async move {
             redis::cmd("GET").arg(key).query_async(&mut conn).await
         })
         .await
@@ -368,7 +489,7 @@ impl RedisL2 {
     /// A plain `SET` without expiry; `false` when it could not be done.
     pub async fn set(&self, key: &str, value: &str) -> bool {
         let mut conn = self.connection.clone();
-        self.call("set", async move {
+        self.call_keyed("set", key, async move {
             redis::cmd("SET")
                 .arg(key)
                 .arg(value)
@@ -434,6 +555,52 @@ fn spawn_prober(breaker: Weak<CircuitBreaker>, connection: Link, timeout: Durati
     });
 }
 
+/// Redis Cluster: keeps the slot map current and probes each primary whose breaker is open with
+/// a `PING` sent to that node alone; ends with the L2.
+fn spawn_slot_watcher(
+    nodes: Weak<ClusterNodes>,
+    cluster: redis::cluster_async::ClusterConnection,
+    timeout: Duration,
+) {
+    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+    tokio::spawn(async move {
+        let within = timeout.max(Duration::from_millis(200));
+        loop {
+            let Some(nodes) = nodes.upgrade() else { return };
+            let mut conn = cluster.clone();
+            let slots = tokio::time::timeout(
+                within,
+                redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query_async::<Value>(&mut conn),
+            )
+            .await;
+            if let Ok(Ok(reply)) = slots {
+                nodes.apply(&reply);
+            }
+            for node in nodes.nodes() {
+                let Some(permit) = node.breaker.probe() else {
+                    continue;
+                };
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: node.host.clone(),
+                    port: node.port,
+                });
+                let mut conn = cluster.clone();
+                let answered =
+                    tokio::time::timeout(within, conn.route_command(redis::cmd("PING"), routing))
+                        .await;
+                match answered {
+                    Ok(Ok(_)) => permit.success(),
+                    _ => permit.failure(),
+                }
+            }
+            drop(nodes);
+            tokio::time::sleep(MAP_EVERY).await;
+        }
+    });
+}
+
 /// The longest between two looks at an open breaker.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 
@@ -443,9 +610,14 @@ impl RedisL2 {
         self.timeout
     }
 
-    /// Whether calls go out now (the breaker is not open).
+    /// Whether calls go out now (the breaker is not open; in a cluster, some primary's is not).
     pub fn available(&self) -> bool {
-        !self.breaker.is_open()
+        match self.nodes.as_ref().map(|n| n.states()) {
+            Some(states) if !states.is_empty() => {
+                states.iter().any(|(_, s)| *s != BreakerState::Open)
+            }
+            _ => !self.breaker.is_open(),
+        }
     }
 
     /// Any command, under the breaker and the deadline (streams, rate-limit reads).
@@ -455,8 +627,22 @@ impl RedisL2 {
         cmd: redis::Cmd,
     ) -> Option<T> {
         let mut conn = self.connection.clone();
-        self.call(op, async move { cmd.query_async::<T>(&mut conn).await })
-            .await
+        // The first argument is the key of the commands sent this way (GET, SET, DEL, XADD,
+        // XRANGE, ...); it picks the node's breaker in a cluster.
+        let key = cmd
+            .args_iter()
+            .nth(1)
+            .and_then(|arg| match arg {
+                redis::Arg::Simple(bytes) => std::str::from_utf8(bytes).ok().map(str::to_owned),
+                _ => None,
+            })
+            .unwrap_or_default();
+        self.call_keyed(
+            op,
+            &key,
+            async move { cmd.query_async::<T>(&mut conn).await },
+        )
+        .await
     }
 
     /// A Lua script with its keys and arguments, under the breaker and the deadline.
@@ -475,10 +661,9 @@ impl RedisL2 {
         for arg in args {
             invocation.arg(arg.as_str());
         }
-        self.call(
-            op,
-            async move { invocation.invoke_async::<T>(&mut conn).await },
-        )
+        self.call_keyed(op, keys.first().copied().unwrap_or_default(), async move {
+            invocation.invoke_async::<T>(&mut conn).await
+        })
         .await
     }
 }

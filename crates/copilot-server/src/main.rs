@@ -474,9 +474,26 @@ async fn doctor_redis(settings: &Settings) -> Result<()> {
                     redact(url)
                 );
             }
-            match l2.topology().primary {
-                Some(primary) => println!("redis: ok ({}, primary {primary})", redact(url)),
-                None => println!("redis: ok ({})", redact(url)),
+            let live = l2.topology();
+            match (live.kind, live.primary) {
+                (_, Some(primary)) => {
+                    println!("redis: ok ({}, sentinel, primary {primary})", redact(url))
+                }
+                ("cluster", None) => {
+                    // The slot map arrives with the first CLUSTER SLOTS answer.
+                    let deadline = std::time::Instant::now() + REDIS_START_CHECK;
+                    while l2.node_breakers().is_empty() && std::time::Instant::now() < deadline {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    let primaries = l2.topology().nodes;
+                    println!(
+                        "redis: ok ({}, cluster with {} primaries: {})",
+                        redact(url),
+                        primaries.len(),
+                        primaries.join(", ")
+                    );
+                }
+                _ => println!("redis: ok ({})", redact(url)),
             }
         }
         _ => println!("redis: disabled (REDIS_URL is not set)"),

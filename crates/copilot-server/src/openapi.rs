@@ -222,8 +222,9 @@ pub struct CacheStateDoc {
 }
 
 /// `kind`: `single` (one server or a managed endpoint), `cluster` or `sentinel`; `tls`:
-/// whether the connection is encrypted; `nodes`: `host:port` of the node(s) given (the
-/// sentinels for `sentinel`); `primary`: behind Sentinel, the primary in use now.
+/// whether the connection is encrypted; `nodes`: `host:port` of the node given (`single`), the
+/// primaries serving slots (`cluster`), or the sentinels (`sentinel`); `primary`: behind
+/// Sentinel, the primary in use now.
 #[derive(Deserialize, ToSchema)]
 pub struct RedisTopologyDoc {
     kind: String,

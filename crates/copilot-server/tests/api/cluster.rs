@@ -195,6 +195,7 @@ impl Drop for OwnCluster {
         for (_, child) in &mut self.nodes {
             let _ = Command::new("kill")
                 .args(["-CONT", &child.id().to_string()])
+                .stderr(Stdio::null())
                 .status();
             let _ = child.kill();
             let _ = child.wait();
@@ -285,6 +286,40 @@ async fn a_fleet_on_a_cluster_reads_fresh_and_keeps_each_tenant_in_its_slot() {
     .unwrap();
     assert_eq!(state["topology"]["kind"], "cluster", "{state}");
     assert_eq!(state["redis"], "ok", "{state}");
+    // Once the slot map is known, `nodes` lists the three primaries.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let state: Value = call(
+            reqwest::Method::GET,
+            format!("{}/v1/admin/cache", a.base),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        if state["topology"]["nodes"]
+            .as_array()
+            .is_some_and(|n| n.len() == 3)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // `doctor` reports the cluster and its primaries.
+    let doctor = Command::new(env!("CARGO_BIN_EXE_copilot-state"))
+        .env(
+            "DATABASE_URL",
+            copilot_store::conformance::fresh_postgres_database().await,
+        )
+        .env("REDIS_URL", cluster.url())
+        .env("COPILOT_JWT_SECRET", crate::SECRET)
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(text.contains("cluster with 3 primaries"), "{text}");
     let tenants = ["acme", "beta", "gamma", "delta"];
     traffic(a, b, &tenants).await;
     let stale = stale_rounds_of(a, b, 300).await;
@@ -329,6 +364,43 @@ async fn a_fleet_on_a_cluster_reads_fresh_and_keeps_each_tenant_in_its_slot() {
     // Tenants spread over more than one primary: the test really crossed slots.
     let used: BTreeSet<u16> = nodes_by_tenant.values().flatten().copied().collect();
     assert!(used.len() > 1, "{nodes_by_tenant:?}");
+}
+
+/// Redis calls per node, summed over the fleet, from `/metrics`.
+#[derive(Debug, Default, Clone, Copy)]
+struct NodeCalls {
+    others_ok: u64,
+    paused_skipped: u64,
+}
+
+async fn node_calls(instances: &[Instance], paused: u16) -> NodeCalls {
+    let mut calls = NodeCalls::default();
+    for instance in instances {
+        let text = reqwest::get(format!("{}/metrics", instance.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("copilot_redis_node_calls_total{"))
+        {
+            let value: u64 = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0) as u64;
+            let on_paused = line.contains(&format!(":{paused}\""));
+            if !on_paused && line.contains("outcome=\"ok\"") {
+                calls.others_ok += value;
+            }
+            if on_paused && line.contains("outcome=\"skipped\"") {
+                calls.paused_skipped += value;
+            }
+        }
+    }
+    calls
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,10 +467,22 @@ async fn a_paused_primary_and_a_killed_one_fail_no_request_and_caching_resumes()
     tokio::time::sleep(Duration::from_secs(1)).await;
     let primaries = cluster.primaries();
     assert_eq!(primaries.len(), 3, "{primaries:?}");
-    // One primary stops answering for 3 s.
+    // One primary stops answering for 3 s. Its breaker opens; the other primaries keep serving
+    // their slots from L2 (one breaker per node).
     cluster.signal(primaries[0], "-STOP");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = node_calls(&instances, primaries[0]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = node_calls(&instances, primaries[0]).await;
     cluster.signal(primaries[0], "-CONT");
+    assert!(
+        after.others_ok > before.others_ok,
+        "the other primaries stopped serving while one was paused: {before:?} -> {after:?}"
+    );
+    assert!(
+        after.paused_skipped > before.paused_skipped,
+        "the paused primary's breaker did not open: {before:?} -> {after:?}"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Another is killed: its replica takes over.
     cluster.kill(primaries[1]);
