@@ -13,6 +13,7 @@ use copilot_domain::config::{
 use copilot_domain::{TenantId, UserId};
 use copilot_store::{ConfigStore, StoreResult};
 use quick_cache::sync::Cache;
+use tokio::time::Instant;
 
 use crate::tier::CacheTier;
 
@@ -27,12 +28,24 @@ pub struct CachedConfigStore {
 /// three levels still have the versions they were merged from. The merge is a function of the
 /// stored levels alone, so this needs no invalidation of its own: whatever source the levels
 /// were read from this time decides.
+///
+/// Memoized: an entry merged from three L1 entries also records L1's generation and when the
+/// first of those entries expires; until either changes it is the answer without looking at
+/// the levels at all (the generation moves with every change of what L1 holds).
 struct MergedConfigs {
-    entries: Cache<u64, Arc<EffectiveConfig>>,
+    entries: Cache<u64, Merged>,
     hasher: std::collections::hash_map::RandomState,
     /// `copilot_cache_requests_total{cache="config", tier="merged", outcome}`.
     hit: metrics::Counter,
     miss: metrics::Counter,
+    memo_hit: metrics::Counter,
+}
+
+#[derive(Clone)]
+struct Merged {
+    config: Arc<EffectiveConfig>,
+    /// L1's generation and the first expiry of the L1 entries it was merged from.
+    memo: Option<(u64, Instant)>,
 }
 
 impl MergedConfigs {
@@ -43,7 +56,33 @@ impl MergedConfigs {
             hasher: std::collections::hash_map::RandomState::new(),
             hit: counter("hit"),
             miss: counter("miss"),
+            memo_hit: counter("memo"),
         }
+    }
+
+    fn slot(&self, tenant: &TenantId, user: Option<&UserId>) -> u64 {
+        self.hasher
+            .hash_one((tenant.as_str(), user.map(UserId::as_str)))
+    }
+
+    /// The memoized answer, while L1 is still at `generation` and its entries live.
+    fn memoized(
+        &self,
+        tenant: &TenantId,
+        user: Option<&UserId>,
+        generation: u64,
+        now: Instant,
+    ) -> Option<Arc<EffectiveConfig>> {
+        let merged = self.entries.get(&self.slot(tenant, user))?;
+        let (at, until) = merged.memo?;
+        (at == generation
+            && now < until
+            && merged.config.tenant_id == *tenant
+            && merged.config.user_id.as_ref() == user)
+            .then(|| {
+                self.memo_hit.increment(1);
+                merged.config
+            })
     }
 
     fn merge(
@@ -51,29 +90,43 @@ impl MergedConfigs {
         tenant: &TenantId,
         user: Option<&UserId>,
         levels: [Option<&StoredPatchView>; 3],
+        memo: Option<(u64, Instant)>,
     ) -> Arc<EffectiveConfig> {
-        let slot = self
-            .hasher
-            .hash_one((tenant.as_str(), user.map(UserId::as_str)));
+        let slot = self.slot(tenant, user);
         let versions = LevelVersions {
             global: levels[0].map(|l| l.version),
             tenant: levels[1].map(|l| l.version),
             user: levels[2].map(|l| l.version),
         };
         if let Some(merged) = self.entries.get(&slot)
-            && merged.versions == versions
-            && merged.tenant_id == *tenant
-            && merged.user_id.as_ref() == user
+            && merged.config.versions == versions
+            && merged.config.tenant_id == *tenant
+            && merged.config.user_id.as_ref() == user
         {
             self.hit.increment(1);
-            return merged;
+            if merged.memo != memo {
+                self.entries.insert(
+                    slot,
+                    Merged {
+                        config: merged.config.clone(),
+                        memo,
+                    },
+                );
+            }
+            return merged.config;
         }
         self.miss.increment(1);
-        let merged = Arc::new(effective_config(
+        let config = Arc::new(effective_config(
             tenant, user, levels[0], levels[1], levels[2],
         ));
-        self.entries.insert(slot, merged.clone());
-        merged
+        self.entries.insert(
+            slot,
+            Merged {
+                config: config.clone(),
+                memo,
+            },
+        );
+        config
     }
 }
 
@@ -164,6 +217,15 @@ impl ConfigStore for CachedConfigStore {
         tenant: &TenantId,
         user: Option<&UserId>,
     ) -> StoreResult<Arc<EffectiveConfig>> {
+        // Memoized: L1 has not changed since this was merged from it.
+        let now = Instant::now();
+        let generation = self.tier.l1_generation();
+        if let Some(generation) = generation
+            && let Some(merged) = self.merged.memoized(tenant, user, generation, now)
+        {
+            self.tier.count_l1_hits(if user.is_some() { 3 } else { 2 });
+            return Ok(merged);
+        }
         // Keys straight from the ids; the levels are built only on a miss.
         let prefix = &self.tier.settings().prefix;
         let tenant_key = crate::keys::tenant_config(prefix, tenant);
@@ -188,8 +250,22 @@ impl ConfigStore for CachedConfigStore {
             })
             .await?;
         let level = |i: usize| found.get(i).and_then(Option::as_deref);
+        // Memoizable when L1 answers every level with exactly what was merged (the generation
+        // was taken before reading them, so a change in between leaves the memo unusable, never
+        // wrong; a level read past a tombstone is not memoized).
+        let memo = generation.and_then(|generation| {
+            let mut until: Option<Instant> = None;
+            for (i, key) in keys[..count].iter().enumerate() {
+                let (version, expires) = self.tier.l1_answer(key, now)?;
+                if version != level(i).map(|l| l.version) {
+                    return None;
+                }
+                until = Some(until.map_or(expires, |u| u.min(expires)));
+            }
+            Some((generation, until?))
+        });
         Ok(self
             .merged
-            .merge(tenant, user, [level(0), level(1), level(2)]))
+            .merge(tenant, user, [level(0), level(1), level(2)], memo))
     }
 }

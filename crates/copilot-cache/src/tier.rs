@@ -103,11 +103,29 @@ struct L1<T> {
     /// Serializes compare-and-insert (reads stay lock-free).
     write: Mutex<()>,
     ttl: Duration,
+    /// Bumped by every change of what L1 holds (a store, a flush); results derived from L1
+    /// entries stay valid while it has not moved (see [`CacheTier::l1_generation`]).
+    generation: AtomicU64,
 }
 
 impl<T: Serialize> L1<T> {
     fn get(&self, key: &str) -> Option<Entry<T>> {
         self.get_at(key, Instant::now())
+    }
+
+    /// What the key's live L1 entry answers (`Some(version)` a row, `None` no row) and until
+    /// when; `None` for no live entry or a tombstone (which answers nothing).
+    fn answer_at(&self, key: &str, now: Instant) -> Option<(Option<u64>, Instant)> {
+        let slot = self.cache.get(key)?;
+        let until = slot.stored_at + self.ttl;
+        if now >= until {
+            return None;
+        }
+        match slot.entry {
+            Entry::Value { version, .. } => Some((Some(version), until)),
+            Entry::Absent => Some((None, until)),
+            Entry::Tombstone { .. } => None,
+        }
     }
 
     /// As of `now` (one clock reading serves several lookups of one read).
@@ -137,6 +155,7 @@ impl<T: Serialize> L1<T> {
                     weight,
                 },
             );
+            self.generation.fetch_add(1, Ordering::AcqRel);
         } else {
             metrics::counter!("copilot_cache_fills_rejected_total", "cache" => self.name, "tier" => "l1").increment(1);
         }
@@ -157,6 +176,7 @@ impl<T: Serialize + Send + Sync + 'static> L1Sink for L1<T> {
     fn flush_l1(&self) {
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
         self.cache.clear();
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -247,6 +267,7 @@ where
                 ),
                 write: Mutex::new(()),
                 ttl: settings.l1_ttl.min(Duration::from_secs(30)),
+                generation: AtomicU64::new(0),
             }),
             settings,
             l2,
@@ -309,6 +330,25 @@ where
 
     fn l1_trusted(&self) -> bool {
         self.trust.is_trusted()
+    }
+
+    /// L1's generation while L1 may answer (`None`: switched off or not trusted). A result
+    /// computed from L1 entries read after taking generation `g` is as fresh as L1 itself while
+    /// the generation is still `g` and none of those entries has expired.
+    pub fn l1_generation(&self) -> Option<u64> {
+        (self.is_on() && self.l1_trusted()).then(|| self.l1.generation.load(Ordering::Acquire))
+    }
+
+    /// What `key`'s live L1 entry answers: the version of its row (`None`: no row) and until
+    /// when. `None` when L1 holds no answer for it (nothing, or a tombstone).
+    pub fn l1_answer(&self, key: &str, now: Instant) -> Option<(Option<u64>, Instant)> {
+        self.l1.answer_at(key, now)
+    }
+
+    /// Counts `n` L1 hits answered from a result derived from L1 (the memoized effective config).
+    pub fn count_l1_hits(&self, n: u64) {
+        self.counters.l1_hit.increment(n);
+        self.hits.fetch_add(n, Ordering::Relaxed);
     }
 
     fn count(&self, tier: &'static str, outcome: &'static str) {

@@ -524,3 +524,59 @@ async fn a_dropped_write_future_still_invalidates() {
         }
     }
 }
+
+/// The memoized effective configuration (issue "Speed"): answered without touching the levels
+/// while L1 is unchanged, never after a write to any of its three levels, and never past the
+/// L1 lifetime of the entries it was merged from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memoized_effective_config_follows_every_level_and_the_l1_lifetime() {
+    use copilot_cache::{CacheTier, CachedConfigStore, TierSettings};
+    let store = counting().await;
+    let mut settings = TierSettings::new("config", Duration::from_secs(300));
+    settings.l1_ttl = Duration::from_millis(400);
+    let configs = CachedConfigStore::new(store.clone(), CacheTier::new(settings, None));
+    let (t, u) = (tenant("memo"), user("u1"));
+    let read = || async { configs.get_effective(&t, Some(&u)).await.unwrap() };
+    let reads = || store.patch_reads.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(read().await.values.merge_max_messages, 100);
+    let after_fill = reads();
+    for _ in 0..100 {
+        assert_eq!(read().await.values.merge_max_messages, 100);
+    }
+    assert_eq!(reads(), after_fill, "memoized reads went to the store");
+    for (level, value) in [
+        (ConfigLevel::Global, 7),
+        (ConfigLevel::Tenant(t.clone()), 8),
+        (ConfigLevel::User(t.clone(), u.clone()), 9),
+    ] {
+        configs
+            .put_patch(
+                &level,
+                &ConfigPatch::from_json(&json!({"mergeMaxMessages": value})).unwrap(),
+                None,
+                "svc",
+            )
+            .await
+            .unwrap();
+        assert_eq!(read().await.values.merge_max_messages, value, "{level:?}");
+    }
+    // A write that bypasses this process (another instance, no bus here) shows once the L1
+    // entries the memo came from expire.
+    store
+        .inner
+        .put_patch(
+            &ConfigLevel::User(t.clone(), u.clone()),
+            &ConfigPatch::from_json(&json!({"mergeMaxMessages": 11})).unwrap(),
+            None,
+            "elsewhere",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        read().await.values.merge_max_messages,
+        9,
+        "L1 (and the memo) still answer"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(read().await.values.merge_max_messages, 11);
+}
