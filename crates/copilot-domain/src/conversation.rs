@@ -9,6 +9,7 @@ use crate::cursor::{CursorKey, ListCursor};
 use crate::error::{Errors, InputError};
 use crate::id::{ConversationId, MessageId, TenantId, UserId};
 use crate::json::{as_object, char_len_between, optional, reject_unknown, required};
+pub use crate::status::ConversationStatus;
 
 pub const MAX_TITLE_CHARS: usize = 200;
 pub const MAX_PERSONA_CHARS: usize = 200;
@@ -97,6 +98,11 @@ impl Conversation {
 
     pub fn is_archived(&self) -> bool {
         self.archived_at.is_some()
+    }
+
+    /// The list cursor right after this conversation, in a listing of `status`.
+    pub fn cursor(&self, status: ConversationStatus) -> ListCursor {
+        ListCursor::after(status, self.last_activity_at().timestamp_micros(), self.id)
     }
 
     pub fn matches_status(&self, status: ConversationStatus) -> bool {
@@ -338,16 +344,6 @@ pub struct NewMessage {
     pub author_id: Option<UserId>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "lowercase")]
-pub enum ConversationStatus {
-    #[default]
-    Active,
-    Archived,
-    All,
-}
-
 /// Who is listing: the access rule of DESIGN.md 3.6 as part of the list query.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ListViewer {
@@ -442,9 +438,7 @@ impl ConversationPage {
         let more = rows.len() > query.limit as usize;
         rows.truncate(query.limit as usize);
         let next_cursor = match rows.last() {
-            Some(last) if more => {
-                Some(ListCursor::after(last, query.status).encode(&query.cursor_key))
-            }
+            Some(last) if more => Some(last.cursor(query.status).encode(&query.cursor_key)),
             _ => None,
         };
         Self {

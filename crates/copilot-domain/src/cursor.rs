@@ -12,8 +12,8 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::conversation::{Conversation, ConversationStatus};
 use crate::id::ConversationId;
+use crate::status::ConversationStatus;
 
 const FORMAT_V2: u8 = 2;
 const KEY_LABEL: &[u8] = b"copilot-state/list-cursor/v2";
@@ -78,11 +78,16 @@ pub enum CursorError {
 }
 
 impl ListCursor {
-    pub fn after(c: &Conversation, status: ConversationStatus) -> Self {
+    /// The position right after a conversation last active at `last_activity_micros`.
+    pub fn after(
+        status: ConversationStatus,
+        last_activity_micros: i64,
+        id: ConversationId,
+    ) -> Self {
         Self {
             status,
-            last_activity_micros: c.last_activity_at().timestamp_micros(),
-            id: c.id,
+            last_activity_micros,
+            id,
         }
     }
 

@@ -17,6 +17,7 @@ pub mod json;
 pub mod membership;
 pub mod policy;
 pub mod route;
+pub mod status;
 
 pub use access::{Denial, Principal, TenantRole, UserPrincipal};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};

@@ -4,9 +4,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
-use axum::http::request::Parts;
 use copilot_domain::{Principal, TenantId, TenantRole, UserId};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{
@@ -16,7 +14,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::settings::JwtSettings;
-use crate::state::AppState;
 use crate::verified_tokens::VerifiedTokens;
 
 pub const SERVICE_ROLE: &str = "service_role";
@@ -213,57 +210,6 @@ pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
-}
-
-/// The verified principal of a request. A user's active membership row with role `admin` makes
-/// it a tenant admin whatever its token says (DESIGN.md 3.6); with memberships required, a user
-/// without an active membership is refused.
-pub struct Auth(pub Principal);
-
-impl FromRequestParts<AppState> for Auth {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let principal = match parts.extensions.get::<VerifiedPrincipal>() {
-            Some(VerifiedPrincipal(p)) => p.clone(),
-            None => {
-                if !parts.headers.contains_key(AUTHORIZATION) {
-                    return Err(ApiError::Unauthenticated("missing bearer token".into()));
-                }
-                let token = bearer_token(&parts.headers).ok_or_else(|| {
-                    ApiError::Unauthenticated("Authorization must be 'Bearer <token>'".into())
-                })?;
-                state.auth.verify(token)?
-            }
-        };
-        let principal = match principal {
-            Principal::User(mut user) => {
-                let membership = state
-                    .store(
-                        "get_membership",
-                        state
-                            .stores
-                            .members
-                            .get_membership(&user.tenant_id, &user.user_id),
-                    )
-                    .await?;
-                match membership {
-                    Some(m) if m.is_active() && m.role == TenantRole::Admin => {
-                        user.role = TenantRole::Admin;
-                    }
-                    Some(m) if m.is_active() => {}
-                    _ if state.service.require_membership => return Err(ApiError::Forbidden),
-                    _ => {}
-                }
-                Principal::User(user)
-            }
-            other => other,
-        };
-        Ok(Self(principal))
-    }
 }
 
 /// The role a minted token carries.

@@ -10,7 +10,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use axum::http::header::AUTHORIZATION;
+use copilot_domain::{Principal, TenantRole};
+
+use crate::auth::{VerifiedPrincipal, bearer_token};
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Request bodies over this are refused before parsing.
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
@@ -198,6 +203,57 @@ pub fn with_etag<T: Serialize>(status: StatusCode, version: u64, body: &T) -> Re
         response.headers_mut().insert(ETAG, v);
     }
     response
+}
+
+/// The verified principal of a request. A user's active membership row with role `admin` makes
+/// it a tenant admin whatever its token says (DESIGN.md 3.6); with memberships required, a user
+/// without an active membership is refused.
+pub struct Auth(pub Principal);
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let principal = match parts.extensions.get::<VerifiedPrincipal>() {
+            Some(VerifiedPrincipal(p)) => p.clone(),
+            None => {
+                if !parts.headers.contains_key(AUTHORIZATION) {
+                    return Err(ApiError::Unauthenticated("missing bearer token".into()));
+                }
+                let token = bearer_token(&parts.headers).ok_or_else(|| {
+                    ApiError::Unauthenticated("Authorization must be 'Bearer <token>'".into())
+                })?;
+                state.auth.verify(token)?
+            }
+        };
+        let principal = match principal {
+            Principal::User(mut user) => {
+                let membership = state
+                    .store(
+                        "get_membership",
+                        state
+                            .stores
+                            .members
+                            .get_membership(&user.tenant_id, &user.user_id),
+                    )
+                    .await?;
+                match membership {
+                    Some(m) if m.is_active() && m.role == TenantRole::Admin => {
+                        user.role = TenantRole::Admin;
+                    }
+                    Some(m) if m.is_active() => {}
+                    _ if state.service.require_membership => return Err(ApiError::Forbidden),
+                    _ => {}
+                }
+                Principal::User(user)
+            }
+            other => other,
+        };
+        Ok(Self(principal))
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use copilot_cache::CacheControl;
+use copilot_domain::access::authorize_read;
+use copilot_domain::conversation::Conversation;
 use copilot_domain::route::RouterDefaults;
+use copilot_domain::{ConversationId, Principal, TenantId};
 use copilot_store::{StoreResult, StoreSet};
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -97,5 +100,23 @@ impl AppParts {
                 Err(ApiError::StoreUnavailable)
             }
         }
+    }
+
+    /// The conversation, if `principal` may read it (404 when it does not exist).
+    pub async fn readable_conversation(
+        &self,
+        principal: &Principal,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> ApiResult<Conversation> {
+        let conversation = self
+            .store(
+                "get_conversation",
+                self.stores.conversations.get_conversation(tenant, id),
+            )
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        authorize_read(principal, &conversation)?;
+        Ok(conversation)
     }
 }

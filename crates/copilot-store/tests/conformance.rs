@@ -362,7 +362,6 @@ mod postgres_specific {
     #[tokio::test]
     async fn the_list_query_uses_the_keyset_index() {
         use copilot_domain::conversation::{ConversationQuery, ConversationStatus, ListViewer};
-        use copilot_domain::cursor::ListCursor;
         let Some((store, url)) = store().await else {
             return;
         };
@@ -397,7 +396,7 @@ mod postgres_specific {
             )
             .await
             .unwrap();
-        let after = ListCursor::after(&some.items[19], ConversationStatus::Active);
+        let after = some.items[19].cursor(ConversationStatus::Active);
         for viewer in [
             ListViewer::Everyone,
             ListViewer::User(UserId::parse("u7").unwrap()),

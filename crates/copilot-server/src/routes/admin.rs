@@ -3,8 +3,8 @@ use axum::response::{IntoResponse, Response};
 use copilot_domain::Principal;
 use serde_json::Value;
 
-use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::Auth;
 use crate::extract::JsonBody;
 use crate::openapi::{CacheStateDoc, CacheSwitchInput};
 use crate::state::AppState;

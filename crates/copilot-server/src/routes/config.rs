@@ -6,8 +6,8 @@ use copilot_domain::config::{ConfigLevel, ConfigPatch, EffectiveConfig, StoredPa
 use copilot_domain::{Principal, UserId};
 use serde::Deserialize;
 
-use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::Auth;
 use crate::extract::{
     IfMatch, JsonBody, PathParams, Precondition, Query, tenant_id, user_id, with_etag,
 };

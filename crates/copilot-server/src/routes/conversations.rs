@@ -2,8 +2,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use copilot_domain::access::{
-    authorize_append, authorize_create, authorize_delete_message, authorize_manage, authorize_read,
-    list_viewer,
+    authorize_append, authorize_create, authorize_delete_message, authorize_manage, list_viewer,
 };
 use copilot_domain::conversation::{
     Conversation, ConversationPage, ConversationQuery, ConversationStatus, ConversationUpdate,
@@ -11,11 +10,10 @@ use copilot_domain::conversation::{
     NewMessage,
 };
 use copilot_domain::cursor::ListCursor;
-use copilot_domain::{ConversationId, Principal, TenantId};
 use serde::Deserialize;
 
-use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::Auth;
 use crate::extract::{
     IfMatch, JsonBody, PathParams, Query, conversation_id, message_id, tenant_id, with_etag,
 };
@@ -23,24 +21,6 @@ use crate::openapi::{ConversationCreateInput, ConversationUpdateInput, MessageCr
 use crate::openapi::{ConversationPath, MessagePath, TenantPath};
 use crate::routes::events::{Change, publish};
 use crate::state::AppState;
-
-/// Loads a conversation the principal may read; anything else is 404 (no existence oracle).
-pub(crate) async fn readable(
-    state: &AppState,
-    principal: &Principal,
-    tenant: &TenantId,
-    id: &ConversationId,
-) -> ApiResult<Conversation> {
-    let conversation = state
-        .store(
-            "get_conversation",
-            state.stores.conversations.get_conversation(tenant, id),
-        )
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    authorize_read(principal, &conversation)?;
-    Ok(conversation)
-}
 
 fn parse_number<T: std::str::FromStr>(name: &str, value: Option<&str>) -> ApiResult<Option<T>> {
     value
@@ -145,7 +125,9 @@ pub async fn get(
     PathParams((t, id)): PathParams<(String, String)>,
 ) -> ApiResult<Response> {
     let (tenant, id) = (tenant_id(&t)?, conversation_id(&id)?);
-    let conversation = readable(&state, &principal, &tenant, &id).await?;
+    let conversation = state
+        .readable_conversation(&principal, &tenant, &id)
+        .await?;
     Ok(with_etag(
         StatusCode::OK,
         conversation.version,
@@ -169,7 +151,9 @@ pub async fn update(
 ) -> ApiResult<Response> {
     let (tenant, id) = (tenant_id(&t)?, conversation_id(&id)?);
     let update = ConversationUpdate::from_json(&body)?;
-    let conversation = readable(&state, &principal, &tenant, &id).await?;
+    let conversation = state
+        .readable_conversation(&principal, &tenant, &id)
+        .await?;
     authorize_manage(&principal, &conversation)?;
     let expected = expected
         .expected(|| async { Ok(Some(conversation.version)) })
@@ -206,7 +190,9 @@ pub async fn delete(
     IfMatch(expected): IfMatch,
 ) -> ApiResult<Response> {
     let (tenant, id) = (tenant_id(&t)?, conversation_id(&id)?);
-    let conversation = readable(&state, &principal, &tenant, &id).await?;
+    let conversation = state
+        .readable_conversation(&principal, &tenant, &id)
+        .await?;
     authorize_manage(&principal, &conversation)?;
     let expected = expected
         .expected(|| async { Ok(Some(conversation.version)) })
@@ -237,7 +223,9 @@ pub async fn append(
 ) -> ApiResult<Response> {
     let (tenant, id) = (tenant_id(&t)?, conversation_id(&id)?);
     let input = MessageInput::from_json(&body, state.service.max_message_bytes)?;
-    let conversation = readable(&state, &principal, &tenant, &id).await?;
+    let conversation = state
+        .readable_conversation(&principal, &tenant, &id)
+        .await?;
     authorize_append(&principal, &conversation, input.role)?;
     let message = NewMessage {
         role: input.role,
@@ -305,7 +293,9 @@ pub async fn messages(
         parse_number("after", params.after.as_deref())?,
         include_deleted,
     )?;
-    readable(&state, &principal, &tenant, &id).await?;
+    state
+        .readable_conversation(&principal, &tenant, &id)
+        .await?;
     let page = state
         .store(
             "list_messages",
@@ -328,7 +318,9 @@ pub async fn delete_message(
     PathParams((t, id, mid)): PathParams<(String, String, String)>,
 ) -> ApiResult<Response> {
     let (tenant, id, mid) = (tenant_id(&t)?, conversation_id(&id)?, message_id(&mid)?);
-    let conversation = readable(&state, &principal, &tenant, &id).await?;
+    let conversation = state
+        .readable_conversation(&principal, &tenant, &id)
+        .await?;
     let message = state
         .store(
             "get_message",

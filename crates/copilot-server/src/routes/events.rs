@@ -22,11 +22,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
-use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::Auth;
 use crate::extract::{JsonBody, PathParams, conversation_id, tenant_id};
 use crate::openapi::{ConversationPath, TenantPath};
-use crate::routes::conversations::readable;
 use crate::state::AppState;
 
 /// Heartbeat comments keep idle streams (and the proxies in front of them) open.
@@ -48,7 +47,9 @@ pub async fn conversation_events(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let (tenant, id) = (tenant_id(&t)?, conversation_id(&id)?);
-    let conversation = readable(&state, &principal, &tenant, &id).await?;
+    let conversation = state
+        .readable_conversation(&principal, &tenant, &id)
+        .await?;
     let subscription = subscribe(
         &state,
         &principal,
@@ -129,7 +130,9 @@ pub async fn post_event(
 ) -> ApiResult<Response> {
     let (tenant, id) = (tenant_id(&t)?, conversation_id(&id)?);
     let (kind, data) = parse_custom_event(&body)?;
-    readable(&state, &principal, &tenant, &id).await?;
+    state
+        .readable_conversation(&principal, &tenant, &id)
+        .await?;
     if !principal.is_service() {
         return Err(ApiError::Forbidden);
     }

@@ -6,8 +6,8 @@ use copilot_domain::membership::{Membership, MembershipInput};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::auth::Auth;
 use crate::error::ApiResult;
+use crate::extract::Auth;
 use crate::extract::{JsonBody, PathParams, tenant_id, user_id};
 use crate::openapi::MembershipPutInput;
 use crate::openapi::{TenantPath, TenantUserPath};

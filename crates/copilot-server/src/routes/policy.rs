@@ -6,8 +6,8 @@ use copilot_domain::access::{authorize_tenant, authorize_tenant_admin};
 use copilot_domain::policy::{MAX_POLICY_BYTES, StoredPolicy, TenantLlmPolicy};
 use copilot_domain::route::{Route, RouteRequest, resolve_route};
 
-use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::Auth;
 use crate::extract::{IfMatch, JsonBody, PathParams, tenant_id, with_etag};
 use crate::openapi::TenantPath;
 use crate::openapi::{PolicyInput, RouteRequestInput};
