@@ -18,10 +18,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
+mod invalidation;
+mod l1;
+
+use self::l1::{L1, SlotWeight};
 use crate::bus::Bus;
 use crate::entry::Entry;
 use crate::redis_l2::RedisL2;
-use crate::trust::{L1Sink, L1Trust};
+use crate::trust::L1Trust;
 
 /// The longest a write waits for its cache work (tombstone, bus message, fill) after the
 /// store committed; the work itself goes on. Callers that put a deadline on a decorated store
@@ -63,120 +67,6 @@ impl TierSettings {
             l1_capacity: 10_000,
             l1_max_bytes: 64 * 1024 * 1024,
         }
-    }
-}
-
-struct L1Slot<T> {
-    entry: Entry<T>,
-    stored_at: Instant,
-    /// What the entry weighs against the byte bound.
-    weight: u64,
-}
-
-impl<T> Clone for L1Slot<T> {
-    fn clone(&self) -> Self {
-        Self {
-            entry: self.entry.clone(),
-            stored_at: self.stored_at,
-            weight: self.weight,
-        }
-    }
-}
-
-/// Weighs an L1 slot by its encoded size, but at least `floor` (= byte bound / entry bound), so
-/// both bounds hold with one weight.
-#[derive(Clone)]
-struct SlotWeight {
-    floor: u64,
-}
-
-impl<T> quick_cache::Weighter<String, L1Slot<T>> for SlotWeight {
-    fn weight(&self, key: &String, slot: &L1Slot<T>) -> u64 {
-        (key.len() as u64 + slot.weight).max(self.floor)
-    }
-}
-
-/// The in-process cache of one tier: bounded, versioned, with a lifetime per entry.
-struct L1<T> {
-    name: &'static str,
-    cache: Cache<String, L1Slot<T>, SlotWeight>,
-    /// Serializes compare-and-insert (reads stay lock-free).
-    write: Mutex<()>,
-    ttl: Duration,
-    /// Bumped by every change of what L1 holds (a store, a flush); results derived from L1
-    /// entries stay valid while it has not moved (see [`CacheTier::l1_generation`]).
-    generation: AtomicU64,
-}
-
-impl<T: Serialize> L1<T> {
-    fn get(&self, key: &str) -> Option<Entry<T>> {
-        self.get_at(key, Instant::now())
-    }
-
-    /// What the key's live L1 entry answers (`Some(version)` a row, `None` no row) and until
-    /// when; `None` for no live entry or a tombstone (which answers nothing).
-    fn answer_at(&self, key: &str, now: Instant) -> Option<(Option<u64>, Instant)> {
-        let slot = self.cache.get(key)?;
-        let until = slot.stored_at + self.ttl;
-        if now >= until {
-            return None;
-        }
-        match slot.entry {
-            Entry::Value { version, .. } => Some((Some(version), until)),
-            Entry::Absent => Some((None, until)),
-            Entry::Tombstone { .. } => None,
-        }
-    }
-
-    /// As of `now` (one clock reading serves several lookups of one read).
-    fn get_at(&self, key: &str, now: Instant) -> Option<Entry<T>> {
-        self.cache
-            .get(key)
-            .filter(|slot| now.saturating_duration_since(slot.stored_at) < self.ttl)
-            .map(|slot| slot.entry)
-    }
-
-    /// Stores unless that would lower the key's version.
-    fn store(&self, key: &str, entry: Entry<T>) {
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        let existing = self.get(key);
-        if entry.may_replace(existing.as_ref()) {
-            let weight = match &entry {
-                Entry::Value { value, .. } => {
-                    serde_json::to_vec(value.as_ref()).map_or(0, |v| v.len() as u64)
-                }
-                _ => 16,
-            };
-            self.cache.insert(
-                key.to_owned(),
-                L1Slot {
-                    entry,
-                    stored_at: Instant::now(),
-                    weight,
-                },
-            );
-            self.generation.fetch_add(1, Ordering::AcqRel);
-        } else {
-            metrics::counter!("copilot_cache_fills_rejected_total", "cache" => self.name, "tier" => "l1").increment(1);
-        }
-    }
-}
-
-impl<T: Serialize + Send + Sync + 'static> L1Sink for L1<T> {
-    fn cache_name(&self) -> &'static str {
-        self.name
-    }
-
-    fn invalidate_l1(&self, key: &str, version: u64) {
-        metrics::counter!("copilot_cache_invalidations_received_total", "cache" => self.name)
-            .increment(1);
-        self.store(key, Entry::Tombstone { version });
-    }
-
-    fn flush_l1(&self) {
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        self.cache.clear();
-        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -677,138 +567,6 @@ where
             }
             None => {}
         }
-    }
-
-    /// After a committed write that produced `value` at `version`: its tombstone (see
-    /// [`CacheTier::invalidate`]), then the row itself, so the next read is a hit. The row may
-    /// replace the tombstone of its own version, never a newer one.
-    pub async fn write_through(self: &Arc<Self>, key: &str, version: u64, value: T) {
-        let value = Arc::new(value);
-        self.invalidate_then(key, version, Some(value)).await;
-    }
-
-    /// After a committed write: a tombstone carrying the write's version in L1 and L2, and the
-    /// bus message. L1 learns it at once (read-your-writes); the Redis part runs in its own
-    /// task, bounded by the Redis deadline, so neither a slow Redis nor a client that hangs up
-    /// can turn the committed write into an error or cancel its invalidation. Until Redis has
-    /// the tombstone, this process does not read the key from L2; if Redis cannot take it, it
-    /// is retried until it can.
-    pub async fn invalidate(self: &Arc<Self>, key: &str, version: u64) {
-        self.invalidate_then(key, version, None).await;
-    }
-
-    async fn invalidate_then(self: &Arc<Self>, key: &str, version: u64, row: Option<Arc<T>>) {
-        metrics::counter!("copilot_cache_invalidations_total", "cache" => self.settings.name)
-            .increment(1);
-        // A read that starts after this write must not join a flight that read before it.
-        self.flights
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
-        // This instance's L1 always learns of its own writes (read-your-writes).
-        self.l1_store(key, Entry::Tombstone { version });
-        if self.l2.is_none() {
-            if let Some(value) = row {
-                self.fill(key, Entry::Value { version, value }).await;
-            }
-            return;
-        }
-        self.mark_pending(key, version);
-        // The row is in this process's L1 at once (when L1 is in use); L2 and the bus follow in
-        // their own task.
-        if let Some(value) = &row
-            && self.is_on()
-            && self.l1_trusted()
-        {
-            self.l1_store(
-                key,
-                Entry::Value {
-                    version,
-                    value: value.clone(),
-                },
-            );
-        }
-        let (tier, key) = (self.clone(), key.to_owned());
-        let work = tokio::spawn(async move {
-            tier.send_tombstone(&key, version).await;
-            if let Some(value) = row {
-                tier.fill(&key, Entry::Value { version, value }).await;
-            }
-        });
-        // With Redis healthy the caller returns with L2 settled (other instances read the new
-        // row at once); with Redis slow, the wait ends after AFTER_COMMIT_WAIT and the work
-        // goes on in the background, as it does when the caller's future is dropped.
-        let _ = tokio::time::timeout(AFTER_COMMIT_WAIT, work).await;
-    }
-
-    fn mark_pending(&self, key: &str, version: u64) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let v = pending.entry(key.to_owned()).or_insert(version);
-        *v = (*v).max(version);
-    }
-
-    /// The tombstone and the bus message of one write; on failure, the retry task takes over.
-    async fn send_tombstone(&self, key: &str, version: u64) {
-        let Some(l2) = &self.l2 else { return };
-        let encoded = Entry::<T>::Tombstone { version }.encode();
-        let tombstoned = l2
-            .tombstone(key, version, &encoded, self.settings.tombstone_ttl)
-            .await
-            .is_some();
-        let published = match &self.bus {
-            Some(bus) => bus.publish(self.settings.name, key, version).await,
-            None => true,
-        };
-        if tombstoned && published {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            if pending.get(key) == Some(&version) {
-                pending.remove(key);
-            }
-        } else if !self.retrying.swap(true, Ordering::AcqRel) {
-            self.spawn_retry(l2.clone(), self.bus.clone());
-        }
-    }
-
-    /// Retries pending tombstones until Redis takes them all.
-    fn spawn_retry(&self, l2: Arc<RedisL2>, bus: Option<Arc<Bus>>) {
-        let pending = self.pending.clone();
-        let retrying = self.retrying.clone();
-        let (name, ttl) = (self.settings.name, self.settings.tombstone_ttl);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let batch: Vec<(String, u64)> = {
-                    let pending = pending.lock().unwrap_or_else(|e| e.into_inner());
-                    pending.iter().map(|(k, v)| (k.clone(), *v)).collect()
-                };
-                if batch.is_empty() {
-                    retrying.store(false, Ordering::Release);
-                    // A key marked between the check and the store is picked up by the next
-                    // write's failure (or was sent by its own task).
-                    return;
-                }
-                for (key, version) in batch {
-                    let encoded = Entry::<()>::Tombstone { version }.encode();
-                    let tombstoned = l2.tombstone(&key, version, &encoded, ttl).await.is_some();
-                    let published = match &bus {
-                        Some(bus) => tombstoned && bus.publish(name, &key, version).await,
-                        None => tombstoned,
-                    };
-                    if published {
-                        metrics::counter!("copilot_cache_invalidations_retried_total", "cache" => name).increment(1);
-                        let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
-                        if pending.get(&key) == Some(&version) {
-                            pending.remove(&key);
-                        }
-                    }
-                }
-            }
-        });
-    }
-
-    /// The number of tombstones still waiting for Redis.
-    pub fn pending_invalidations(&self) -> usize {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 
