@@ -655,4 +655,68 @@ mod tests {
         assert_eq!(err.variable, "COPILOT_BASE_EGRESS_MODE");
         assert!(load(&[("DATABASE_URL", "mysql://x")], Overrides::default()).is_err());
     }
+
+    /// The environment tables of the README and docs/ list exactly the variables `Settings::load`
+    /// reads: a variable added in code without a row, or a row for one the code no longer
+    /// reads, fails here.
+    #[test]
+    fn the_documented_environment_is_the_one_the_code_reads() {
+        use std::cell::RefCell;
+        use std::collections::BTreeSet;
+        let asked = RefCell::new(BTreeSet::new());
+        let record = |vars: &[(&str, &str)]| {
+            let map: HashMap<&str, &str> = vars.iter().copied().collect();
+            let loaded = Settings::load(
+                |name| {
+                    asked.borrow_mut().insert(name.to_owned());
+                    map.get(name).map(|v| v.to_string())
+                },
+                Overrides::default(),
+            );
+            assert!(loaded.is_ok(), "{vars:?}: {:?}", loaded.err());
+        };
+        record(&[]);
+        record(&[
+            ("DATABASE_URL", "postgres://db/copilot"),
+            ("REDIS_URL", "redis://cache:6379"),
+            ("COPILOT_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("COPILOT_RATE_LIMIT", "10/s"),
+        ]);
+        let documented: BTreeSet<String> = [
+            include_str!("../../../README.md"),
+            include_str!("../../../docs/cache.md"),
+            include_str!("../../../docs/deploy.md"),
+            include_str!("../../../docs/fleet.md"),
+        ]
+        .iter()
+        .flat_map(|doc| doc.lines())
+        .filter(|line| line.starts_with("| `"))
+        .filter_map(|line| line.split('|').nth(1))
+        .flat_map(|cell| cell.split('`').skip(1).step_by(2))
+        .filter(|name| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        })
+        .map(str::to_owned)
+        .collect();
+        // Read outside `Settings::load`: the log filter (tracing-subscriber).
+        let elsewhere: BTreeSet<String> = ["RUST_LOG".to_owned()].into();
+        let asked = asked.into_inner();
+        assert!(
+            asked.len() > 50 && documented.len() > 50,
+            "{asked:?} {documented:?}"
+        );
+        let undocumented: Vec<&String> = asked.difference(&documented).collect();
+        assert!(
+            undocumented.is_empty(),
+            "read but not documented: {undocumented:?}"
+        );
+        let unread: Vec<&String> = documented
+            .difference(&asked)
+            .filter(|name| !elsewhere.contains(*name))
+            .collect();
+        assert!(unread.is_empty(), "documented but never read: {unread:?}");
+    }
 }
