@@ -16,6 +16,8 @@ use copilot_domain::egress::EgressMode;
 use copilot_domain::policy::is_valid_provider;
 use copilot_domain::route::RouterDefaults;
 
+mod sections;
+
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://./copilot-state.db";
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
 
@@ -114,251 +116,28 @@ impl Settings {
         env: impl Fn(&str) -> Option<String>,
         overrides: Overrides,
     ) -> Result<Self, SettingsError> {
-        let var = |name: &str| env(name).filter(|v| !v.trim().is_empty());
-        let bind = match (overrides.bind, var("COPILOT_BIND")) {
-            (Some(b), _) => b,
-            (None, Some(v)) => v
-                .parse()
-                .map_err(|_| invalid("COPILOT_BIND", format!("'{v}' is not host:port")))?,
-            (None, None) => DEFAULT_BIND
-                .parse()
-                .map_err(|_| invalid("COPILOT_BIND", "bad default"))?,
-        };
-        let database_url = overrides
-            .database_url
-            .or_else(|| var("DATABASE_URL"))
-            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
-        if !is_sqlite(&database_url) && !is_postgres(&database_url) {
-            return Err(invalid(
-                "DATABASE_URL",
-                "must start with sqlite: or postgres://",
-            ));
-        }
-        let redis_url = overrides
-            .redis_url
-            .or_else(|| var("REDIS_URL"))
-            .or_else(|| sentinel_url(var("REDIS_SENTINELS"), var("REDIS_SENTINEL_MASTER")));
-        if let Some(url) = &redis_url
-            && ![
-                "redis://",
-                "rediss://",
-                "https://",
-                "redis+sentinel://",
-                "rediss+sentinel://",
-            ]
-            .iter()
-            .any(|scheme| url.starts_with(scheme))
-        {
-            return Err(invalid(
-                "REDIS_URL",
-                "must start with redis://, rediss://, https:// (Upstash) or redis+sentinel://",
-            ));
-        }
-        let bool_var = |name: &str, default: bool| -> Result<bool, SettingsError> {
-            var(name).map_or(Ok(default), |v| parse_bool(name, &v))
-        };
-        let provider_var = |name: &str, default: &str| -> Result<String, SettingsError> {
-            let value = var(name).unwrap_or_else(|| default.to_owned());
-            if is_valid_provider(&value) {
-                Ok(value)
-            } else {
-                Err(invalid(name, "must match [a-z0-9_-]{1,64}"))
-            }
-        };
-        let local_provider = provider_var("COPILOT_LOCAL_PROVIDER", "local")?;
-        let router = RouterDefaults {
-            provider: provider_var("COPILOT_DEFAULT_PROVIDER", &local_provider)?,
-            model: var("COPILOT_DEFAULT_MODEL").unwrap_or_else(|| "default".to_owned()),
-            local_provider,
-            base_egress_mode: match var("COPILOT_BASE_EGRESS_MODE") {
-                None => EgressMode::Enforce,
-                Some(v) => EgressMode::parse(&v.to_ascii_lowercase()).ok_or_else(|| {
-                    invalid("COPILOT_BASE_EGRESS_MODE", "must be off, audit or enforce")
-                })?,
-            },
-        };
-        let max_message_bytes = match var("COPILOT_MAX_MESSAGE_BYTES") {
-            None => DEFAULT_MAX_MESSAGE_BYTES,
-            Some(v) => v
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=1_048_576).contains(n))
-                .ok_or_else(|| {
-                    invalid(
-                        "COPILOT_MAX_MESSAGE_BYTES",
-                        "must be an integer from 1 to 1048576",
-                    )
-                })?,
-        };
-        let number_var = |name: &str,
-                          default: u64,
-                          range: std::ops::RangeInclusive<u64>|
-         -> Result<u64, SettingsError> {
-            match var(name) {
-                None => Ok(default),
-                Some(v) => v
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| range.contains(n))
-                    .ok_or_else(|| {
-                        invalid(
-                            name,
-                            format!(
-                                "'{v}' must be an integer from {} to {}",
-                                range.start(),
-                                range.end()
-                            ),
-                        )
-                    }),
-            }
-        };
-        let store_timeout =
-            Duration::from_millis(number_var("COPILOT_STORE_TIMEOUT_MS", 5_000, 10..=600_000)?);
-        let postgres = PostgresSettings {
-            pool_size: number_var("COPILOT_PG_POOL_SIZE", 10, 1..=1_000)? as u32,
-            acquire_timeout: Duration::from_millis(number_var(
-                "COPILOT_PG_ACQUIRE_TIMEOUT_MS",
-                500,
-                10..=600_000,
-            )?),
-            transaction_pooler: bool_var("COPILOT_PG_TRANSACTION_POOLER", false)?,
-            direct_url: match var("COPILOT_DIRECT_DATABASE_URL") {
-                Some(url) if !is_postgres(&url) => {
-                    return Err(invalid(
-                        "COPILOT_DIRECT_DATABASE_URL",
-                        "must be a postgres:// or postgresql:// URL",
-                    ));
-                }
-                other => other,
-            },
-        };
-        let flags = CacheFlags {
-            global: bool_var("ENABLE_REDIS_CACHING", true)?,
-            policy: bool_var("ENABLE_LLM_POLICY_CACHE", true)?,
-            config: bool_var("ENABLE_CONVERSATION_CONFIG_CACHE", true)?,
-            conversation: bool_var("ENABLE_CONVERSATION_CACHING", false)?,
-            auth: bool_var("ENABLE_AUTH_VALIDATION_CACHE", true)?,
-            rate_limiter: bool_var("ENABLE_RATE_LIMITER_REDIS", true)?,
-            events: bool_var("ENABLE_REDIS_EVENT_HUBS", true)?,
-        };
-        let prefix = var("COPILOT_CACHE_PREFIX").unwrap_or_else(|| "copilot".to_owned());
-        if !prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-            || prefix.len() > 64
-        {
-            return Err(invalid(
-                "COPILOT_CACHE_PREFIX",
-                "must be 1-64 characters of [A-Za-z0-9._-]",
-            ));
-        }
-        let seconds = |name: &str, default: u64| {
-            number_var(name, default, 1..=86_400).map(Duration::from_secs)
-        };
-        let redis = match &redis_url {
-            None => None,
-            Some(url) => {
-                let path = |name: &str| var(name).map(std::path::PathBuf::from);
-                let settings = RedisSettings {
-                    username: var("REDIS_USERNAME"),
-                    password: var("REDIS_PASSWORD").or_else(|| var("REDIS_TOKEN")),
-                    tls: RedisTls {
-                        ca_file: path("REDIS_CA_FILE"),
-                        client_cert_file: path("REDIS_CLIENT_CERT_FILE"),
-                        client_key_file: path("REDIS_CLIENT_KEY_FILE"),
-                    },
-                    cluster: bool_var("REDIS_CLUSTER", false)?,
-                    timeout: Duration::from_millis(number_var("REDIS_TIMEOUT_MS", 50, 1..=10_000)?),
-                    ..RedisSettings::new(url.as_str())
-                };
-                // Certificates and the Upstash form are checked now, not at the first request.
-                settings
-                    .validate()
-                    .map_err(|e| invalid("REDIS_URL", e.to_string()))?;
-                Some(settings)
-            }
-        };
-        let cache = CacheSettings {
-            redis,
-            flags,
-            prefix,
-            policy_ttl: seconds("POLICY_CACHE_TTL_SECONDS", 300)?,
-            config_ttl: seconds("CONFIG_CACHE_TTL_SECONDS", 300)?,
-            conversation_ttl: seconds("CONVERSATION_CACHE_TTL_SECONDS", 60)?,
-            auth_ttl: seconds("AUTH_CACHE_TTL_SECONDS", 300)?,
-            negative_ttl: Duration::from_secs(number_var(
-                "COPILOT_CACHE_NEGATIVE_TTL_SECONDS",
-                30,
-                1..=30,
-            )?),
-            l1_ttl: Duration::from_secs(number_var("COPILOT_CACHE_L1_TTL_SECONDS", 30, 1..=30)?),
-            l1_max_entries: number_var("COPILOT_CACHE_L1_MAX_ENTRIES", 10_000, 16..=10_000_000)?
-                as usize,
-            l1_max_bytes: number_var(
-                "COPILOT_CACHE_L1_MAX_BYTES",
-                64 * 1024 * 1024,
-                1024..=(1 << 40),
-            )?,
-            events: HubSettings {
-                replay_len: number_var("COPILOT_EVENT_REPLAY", 1_000, 1..=1_000_000)? as usize,
-                subscriber_buffer: number_var("COPILOT_EVENT_BUFFER", 256, 1..=100_000)? as usize,
-                stream_ttl: Duration::from_secs(number_var(
-                    "COPILOT_EVENT_TTL_SECONDS",
-                    3_600,
-                    1..=30 * 86_400,
-                )?),
-                ..HubSettings::default()
-            },
-            rate_limit: rate_limit_settings(&var, &number_var)?,
-            store_deadline: store_timeout + postgres.acquire_timeout,
-            // Only PostgreSQL is written by other processes (each SQLite file has one server).
-            shared_store: is_postgres(&database_url),
-            ..CacheSettings::default()
-        };
-        let trusted_proxies = match var("COPILOT_TRUSTED_PROXIES") {
-            None => Vec::new(),
-            Some(list) => list
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| {
-                    s.parse::<Cidr>().map_err(|_| {
-                        invalid(
-                            "COPILOT_TRUSTED_PROXIES",
-                            format!("'{s}' is not an address or CIDR (e.g. 10.0.0.0/8)"),
-                        )
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-        };
-        let millis = |name: &str, default: u64| {
-            number_var(name, default, 10..=3_600_000).map(Duration::from_millis)
-        };
-        let server = ServerLimits {
-            header_timeout: millis("COPILOT_HEADER_TIMEOUT_MS", 10_000)?,
-            body_timeout: millis("COPILOT_BODY_TIMEOUT_MS", 30_000)?,
-            idle_timeout: millis("COPILOT_IDLE_TIMEOUT_MS", 60_000)?,
-            max_connections: number_var("COPILOT_MAX_CONNECTIONS", 10_000, 1..=1_000_000)? as usize,
-            drain: millis("COPILOT_SHUTDOWN_DRAIN_MS", 10_000)?,
-        };
+        let env = sections::Env::new(&env);
+        let (bind, trusted_proxies, server) = sections::server(&env, overrides.bind)?;
+        let store = sections::store(&env, overrides.database_url)?;
+        let (redis_url, redis) = sections::redis(&env, overrides.redis_url)?;
+        let (router, max_message_bytes) = sections::requests(&env)?;
+        let cache = sections::cache(&env, redis, &store)?;
         Ok(Self {
-            cursor_secret: var("COPILOT_CURSOR_SECRET"),
+            cursor_secret: env.var("COPILOT_CURSOR_SECRET"),
+            jwt: sections::auth(&env),
+            require_membership: env.bool(
+                "COPILOT_REQUIRE_MEMBERSHIP",
+                is_postgres(&store.database_url),
+            )?,
+            migrate: !overrides.no_migrate,
             cache,
             server,
             trusted_proxies,
-            store_timeout,
-            postgres,
+            store_timeout: store.timeout,
+            postgres: store.postgres,
             bind,
-            migrate: !overrides.no_migrate,
-            require_membership: bool_var("COPILOT_REQUIRE_MEMBERSHIP", is_postgres(&database_url))?,
-            database_url,
+            database_url: store.database_url,
             redis_url,
-            jwt: JwtSettings {
-                secret: var("COPILOT_JWT_SECRET"),
-                jwks_file: var("COPILOT_JWKS_FILE").map(PathBuf::from),
-                audience: var("COPILOT_JWT_AUDIENCE"),
-                issuer: var("COPILOT_JWT_ISSUER"),
-            },
             router,
             max_message_bytes,
         })
@@ -380,53 +159,6 @@ impl Settings {
             None => PathBuf::from("copilot-state.jwt-secret"),
         }
     }
-}
-
-/// `COPILOT_RATE_LIMIT` (`<n>/<s|sec|second|m|min|minute|h|hour>`, default `600/min`, or `off`),
-/// `COPILOT_RATE_LIMIT_BURST` (default a tenth of the limit, at least 1) and
-/// `COPILOT_RATE_LIMIT_INSTANCES` (the in-process fallback's share, default 1).
-type NumberVar<'a> =
-    &'a dyn Fn(&str, u64, std::ops::RangeInclusive<u64>) -> Result<u64, SettingsError>;
-
-fn rate_limit_settings(
-    var: &dyn Fn(&str) -> Option<String>,
-    number_var: NumberVar<'_>,
-) -> Result<Option<RateLimitSettings>, SettingsError> {
-    let text = var("COPILOT_RATE_LIMIT").unwrap_or_else(|| "600/min".to_owned());
-    if text.trim().eq_ignore_ascii_case("off") {
-        return Ok(None);
-    }
-    let bad = || {
-        invalid(
-            "COPILOT_RATE_LIMIT",
-            format!("'{text}' must be like 600/min (per s, min or hour) or off"),
-        )
-    };
-    let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
-    let limit: u32 = count
-        .trim()
-        .parse()
-        .ok()
-        .filter(|n| *n >= 1)
-        .ok_or_else(bad)?;
-    let period = match unit.trim().to_ascii_lowercase().as_str() {
-        "s" | "sec" | "second" => Duration::from_secs(1),
-        "m" | "min" | "minute" => Duration::from_secs(60),
-        "h" | "hour" => Duration::from_secs(3_600),
-        _ => return Err(bad()),
-    };
-    let burst = number_var(
-        "COPILOT_RATE_LIMIT_BURST",
-        u64::from((limit / 10).max(1)),
-        1..=1_000_000_000,
-    )? as u32;
-    Ok(Some(RateLimitSettings {
-        limit,
-        period,
-        burst,
-        instances: number_var("COPILOT_RATE_LIMIT_INSTANCES", 1, 1..=10_000)? as u32,
-        ..RateLimitSettings::default()
-    }))
 }
 
 /// `REDIS_SENTINELS` (`host:port,host:port`) and `REDIS_SENTINEL_MASTER` as one
