@@ -26,7 +26,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(health::openapi))
+        .route("/openapi.json", get(crate::openapi::serve))
         .route(
             "/v1/tenants/{t}/llm-policy",
             get(policy::get_policy)

@@ -1,9 +1,6 @@
-//! The OpenAPI 3.1 document, generated from the handlers' annotations and the domain types.
-//! Request bodies are parsed by hand (one error per field), so their schemas are declared here.
+//! The OpenAPI 3.1 document, assembled from the handlers' annotations, the route modules' input
+//! schemas and the domain types.
 
-#![allow(dead_code)] // The input structs exist for their schemas only.
-
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use copilot_domain::FieldError;
@@ -20,225 +17,19 @@ use copilot_domain::egress::EgressMode;
 use copilot_domain::membership::{Membership, MembershipStatus};
 use copilot_domain::policy::{LlmTaskPolicy, StoredPolicy, UserEgressPolicy};
 use copilot_domain::route::{EgressDecision, Route, RouteSource};
-use serde::Deserialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
-use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
 use crate::error::Problem;
 use crate::routes;
-
-/// An egress mode as accepted on input (`report-only` is the legacy name of `audit`).
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum EgressModeInput {
-    Off,
-    Audit,
-    #[serde(rename = "report-only")]
-    ReportOnly,
-    Enforce,
-}
-
-/// A tenant LLM policy to store. `version`, `updatedAt` and `updatedBy` may be sent back and
-/// are ignored; any other unknown field is refused.
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PolicyInput {
-    /// Must equal the tenant in the path when given.
-    tenant_id: Option<String>,
-    #[schema(min_length = 1, max_length = 200)]
-    default_model: String,
-    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
-    default_provider: String,
-    /// Default true; false means only the local provider may be used.
-    allow_remote_egress: Option<bool>,
-    #[schema(max_items = 256)]
-    tasks: Option<Vec<LlmTaskPolicy>>,
-    egress_mode: Option<EgressModeInput>,
-    allow_off_mode: Option<bool>,
-    user_policies: Option<BTreeMap<String, UserEgressPolicy>>,
-    version: Option<u64>,
-    updated_at: Option<String>,
-    updated_by: Option<String>,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RouteRequestInput {
-    #[schema(min_length = 1, max_length = 100)]
-    task: Option<String>,
-    /// Defaults to the caller; another user's: tenant admins and services.
-    user_id: Option<String>,
-    /// Replaces the model, never the provider.
-    #[schema(min_length = 1, max_length = 200)]
-    model: Option<String>,
-    egress_mode_override: Option<EgressModeInput>,
-    #[schema(minimum = 0, maximum = 2)]
-    temperature: Option<f64>,
-    #[schema(minimum = 1, maximum = 1000000)]
-    max_tokens: Option<u32>,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ConversationCreateInput {
-    /// Services only: the owner, or null for a system conversation. Members may give their own.
-    user_id: Option<String>,
-    #[schema(max_length = 200)]
-    title: Option<String>,
-    #[schema(min_length = 1, max_length = 200)]
-    persona_id: Option<String>,
-    #[schema(max_items = 50)]
-    jurisdictions: Option<Vec<String>>,
-    share_audience: Option<ShareAudience>,
-    tenant_access: Option<TenantAccess>,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ConversationUpdateInput {
-    /// null clears the title.
-    #[schema(max_length = 200)]
-    title: Option<String>,
-    share_audience: Option<ShareAudience>,
-    tenant_access: Option<TenantAccess>,
-    archived: Option<bool>,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MessageCreateInput {
-    role: MessageRole,
-    /// At most COPILOT_MAX_MESSAGE_BYTES (256 KiB by default).
-    content: String,
-    /// A JSON object of at most 64 KiB.
-    #[schema(value_type = Option<Object>)]
-    metadata: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MembershipPutInput {
-    role: TenantRole,
-    status: MembershipStatus,
-}
-
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct TenantPath {
-    /// Tenant id
-    #[param(pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
-    t: String,
-}
-
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct TenantUserPath {
-    /// Tenant id
-    #[param(pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
-    t: String,
-    /// User id
-    #[param(pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
-    u: String,
-}
-
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct ConversationPath {
-    /// Tenant id
-    #[param(pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
-    t: String,
-    /// Conversation id (UUIDv7)
-    #[param(value_type = String, format = Uuid)]
-    id: String,
-}
-
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct MessagePath {
-    /// Tenant id
-    #[param(pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
-    t: String,
-    /// Conversation id (UUIDv7)
-    #[param(value_type = String, format = Uuid)]
-    id: String,
-    /// Message id (UUIDv7)
-    #[param(value_type = String, format = Uuid)]
-    mid: String,
-}
-
-/// A config level's fields: absent inherits from the level below; in a merge patch, `null`
-/// clears a field. `version`, `updatedAt` and `updatedBy` are read-only and ignored.
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ConfigPatchInput {
-    merge_compression_strategy: Option<MergeCompressionStrategy>,
-    #[schema(minimum = 1, maximum = 100000)]
-    merge_max_messages: Option<u32>,
-    merge_preserve_pinned: Option<bool>,
-    path_compression_strategy: Option<PathCompressionStrategy>,
-    #[schema(minimum = 1, maximum = 100000)]
-    path_max_messages: Option<u32>,
-    #[schema(minimum = 1, maximum = 10000)]
-    path_sliding_window_size: Option<u32>,
-    #[schema(minimum = 0, maximum = 1)]
-    path_compression_threshold: Option<f64>,
-    auto_compact_enabled: Option<bool>,
-    #[schema(minimum = 1, maximum = 10080)]
-    compaction_interval_minutes: Option<u32>,
-    version: Option<u64>,
-    updated_at: Option<String>,
-    updated_by: Option<String>,
-}
-
-/// `PUT /v1/admin/cache`.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CacheSwitchInput {
-    enabled: bool,
-}
-
-/// One cache in `GET /v1/admin/cache`.
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CacheReportDoc {
-    enabled: bool,
-    hits: u64,
-    misses: u64,
-    hit_ratio: f64,
-}
-
-/// `GET /v1/admin/cache`: the global switch, Redis (`ok`, `degraded`, `disabled`), the breaker
-/// (`closed`, `open`, `half-open`) and every cache (`policy`, `config`, `conversation`, `auth`,
-/// `rateLimiter`, `events`).
-#[derive(Deserialize, ToSchema)]
-pub struct CacheStateDoc {
-    enabled: bool,
-    redis: String,
-    breaker: String,
-    /// Where Redis is; `null` without Redis.
-    topology: Option<RedisTopologyDoc>,
-    caches: BTreeMap<String, CacheReportDoc>,
-}
-
-/// `kind`: `single` (one server or a managed endpoint), `cluster` or `sentinel`; `tls`:
-/// whether the connection is encrypted; `nodes`: `host:port` of the node given (`single`), the
-/// primaries serving slots (`cluster`), or the sentinels (`sentinel`); `primary`: behind
-/// Sentinel, the primary in use now.
-#[derive(Deserialize, ToSchema)]
-pub struct RedisTopologyDoc {
-    kind: String,
-    tls: bool,
-    nodes: Vec<String>,
-    primary: Option<String>,
-}
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "copilot-state", description = "Shared state layer of a multi-tenant LLM copilot: \
         tenant LLM routing policy, conversation configuration hierarchy, conversations and messages."),
     paths(
-        routes::health::healthz, routes::health::readyz, routes::health::metrics, routes::health::openapi,
+        routes::health::healthz, routes::health::readyz, routes::health::metrics, serve,
         routes::policy::get_policy, routes::policy::put_policy, routes::policy::delete_policy, routes::policy::resolve,
         routes::config::effective,
         routes::config::get_global, routes::config::put_global, routes::config::patch_global, routes::config::delete_global,
@@ -252,11 +43,12 @@ pub struct RedisTopologyDoc {
         routes::admin::get_cache, routes::admin::put_cache,
     ),
     components(schemas(
-        Problem, FieldError, EgressMode, EgressModeInput, StoredPolicy, LlmTaskPolicy, UserEgressPolicy, Route,
-        RouteSource, EgressDecision, ConfigPatch, ConfigPatchInput, ConfigValues, ConfigSources, ConfigSource, LevelVersions,
+        Problem, FieldError, EgressMode, routes::policy::EgressModeInput, StoredPolicy, LlmTaskPolicy, UserEgressPolicy, Route,
+        RouteSource, EgressDecision, ConfigPatch, routes::config::ConfigPatchInput, ConfigValues, ConfigSources, ConfigSource, LevelVersions,
         EffectiveConfig, StoredPatchView, MergeCompressionStrategy, PathCompressionStrategy, Conversation,
         ConversationPage, ConversationStatus, Message, MessagePage, MessageRole, ShareAudience, TenantAccess, Membership,
-        MembershipStatus, TenantRole, CacheSwitchInput, CacheReportDoc, CacheStateDoc, RedisTopologyDoc,
+        MembershipStatus, TenantRole, routes::admin::CacheSwitchInput, routes::admin::CacheReportDoc,
+        routes::admin::CacheStateDoc, routes::admin::RedisTopologyDoc,
         routes::events::EventPostInput, routes::events::EventAccepted,
     )),
     modifiers(&BearerSecurity, &ProblemResponses),
@@ -361,6 +153,14 @@ impl Modify for ProblemResponses {
 }
 
 /// The document, built once.
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()),
+    responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json", body = Object)))]
+pub async fn serve() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (axum::http::StatusCode::OK, axum::Json(document())).into_response()
+}
+
 pub fn document() -> &'static serde_json::Value {
     static DOC: OnceLock<serde_json::Value> = OnceLock::new();
     DOC.get_or_init(|| serde_json::to_value(ApiDoc::openapi()).unwrap_or_default())

@@ -1,12 +1,14 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use copilot_domain::Principal;
+use serde::Deserialize;
 use serde_json::Value;
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
 use crate::extract::JsonBody;
-use crate::openapi::{CacheStateDoc, CacheSwitchInput};
 use crate::state::AppState;
 
 fn service_only(principal: &Principal) -> ApiResult<()> {
@@ -66,4 +68,50 @@ pub async fn put_cache(
     }
     tracing::info!(enabled, by = principal.actor(), "cache switch changed");
     Ok(axum::Json(state.cache.state()).into_response())
+}
+
+#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
+/// `PUT /v1/admin/cache`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSwitchInput {
+    enabled: bool,
+}
+
+#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
+/// One cache in `GET /v1/admin/cache`.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheReportDoc {
+    enabled: bool,
+    hits: u64,
+    misses: u64,
+    hit_ratio: f64,
+}
+
+#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
+/// `GET /v1/admin/cache`: the global switch, Redis (`ok`, `degraded`, `disabled`), the breaker
+/// (`closed`, `open`, `half-open`) and every cache (`policy`, `config`, `conversation`, `auth`,
+/// `rateLimiter`, `events`).
+#[derive(Deserialize, ToSchema)]
+pub struct CacheStateDoc {
+    enabled: bool,
+    redis: String,
+    breaker: String,
+    /// Where Redis is; `null` without Redis.
+    topology: Option<RedisTopologyDoc>,
+    caches: BTreeMap<String, CacheReportDoc>,
+}
+
+#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
+/// `kind`: `single` (one server or a managed endpoint), `cluster` or `sentinel`; `tls`:
+/// whether the connection is encrypted; `nodes`: `host:port` of the node given (`single`), the
+/// primaries serving slots (`cluster`), or the sentinels (`sentinel`); `primary`: behind
+/// Sentinel, the primary in use now.
+#[derive(Deserialize, ToSchema)]
+pub struct RedisTopologyDoc {
+    kind: String,
+    tls: bool,
+    nodes: Vec<String>,
+    primary: Option<String>,
 }

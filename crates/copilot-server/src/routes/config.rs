@@ -3,15 +3,17 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use copilot_domain::access::{authorize_config_read, authorize_config_write};
 use copilot_domain::config::{ConfigLevel, ConfigPatch, EffectiveConfig, StoredPatchView};
+use copilot_domain::config::{MergeCompressionStrategy, PathCompressionStrategy};
 use copilot_domain::{Principal, UserId};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
 use crate::extract::{
     IfMatch, JsonBody, PathParams, Precondition, Query, tenant_id, user_id, with_etag,
 };
-use crate::openapi::{ConfigPatchInput, TenantPath, TenantUserPath};
+use crate::routes::params::{TenantPath, TenantUserPath};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -319,4 +321,29 @@ pub async fn delete_user(
     IfMatch(expected): IfMatch,
 ) -> ApiResult<Response> {
     delete_level(&state, &principal, user_level(&t, &u)?, expected).await
+}
+
+#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
+/// A config level's fields: absent inherits from the level below; in a merge patch, `null`
+/// clears a field. `version`, `updatedAt` and `updatedBy` are read-only and ignored.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigPatchInput {
+    merge_compression_strategy: Option<MergeCompressionStrategy>,
+    #[schema(minimum = 1, maximum = 100000)]
+    merge_max_messages: Option<u32>,
+    merge_preserve_pinned: Option<bool>,
+    path_compression_strategy: Option<PathCompressionStrategy>,
+    #[schema(minimum = 1, maximum = 100000)]
+    path_max_messages: Option<u32>,
+    #[schema(minimum = 1, maximum = 10000)]
+    path_sliding_window_size: Option<u32>,
+    #[schema(minimum = 0, maximum = 1)]
+    path_compression_threshold: Option<f64>,
+    auto_compact_enabled: Option<bool>,
+    #[schema(minimum = 1, maximum = 10080)]
+    compaction_interval_minutes: Option<u32>,
+    version: Option<u64>,
+    updated_at: Option<String>,
+    updated_by: Option<String>,
 }

@@ -9,17 +9,18 @@ use copilot_domain::conversation::{
     CreateConversationRequest, Message, MessageInput, MessagePage, MessageQuery, NewConversation,
     NewMessage,
 };
+use copilot_domain::conversation::{MessageRole, ShareAudience, TenantAccess};
 use copilot_domain::cursor::ListCursor;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
 use crate::extract::{
     IfMatch, JsonBody, PathParams, Query, conversation_id, message_id, tenant_id, with_etag,
 };
-use crate::openapi::{ConversationCreateInput, ConversationUpdateInput, MessageCreateInput};
-use crate::openapi::{ConversationPath, MessagePath, TenantPath};
 use crate::routes::events::{Change, publish};
+use crate::routes::params::{ConversationPath, MessagePath, TenantPath};
 use crate::state::AppState;
 
 fn parse_number<T: std::str::FromStr>(name: &str, value: Option<&str>) -> ApiResult<Option<T>> {
@@ -350,4 +351,44 @@ pub async fn delete_message(
         .await;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConversationCreateInput {
+    /// Services only: the owner, or null for a system conversation. Members may give their own.
+    user_id: Option<String>,
+    #[schema(max_length = 200)]
+    title: Option<String>,
+    #[schema(min_length = 1, max_length = 200)]
+    persona_id: Option<String>,
+    #[schema(max_items = 50)]
+    jurisdictions: Option<Vec<String>>,
+    share_audience: Option<ShareAudience>,
+    tenant_access: Option<TenantAccess>,
+}
+
+#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConversationUpdateInput {
+    /// null clears the title.
+    #[schema(max_length = 200)]
+    title: Option<String>,
+    share_audience: Option<ShareAudience>,
+    tenant_access: Option<TenantAccess>,
+    archived: Option<bool>,
+}
+
+#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageCreateInput {
+    role: MessageRole,
+    /// At most COPILOT_MAX_MESSAGE_BYTES (256 KiB by default).
+    content: String,
+    /// A JSON object of at most 64 KiB.
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<serde_json::Value>,
 }

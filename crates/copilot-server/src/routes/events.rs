@@ -25,7 +25,7 @@ use utoipa::ToSchema;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
 use crate::extract::{JsonBody, PathParams, conversation_id, tenant_id};
-use crate::openapi::{ConversationPath, TenantPath};
+use crate::routes::params::{ConversationPath, TenantPath};
 use crate::state::AppState;
 
 /// Heartbeat comments keep idle streams (and the proxies in front of them) open.

@@ -1,16 +1,18 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use copilot_domain::access::TenantRole;
 use copilot_domain::access::authorize_tenant_admin;
+use copilot_domain::membership::MembershipStatus;
 use copilot_domain::membership::{Membership, MembershipInput};
+use serde::Deserialize;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::error::ApiResult;
 use crate::extract::Auth;
 use crate::extract::{JsonBody, PathParams, tenant_id, user_id};
-use crate::openapi::MembershipPutInput;
-use crate::openapi::{TenantPath, TenantUserPath};
+use crate::routes::params::{TenantPath, TenantUserPath};
 use crate::state::AppState;
 
 #[derive(Serialize, ToSchema)]
@@ -84,4 +86,12 @@ pub async fn delete(
         .await?;
     crate::routes::events::publish_member_change(state.cache.events(), &tenant, &user, false).await;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipPutInput {
+    role: TenantRole,
+    status: MembershipStatus,
 }

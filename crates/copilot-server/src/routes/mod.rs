@@ -8,4 +8,5 @@ pub mod conversations;
 pub mod events;
 pub mod health;
 pub mod members;
+pub mod params;
 pub mod policy;

@@ -3,14 +3,17 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use copilot_domain::TenantId;
 use copilot_domain::access::{authorize_tenant, authorize_tenant_admin};
+use copilot_domain::policy::{LlmTaskPolicy, UserEgressPolicy};
 use copilot_domain::policy::{MAX_POLICY_BYTES, StoredPolicy, TenantLlmPolicy};
 use copilot_domain::route::{Route, RouteRequest, resolve_route};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
 use crate::extract::{IfMatch, JsonBody, PathParams, tenant_id, with_etag};
-use crate::openapi::TenantPath;
-use crate::openapi::{PolicyInput, RouteRequestInput};
+use crate::routes::params::TenantPath;
 use crate::state::AppState;
 
 /// The tenant's LLM routing policy.
@@ -135,4 +138,58 @@ pub async fn resolve(
         &tenant,
     )?;
     Ok(axum::Json(route).into_response())
+}
+
+#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
+/// An egress mode as accepted on input (`report-only` is the legacy name of `audit`).
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EgressModeInput {
+    Off,
+    Audit,
+    #[serde(rename = "report-only")]
+    ReportOnly,
+    Enforce,
+}
+
+#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
+/// A tenant LLM policy to store. `version`, `updatedAt` and `updatedBy` may be sent back and
+/// are ignored; any other unknown field is refused.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyInput {
+    /// Must equal the tenant in the path when given.
+    tenant_id: Option<String>,
+    #[schema(min_length = 1, max_length = 200)]
+    default_model: String,
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
+    default_provider: String,
+    /// Default true; false means only the local provider may be used.
+    allow_remote_egress: Option<bool>,
+    #[schema(max_items = 256)]
+    tasks: Option<Vec<LlmTaskPolicy>>,
+    egress_mode: Option<EgressModeInput>,
+    allow_off_mode: Option<bool>,
+    user_policies: Option<BTreeMap<String, UserEgressPolicy>>,
+    version: Option<u64>,
+    updated_at: Option<String>,
+    updated_by: Option<String>,
+}
+
+#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteRequestInput {
+    #[schema(min_length = 1, max_length = 100)]
+    task: Option<String>,
+    /// Defaults to the caller; another user's: tenant admins and services.
+    user_id: Option<String>,
+    /// Replaces the model, never the provider.
+    #[schema(min_length = 1, max_length = 200)]
+    model: Option<String>,
+    egress_mode_override: Option<EgressModeInput>,
+    #[schema(minimum = 0, maximum = 2)]
+    temperature: Option<f64>,
+    #[schema(minimum = 1, maximum = 1000000)]
+    max_tokens: Option<u32>,
 }

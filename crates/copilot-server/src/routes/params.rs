@@ -1,0 +1,52 @@
+//! The path parameters the routes share, documented once for the OpenAPI document.
+
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+#[allow(dead_code)] // Exists for its parameters' documentation.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TenantPath {
+    /// Tenant id
+    #[param(pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
+    t: String,
+}
+
+#[allow(dead_code)] // Exists for its parameters' documentation.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TenantUserPath {
+    /// Tenant id
+    #[param(pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
+    t: String,
+    /// User id
+    #[param(pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
+    u: String,
+}
+
+#[allow(dead_code)] // Exists for its parameters' documentation.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ConversationPath {
+    /// Tenant id
+    #[param(pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
+    t: String,
+    /// Conversation id (UUIDv7)
+    #[param(value_type = String, format = Uuid)]
+    id: String,
+}
+
+#[allow(dead_code)] // Exists for its parameters' documentation.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct MessagePath {
+    /// Tenant id
+    #[param(pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
+    t: String,
+    /// Conversation id (UUIDv7)
+    #[param(value_type = String, format = Uuid)]
+    id: String,
+    /// Message id (UUIDv7)
+    #[param(value_type = String, format = Uuid)]
+    mid: String,
+}
