@@ -105,6 +105,24 @@ log "README tour, as printed, against the fresh server"
 sed -n '/<!-- tour:begin/,/<!-- tour:end -->/p' README.md | sed '/^```/d; /^<!--/d' >"$FUZZ_DIR/tour.sh"
 API="http://127.0.0.1:$FUZZ_PORT" TOKEN="$TOKEN" ALICE="$ALICE" bash -euo pipefail "$FUZZ_DIR/tour.sh" >"$FUZZ_DIR/tour.out"
 echo "tour: every command answered 2xx"
+
+log "TypeScript client: types from /openapi.json, tsc --strict, the tour through it"
+install_missing node:nodejs npm:npm
+TS_DIR="$WORK_DIR/ts-client"
+mkdir -p "$TS_DIR"
+cp -r clients/typescript/package.json clients/typescript/package-lock.json clients/typescript/tsconfig.json clients/typescript/src "$TS_DIR/"
+(
+  cd "$TS_DIR"
+  npm ci --no-audit --no-fund --silent
+  npx openapi-typescript "http://127.0.0.1:$FUZZ_PORT/openapi.json" -o "$TS_DIR/generated.d.ts" >/dev/null
+  if ! diff -u src/schema.d.ts generated.d.ts >"$TS_DIR/schema.diff"; then
+    head -40 "$TS_DIR/schema.diff"
+    echo "clients/typescript/src/schema.d.ts differs from the live document: run 'npm run generate' there" >&2
+    exit 1
+  fi
+  npx tsc -p . --strict
+  API="http://127.0.0.1:$FUZZ_PORT" TOKEN="$TOKEN" ALICE="$ALICE" node dist/tour.js
+)
 # The fuzz runs as a service, a tenant admin and a plain member: every status, body and header
 # each of them can get must be the documented one.
 MEMBER=$(cd "$FUZZ_DIR" && "$BIN" token --tenant demo --user bob)

@@ -154,7 +154,7 @@ impl Modify for ProblemResponses {
 
 /// The document, built once.
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()),
+#[utoipa::path(operation_id = "getOpenApiDocument", get, path = "/openapi.json", tag = "operations", security(()),
     responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json", body = Object)))]
 pub async fn serve() -> axum::response::Response {
     use axum::response::IntoResponse;

@@ -20,7 +20,7 @@ fn service_only(principal: &Principal) -> ApiResult<()> {
 }
 
 /// The state of every cache, the Redis breaker and hit ratios (services).
-#[utoipa::path(get, path = "/v1/admin/cache", tag = "operations",
+#[utoipa::path(operation_id = "getCacheState", get, path = "/v1/admin/cache", tag = "operations",
     responses((status = 200, description = "Cache state", body = CacheStateDoc)))]
 pub async fn get_cache(
     State(state): State<AppState>,
@@ -32,7 +32,7 @@ pub async fn get_cache(
 
 /// Flips the global cache switch; every instance follows within a second (services). 503
 /// `redis_unavailable` when Redis did not take the change (nothing changed then).
-#[utoipa::path(put, path = "/v1/admin/cache", tag = "operations",
+#[utoipa::path(operation_id = "setCacheSwitch", put, path = "/v1/admin/cache", tag = "operations",
     request_body = CacheSwitchInput,
     responses((status = 200, description = "Cache state after the change", body = CacheStateDoc)))]
 pub async fn put_cache(

@@ -23,7 +23,7 @@ pub struct EffectiveParams {
 }
 
 /// The effective configuration of a user: defaults <- global <- tenant <- user, field by field.
-#[utoipa::path(get, path = "/v1/tenants/{t}/config/effective", tag = "config",
+#[utoipa::path(operation_id = "getEffectiveConfig", get, path = "/v1/tenants/{t}/config/effective", tag = "config",
     params(TenantPath,
            ("userId" = Option<String>, Query, description = "Defaults to the caller; another user's: admins and services")),
     responses((status = 200, description = "Effective configuration with sources and versions; its `ETag` changes when any of its levels does",
@@ -146,7 +146,7 @@ fn user_level(t: &str, u: &str) -> ApiResult<ConfigLevel> {
 }
 
 /// The global level's stored patch (anyone authenticated).
-#[utoipa::path(get, path = "/v1/config/global", tag = "config",
+#[utoipa::path(operation_id = "getGlobalConfig", get, path = "/v1/config/global", tag = "config",
     responses((status = 200, description = "Stored fields, version, updatedAt, updatedBy", body = StoredPatchView,
         headers(("ETag" = String, description = "\"<version>\""))),
         (status = 304, description = "Not modified: `If-None-Match` named the current `ETag`")))]
@@ -158,7 +158,7 @@ pub async fn get_global(
 }
 
 /// Replaces the global level's patch (services).
-#[utoipa::path(put, path = "/v1/config/global", tag = "config",
+#[utoipa::path(operation_id = "putGlobalConfig", put, path = "/v1/config/global", tag = "config",
     params(("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     request_body = ConfigPatchInput,
     responses((status = 200, description = "The stored patch", body = StoredPatchView,
@@ -173,7 +173,7 @@ pub async fn put_global(
 }
 
 /// JSON merge patch (RFC 7396) on the global level (services).
-#[utoipa::path(patch, path = "/v1/config/global", tag = "config",
+#[utoipa::path(operation_id = "patchGlobalConfig", patch, path = "/v1/config/global", tag = "config",
     params(("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     request_body(content = ConfigPatchInput, content_type = "application/merge-patch+json"),
     responses((status = 200, description = "The stored patch", body = StoredPatchView,
@@ -188,7 +188,7 @@ pub async fn patch_global(
 }
 
 /// Removes the global level's patch (services).
-#[utoipa::path(delete, path = "/v1/config/global", tag = "config",
+#[utoipa::path(operation_id = "deleteGlobalConfig", delete, path = "/v1/config/global", tag = "config",
     params(("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     responses((status = 204, description = "Deleted")))]
 pub async fn delete_global(
@@ -200,7 +200,7 @@ pub async fn delete_global(
 }
 
 /// The tenant level's stored patch (tenant members).
-#[utoipa::path(get, path = "/v1/tenants/{t}/config", tag = "config",
+#[utoipa::path(operation_id = "getTenantConfig", get, path = "/v1/tenants/{t}/config", tag = "config",
     params(TenantPath),
     responses((status = 200, description = "Stored fields, version, updatedAt, updatedBy", body = StoredPatchView,
         headers(("ETag" = String, description = "\"<version>\""))),
@@ -214,7 +214,7 @@ pub async fn get_tenant(
 }
 
 /// Replaces the tenant level's patch (tenant admins and services).
-#[utoipa::path(put, path = "/v1/tenants/{t}/config", tag = "config",
+#[utoipa::path(operation_id = "putTenantConfig", put, path = "/v1/tenants/{t}/config", tag = "config",
     params(TenantPath,
            ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     request_body = ConfigPatchInput,
@@ -231,7 +231,7 @@ pub async fn put_tenant(
 }
 
 /// JSON merge patch on the tenant level (tenant admins and services).
-#[utoipa::path(patch, path = "/v1/tenants/{t}/config", tag = "config",
+#[utoipa::path(operation_id = "patchTenantConfig", patch, path = "/v1/tenants/{t}/config", tag = "config",
     params(TenantPath,
            ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     request_body(content = ConfigPatchInput, content_type = "application/merge-patch+json"),
@@ -248,7 +248,7 @@ pub async fn patch_tenant(
 }
 
 /// Removes the tenant level's patch (tenant admins and services).
-#[utoipa::path(delete, path = "/v1/tenants/{t}/config", tag = "config",
+#[utoipa::path(operation_id = "deleteTenantConfig", delete, path = "/v1/tenants/{t}/config", tag = "config",
     params(TenantPath,
            ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     responses((status = 204, description = "Deleted")))]
@@ -262,7 +262,7 @@ pub async fn delete_tenant(
 }
 
 /// A user level's stored patch (that user, tenant admins, services).
-#[utoipa::path(get, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
+#[utoipa::path(operation_id = "getUserConfig", get, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
     params(TenantUserPath),
     responses((status = 200, description = "Stored fields, version, updatedAt, updatedBy", body = StoredPatchView,
         headers(("ETag" = String, description = "\"<version>\""))),
@@ -276,7 +276,7 @@ pub async fn get_user(
 }
 
 /// Replaces a user level's patch (that user, tenant admins, services).
-#[utoipa::path(put, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
+#[utoipa::path(operation_id = "putUserConfig", put, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
     params(TenantUserPath,
            ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     request_body = ConfigPatchInput,
@@ -293,7 +293,7 @@ pub async fn put_user(
 }
 
 /// JSON merge patch on a user level (that user, tenant admins, services).
-#[utoipa::path(patch, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
+#[utoipa::path(operation_id = "patchUserConfig", patch, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
     params(TenantUserPath,
            ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     request_body(content = ConfigPatchInput, content_type = "application/merge-patch+json"),
@@ -310,7 +310,7 @@ pub async fn patch_user(
 }
 
 /// Removes a user level's patch (that user, tenant admins, services).
-#[utoipa::path(delete, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
+#[utoipa::path(operation_id = "deleteUserConfig", delete, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
     params(TenantUserPath,
            ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     responses((status = 204, description = "Deleted")))]

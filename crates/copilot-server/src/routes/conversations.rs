@@ -35,7 +35,7 @@ fn parse_number<T: std::str::FromStr>(name: &str, value: Option<&str>) -> ApiRes
 
 /// Creates a conversation. Members create their own; only services set `userId` (another
 /// user, or `null` for a system conversation).
-#[utoipa::path(post, path = "/v1/tenants/{t}/conversations", tag = "conversations",
+#[utoipa::path(operation_id = "createConversation", post, path = "/v1/tenants/{t}/conversations", tag = "conversations",
     params(TenantPath),
     request_body = ConversationCreateInput,
     responses((status = 201, description = "The new conversation", body = Conversation,
@@ -115,7 +115,7 @@ pub async fn list(
 }
 
 /// One conversation. A `public` one is readable by any authenticated principal by id.
-#[utoipa::path(get, path = "/v1/tenants/{t}/conversations/{id}", tag = "conversations",
+#[utoipa::path(operation_id = "getConversation", get, path = "/v1/tenants/{t}/conversations/{id}", tag = "conversations",
     params(ConversationPath),
     responses((status = 200, description = "The conversation", body = Conversation,
         headers(("ETag" = String, description = "\"<version>\""))),
@@ -137,7 +137,7 @@ pub async fn get(
 }
 
 /// Changes title, sharing and archive state in one atomic update.
-#[utoipa::path(patch, path = "/v1/tenants/{t}/conversations/{id}", tag = "conversations",
+#[utoipa::path(operation_id = "updateConversation", patch, path = "/v1/tenants/{t}/conversations/{id}", tag = "conversations",
     params(ConversationPath,
            ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     request_body = ConversationUpdateInput,
@@ -212,7 +212,7 @@ pub async fn delete(
 }
 
 /// Appends a message with the next `seq`. `assistant` and `system` messages: services only.
-#[utoipa::path(post, path = "/v1/tenants/{t}/conversations/{id}/messages", tag = "messages",
+#[utoipa::path(operation_id = "appendMessage", post, path = "/v1/tenants/{t}/conversations/{id}/messages", tag = "messages",
     params(ConversationPath),
     request_body = MessageCreateInput,
     responses((status = 201, description = "The stored message", body = Message)))]
@@ -265,7 +265,7 @@ pub struct MessageParams {
 }
 
 /// Messages in ascending `seq`: the newest `limit` by default; `before`/`after` page.
-#[utoipa::path(get, path = "/v1/tenants/{t}/conversations/{id}/messages", tag = "messages",
+#[utoipa::path(operation_id = "listMessages", get, path = "/v1/tenants/{t}/conversations/{id}/messages", tag = "messages",
     params(ConversationPath,
            ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "1-500, default 50"),
            ("before" = Option<u64>, Query, maximum = 9223372036854775807_u64, description = "Only messages with a smaller seq"),
@@ -310,7 +310,7 @@ pub async fn messages(
 }
 
 /// Soft-deletes a message (idempotent).
-#[utoipa::path(delete, path = "/v1/tenants/{t}/conversations/{id}/messages/{mid}", tag = "messages",
+#[utoipa::path(operation_id = "deleteMessage", delete, path = "/v1/tenants/{t}/conversations/{id}/messages/{mid}", tag = "messages",
     params(MessagePath),
     responses((status = 204, description = "Deleted (or already deleted)")))]
 pub async fn delete_message(

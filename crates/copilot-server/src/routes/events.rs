@@ -36,7 +36,7 @@ const MAX_EVENT_DATA_BYTES: usize = 64 * 1024;
 /// SSE of one conversation: `message.appended`, `message.deleted`, `conversation.updated`,
 /// `conversation.deleted`, `conversation.removed`, custom events, and `resync` when the replay
 /// window no longer covers `Last-Event-ID` (or this subscriber fell behind).
-#[utoipa::path(get, path = "/v1/tenants/{t}/conversations/{id}/events", tag = "events",
+#[utoipa::path(operation_id = "streamConversationEvents", get, path = "/v1/tenants/{t}/conversations/{id}/events", tag = "events",
     params(ConversationPath,
            ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event received: the stream starts with what came after it")),
     responses((status = 200, description = "An event stream (text/event-stream)", content_type = "text/event-stream", body = String)))]
@@ -70,7 +70,7 @@ pub async fn conversation_events(
 /// SSE of the tenant's conversation list: `conversation.created|updated|archived|unarchived|
 /// deleted` with the conversation, each only to subscribers who may see it;
 /// `conversation.removed` with the id to those who could and no longer can.
-#[utoipa::path(get, path = "/v1/tenants/{t}/conversations/events", tag = "events",
+#[utoipa::path(operation_id = "streamConversationListEvents", get, path = "/v1/tenants/{t}/conversations/events", tag = "events",
     params(TenantPath,
            ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event received: the stream starts with what came after it")),
     responses((status = 200, description = "An event stream (text/event-stream)", content_type = "text/event-stream", body = String)))]
@@ -118,7 +118,7 @@ pub struct EventAccepted {
 
 /// Sends a custom event (e.g. streamed token deltas) to the conversation's subscribers.
 /// Services only.
-#[utoipa::path(post, path = "/v1/tenants/{t}/conversations/{id}/events", tag = "events",
+#[utoipa::path(operation_id = "postConversationEvent", post, path = "/v1/tenants/{t}/conversations/{id}/events", tag = "events",
     params(ConversationPath),
     request_body = EventPostInput,
     responses((status = 202, description = "Accepted for delivery", body = EventAccepted)))]

@@ -28,14 +28,14 @@ pub struct Readiness {
 }
 
 /// Liveness: the process answers.
-#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+#[utoipa::path(operation_id = "getHealth", get, path = "/healthz", tag = "operations", security(()),
     responses((status = 200, description = "Alive", body = Health)))]
 pub async fn healthz() -> Response {
     axum::Json(Health { status: "ok" }).into_response()
 }
 
 /// Readiness: 200 when the store answers (503 `store_unavailable` otherwise).
-#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+#[utoipa::path(operation_id = "getReadiness", get, path = "/readyz", tag = "operations", security(()),
     responses((status = 200, description = "Ready", body = Readiness)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     match tokio::time::timeout(READY_TIMEOUT, state.stores.health.ping()).await {
@@ -50,7 +50,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// Prometheus metrics in the text exposition format.
-#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+#[utoipa::path(operation_id = "getMetrics", get, path = "/metrics", tag = "operations", security(()),
     responses((status = 200, description = "Prometheus text", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let body = state

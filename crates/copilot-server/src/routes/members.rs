@@ -38,7 +38,7 @@ pub async fn list(
 }
 
 /// Creates or changes a membership (tenant admins and services).
-#[utoipa::path(put, path = "/v1/tenants/{t}/members/{u}", tag = "members",
+#[utoipa::path(operation_id = "putMember", put, path = "/v1/tenants/{t}/members/{u}", tag = "members",
     params(TenantUserPath),
     request_body = MembershipPutInput,
     responses((status = 200, description = "The membership", body = Membership)))]

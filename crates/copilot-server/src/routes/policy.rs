@@ -17,7 +17,7 @@ use crate::routes::params::TenantPath;
 use crate::state::AppState;
 
 /// The tenant's LLM routing policy.
-#[utoipa::path(get, path = "/v1/tenants/{t}/llm-policy", tag = "policy",
+#[utoipa::path(operation_id = "getPolicy", get, path = "/v1/tenants/{t}/llm-policy", tag = "policy",
     params(TenantPath),
     responses((status = 200, description = "The policy", body = StoredPolicy,
         headers(("ETag" = String, description = "\"<version>\""))),
@@ -40,7 +40,7 @@ pub async fn get_policy(
 }
 
 /// Creates or replaces the tenant's policy (tenant admins and services).
-#[utoipa::path(put, path = "/v1/tenants/{t}/llm-policy", tag = "policy",
+#[utoipa::path(operation_id = "putPolicy", put, path = "/v1/tenants/{t}/llm-policy", tag = "policy",
     params(TenantPath,
            ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     request_body = PolicyInput,
@@ -77,7 +77,7 @@ pub async fn put_policy(
 }
 
 /// Deletes the tenant's policy (tenant admins and services).
-#[utoipa::path(delete, path = "/v1/tenants/{t}/llm-policy", tag = "policy",
+#[utoipa::path(operation_id = "deletePolicy", delete, path = "/v1/tenants/{t}/llm-policy", tag = "policy",
     params(TenantPath,
            ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
     responses((status = 204, description = "Deleted")))]
@@ -114,7 +114,7 @@ async fn current_version(state: &AppState, tenant: &TenantId) -> ApiResult<Optio
 }
 
 /// Resolves the route (provider, model, egress) one call must use (DESIGN.md 3.3).
-#[utoipa::path(post, path = "/v1/tenants/{t}/llm-route", tag = "policy",
+#[utoipa::path(operation_id = "resolveRoute", post, path = "/v1/tenants/{t}/llm-route", tag = "policy",
     params(TenantPath),
     request_body = RouteRequestInput,
     responses((status = 200, description = "The route", body = Route)))]
