@@ -86,30 +86,22 @@ impl SentinelLink {
 
     /// The connection to the current primary, asking the sentinels first if none is known.
     pub(crate) async fn connection(&self) -> RedisResult<ConnectionManager> {
-        if let Some(primary) = lock(&self.primary).as_ref() {
-            return Ok(primary.connection.clone());
-        }
-        self.refresh().await?;
-        lock(&self.primary)
-            .as_ref()
-            .map(|p| p.connection.clone())
-            .ok_or_else(|| {
-                redis::RedisError::from((redis::ErrorKind::Io, "no primary known to the sentinels"))
-            })
+        self.with_primary(|p| p.connection.clone()).await
     }
 
     /// A client of the current primary (subscribers connect with it).
     pub(crate) async fn client(&self) -> RedisResult<redis::Client> {
+        self.with_primary(|p| p.client.clone()).await
+    }
+
+    async fn with_primary<T>(&self, pick: impl Fn(&Primary) -> T) -> RedisResult<T> {
         if let Some(primary) = lock(&self.primary).as_ref() {
-            return Ok(primary.client.clone());
+            return Ok(pick(primary));
         }
         self.refresh().await?;
-        lock(&self.primary)
-            .as_ref()
-            .map(|p| p.client.clone())
-            .ok_or_else(|| {
-                redis::RedisError::from((redis::ErrorKind::Io, "no primary known to the sentinels"))
-            })
+        lock(&self.primary).as_ref().map(pick).ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Io, "no primary known to the sentinels"))
+        })
     }
 
     /// `host:port` of the primary in use, if one is known.

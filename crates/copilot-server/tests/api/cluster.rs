@@ -6,12 +6,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::fleet::{Instance, fleet, service, service_token};
+use crate::fleet::{Instance, SteadyLoad, fleet, service, service_token};
 use crate::freshness::stale_rounds_of;
 
 /// A Redis Cluster of the test's own (for faults), stopped on drop.
@@ -410,60 +409,10 @@ async fn a_paused_primary_and_a_killed_one_fail_no_request_and_caching_resumes()
         return;
     };
     let instances = Arc::new(instances);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load = {
-        let (instances, stop, ok, failed) =
-            (instances.clone(), stop.clone(), ok.clone(), failed.clone());
-        tokio::spawn(async move {
-            let tenants = ["acme", "beta", "gamma", "delta", "eps", "zeta"];
-            let mut round = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let t = tenants[round % tenants.len()];
-                let (a, b) = (&instances[round % 2], &instances[(round + 1) % 2]);
-                let requests = [
-                    (
-                        reqwest::Method::PUT,
-                        format!("{}/v1/tenants/{t}/llm-policy", a.base),
-                        Some(
-                            json!({"defaultModel": format!("m{round}"), "defaultProvider": "openai"}),
-                        ),
-                    ),
-                    (
-                        reqwest::Method::GET,
-                        format!("{}/v1/tenants/{t}/llm-policy", b.base),
-                        None,
-                    ),
-                    (
-                        reqwest::Method::GET,
-                        format!("{}/v1/tenants/{t}/config/effective?userId=u1", b.base),
-                        None,
-                    ),
-                ];
-                for (method, url, body) in requests {
-                    let mut request = reqwest::Client::new()
-                        .request(method, &url)
-                        .bearer_auth(service_token())
-                        .timeout(Duration::from_secs(10));
-                    if let Some(body) = body {
-                        request = request.json(&body);
-                    }
-                    match request.send().await {
-                        Ok(r) if r.status().is_success() => ok.fetch_add(1, Ordering::Relaxed),
-                        Ok(r) => {
-                            eprintln!("{url}: {}", r.status());
-                            failed.fetch_add(1, Ordering::Relaxed)
-                        }
-                        Err(e) => {
-                            eprintln!("{url}: {e}");
-                            failed.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
-                }
-                round += 1;
-            }
-        })
-    };
+    let load = SteadyLoad::start(
+        instances.clone(),
+        &["acme", "beta", "gamma", "delta", "eps", "zeta"],
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let primaries = cluster.primaries();
     assert_eq!(primaries.len(), 3, "{primaries:?}");
@@ -497,9 +446,7 @@ async fn a_paused_primary_and_a_killed_one_fail_no_request_and_caching_resumes()
     }
     cluster.wait_ok(Duration::from_secs(30));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed) = load.stop().await;
     eprintln!("cluster faults: {ok} requests ok, {failed} failed");
     assert!(ok > 100, "only {ok} requests went through");
     assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);

@@ -780,3 +780,102 @@ async fn regression_11_two_instances_share_one_rate_limit_and_redis_down_still_l
         "Redis down: allowed {allowed} of 40 (two instances, 5 each)"
     );
 }
+
+/// A steady stream of writes on one instance and reads on the other (policy, effective
+/// config), alternating instances and tenants, counting what succeeded and what failed, until
+/// stopped. For fault tests: "no request failed" is `stop().1 == 0`.
+pub(crate) struct SteadyLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SteadyLoad {
+    pub(crate) fn start(
+        instances: std::sync::Arc<Vec<Instance>>,
+        tenants: &'static [&'static str],
+    ) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (flag, ok_count, failed_count) = (stop.clone(), ok.clone(), failed.clone());
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut round = 0usize;
+            while !flag.load(Ordering::Relaxed) {
+                let t = tenants[round % tenants.len()];
+                let (a, b) = (&instances[round % 2], &instances[(round + 1) % 2]);
+                let requests = [
+                    (
+                        reqwest::Method::PUT,
+                        format!("{}/v1/tenants/{t}/llm-policy", a.base),
+                        Some(
+                            json!({"defaultModel": format!("m{round}"), "defaultProvider": "openai"}),
+                        ),
+                    ),
+                    (
+                        reqwest::Method::GET,
+                        format!("{}/v1/tenants/{t}/llm-policy", b.base),
+                        None,
+                    ),
+                    (
+                        reqwest::Method::GET,
+                        format!("{}/v1/tenants/{t}/config/effective?userId=u1", b.base),
+                        None,
+                    ),
+                ];
+                for (method, url, body) in requests {
+                    let mut request = client
+                        .request(method, &url)
+                        .bearer_auth(service_token())
+                        .timeout(Duration::from_secs(10));
+                    if let Some(body) = body {
+                        request = request.json(&body);
+                    }
+                    match request.send().await {
+                        Ok(r) if r.status().is_success() => {
+                            ok_count.fetch_add(1, Ordering::Relaxed)
+                        }
+                        other => {
+                            eprintln!("{url}: {other:?}");
+                            failed_count.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+                round += 1;
+            }
+        });
+        Self {
+            stop,
+            ok,
+            failed,
+            task,
+        }
+    }
+
+    /// Stops the load; (succeeded, failed).
+    pub(crate) async fn stop(self) -> (usize, usize) {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// `GET /v1/admin/cache` of an instance, as a service.
+pub(crate) async fn cache_state(base: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{base}/v1/admin/cache"))
+        .bearer_auth(service_token())
+        .send()
+        .await
+        .expect("GET /v1/admin/cache")
+        .json()
+        .await
+        .expect("JSON")
+}

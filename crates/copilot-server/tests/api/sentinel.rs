@@ -4,12 +4,9 @@
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-
-use crate::fleet::{fleet, free_port, service, service_token};
+use crate::fleet::{SteadyLoad, cache_state, fleet, free_port, service};
 use crate::freshness::stale_rounds_of;
 
 const MASTER: &str = "copilot";
@@ -151,18 +148,6 @@ impl Drop for OwnSentinel {
     }
 }
 
-async fn cache_state(base: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("{base}/v1/admin/cache"))
-        .bearer_auth(service_token())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_primary_fails_no_request_and_the_service_follows_the_new_one() {
     let mut redis = OwnSentinel::start();
@@ -180,45 +165,7 @@ async fn killing_the_primary_fails_no_request_and_the_service_follows_the_new_on
         );
     }
     let instances = Arc::new(instances);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load = {
-        let (instances, stop, ok, failed) =
-            (instances.clone(), stop.clone(), ok.clone(), failed.clone());
-        tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let mut round = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let (a, b) = (&instances[round % 2], &instances[(round + 1) % 2]);
-                let path = "/v1/tenants/acme/llm-policy";
-                let write = client
-                    .put(format!("{}{path}", a.base))
-                    .bearer_auth(service_token())
-                    .timeout(Duration::from_secs(10))
-                    .json(
-                        &json!({"defaultModel": format!("m{round}"), "defaultProvider": "openai"}),
-                    )
-                    .send()
-                    .await;
-                let read = client
-                    .get(format!("{}{path}", b.base))
-                    .bearer_auth(service_token())
-                    .timeout(Duration::from_secs(10))
-                    .send()
-                    .await;
-                for result in [write, read] {
-                    match result {
-                        Ok(r) if r.status().is_success() => ok.fetch_add(1, Ordering::Relaxed),
-                        other => {
-                            eprintln!("failed: {other:?}");
-                            failed.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
-                }
-                round += 1;
-            }
-        })
-    };
+    let load = SteadyLoad::start(instances.clone(), &["acme"]);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = redis.primary.1.kill();
     let _ = redis.primary.1.wait();
@@ -244,9 +191,7 @@ async fn killing_the_primary_fails_no_request_and_the_service_follows_the_new_on
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed) = load.stop().await;
     eprintln!("sentinel failover: {ok} requests ok, {failed} failed");
     assert!(ok > 100, "only {ok} requests went through");
     assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);

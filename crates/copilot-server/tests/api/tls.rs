@@ -142,15 +142,7 @@ async fn an_upstash_style_https_url_with_a_token_connects_over_tls() {
     );
     // Ready means Redis answered and the bus heard its own heartbeat, over TLS.
     instance.ready().await;
-    let state: Value = reqwest::Client::new()
-        .get(format!("{}/v1/admin/cache", instance.base))
-        .bearer_auth(service_token())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state = crate::fleet::cache_state(&instance.base).await;
     assert_eq!(
         state["topology"],
         json!({"kind": "single", "tls": true, "nodes": [format!("localhost:{port}")], "primary": null}),
