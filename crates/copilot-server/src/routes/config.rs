@@ -13,7 +13,7 @@ use crate::extract::Auth;
 use crate::extract::{
     IfMatch, JsonBody, PathParams, Precondition, Query, tenant_id, user_id, with_etag,
 };
-use crate::routes::params::{TenantPath, TenantUserPath};
+use crate::routes::params::{IfMatchHeader, TenantPath, TenantUserPath};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -159,7 +159,7 @@ pub async fn get_global(
 
 /// Replaces the global level's patch (services).
 #[utoipa::path(operation_id = "putGlobalConfig", put, path = "/v1/config/global", tag = "config",
-    params(("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
+    params(IfMatchHeader),
     request_body = ConfigPatchInput,
     responses((status = 200, description = "The stored patch", body = StoredPatchView,
         headers(("ETag" = String, description = "\"<version>\"")))))]
@@ -174,7 +174,7 @@ pub async fn put_global(
 
 /// JSON merge patch (RFC 7396) on the global level (services).
 #[utoipa::path(operation_id = "patchGlobalConfig", patch, path = "/v1/config/global", tag = "config",
-    params(("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
+    params(IfMatchHeader),
     request_body(content = ConfigPatchInput, content_type = "application/merge-patch+json"),
     responses((status = 200, description = "The stored patch", body = StoredPatchView,
         headers(("ETag" = String, description = "\"<version>\"")))))]
@@ -189,7 +189,7 @@ pub async fn patch_global(
 
 /// Removes the global level's patch (services).
 #[utoipa::path(operation_id = "deleteGlobalConfig", delete, path = "/v1/config/global", tag = "config",
-    params(("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
+    params(IfMatchHeader),
     responses((status = 204, description = "Deleted")))]
 pub async fn delete_global(
     State(state): State<AppState>,
@@ -215,8 +215,7 @@ pub async fn get_tenant(
 
 /// Replaces the tenant level's patch (tenant admins and services).
 #[utoipa::path(operation_id = "putTenantConfig", put, path = "/v1/tenants/{t}/config", tag = "config",
-    params(TenantPath,
-           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
+    params(TenantPath, IfMatchHeader),
     request_body = ConfigPatchInput,
     responses((status = 200, description = "The stored patch", body = StoredPatchView,
         headers(("ETag" = String, description = "\"<version>\"")))))]
@@ -232,8 +231,7 @@ pub async fn put_tenant(
 
 /// JSON merge patch on the tenant level (tenant admins and services).
 #[utoipa::path(operation_id = "patchTenantConfig", patch, path = "/v1/tenants/{t}/config", tag = "config",
-    params(TenantPath,
-           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
+    params(TenantPath, IfMatchHeader),
     request_body(content = ConfigPatchInput, content_type = "application/merge-patch+json"),
     responses((status = 200, description = "The stored patch", body = StoredPatchView,
         headers(("ETag" = String, description = "\"<version>\"")))))]
@@ -249,8 +247,7 @@ pub async fn patch_tenant(
 
 /// Removes the tenant level's patch (tenant admins and services).
 #[utoipa::path(operation_id = "deleteTenantConfig", delete, path = "/v1/tenants/{t}/config", tag = "config",
-    params(TenantPath,
-           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
+    params(TenantPath, IfMatchHeader),
     responses((status = 204, description = "Deleted")))]
 pub async fn delete_tenant(
     State(state): State<AppState>,
@@ -277,8 +274,7 @@ pub async fn get_user(
 
 /// Replaces a user level's patch (that user, tenant admins, services).
 #[utoipa::path(operation_id = "putUserConfig", put, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
-    params(TenantUserPath,
-           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
+    params(TenantUserPath, IfMatchHeader),
     request_body = ConfigPatchInput,
     responses((status = 200, description = "The stored patch", body = StoredPatchView,
         headers(("ETag" = String, description = "\"<version>\"")))))]
@@ -294,8 +290,7 @@ pub async fn put_user(
 
 /// JSON merge patch on a user level (that user, tenant admins, services).
 #[utoipa::path(operation_id = "patchUserConfig", patch, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
-    params(TenantUserPath,
-           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
+    params(TenantUserPath, IfMatchHeader),
     request_body(content = ConfigPatchInput, content_type = "application/merge-patch+json"),
     responses((status = 200, description = "The stored patch", body = StoredPatchView,
         headers(("ETag" = String, description = "\"<version>\"")))))]
@@ -311,8 +306,7 @@ pub async fn patch_user(
 
 /// Removes a user level's patch (that user, tenant admins, services).
 #[utoipa::path(operation_id = "deleteUserConfig", delete, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
-    params(TenantUserPath,
-           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
+    params(TenantUserPath, IfMatchHeader),
     responses((status = 204, description = "Deleted")))]
 pub async fn delete_user(
     State(state): State<AppState>,

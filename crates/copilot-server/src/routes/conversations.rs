@@ -20,7 +20,7 @@ use crate::extract::{
     IfMatch, JsonBody, PathParams, Query, conversation_id, message_id, tenant_id, with_etag,
 };
 use crate::routes::events::{Change, publish};
-use crate::routes::params::{ConversationPath, MessagePath, TenantPath};
+use crate::routes::params::{ConversationPath, IfMatchHeader, MessagePath, TenantPath};
 use crate::state::AppState;
 
 fn parse_number<T: std::str::FromStr>(name: &str, value: Option<&str>) -> ApiResult<Option<T>> {
@@ -138,8 +138,7 @@ pub async fn get(
 
 /// Changes title, sharing and archive state in one atomic update.
 #[utoipa::path(operation_id = "updateConversation", patch, path = "/v1/tenants/{t}/conversations/{id}", tag = "conversations",
-    params(ConversationPath,
-           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
+    params(ConversationPath, IfMatchHeader),
     request_body = ConversationUpdateInput,
     responses((status = 200, description = "The updated conversation", body = Conversation,
         headers(("ETag" = String, description = "\"<version>\"")))))]
@@ -181,8 +180,7 @@ pub async fn update(
 
 /// Deletes a conversation and its messages.
 #[utoipa::path(operation_id = "deleteConversation", delete, path = "/v1/tenants/{t}/conversations/{id}", tag = "conversations",
-    params(ConversationPath,
-           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
+    params(ConversationPath, IfMatchHeader),
     responses((status = 204, description = "Deleted")))]
 pub async fn delete(
     State(state): State<AppState>,

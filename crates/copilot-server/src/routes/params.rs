@@ -50,3 +50,14 @@ pub struct MessagePath {
     #[param(value_type = String, format = Uuid)]
     mid: String,
 }
+
+/// The `If-Match` header of conditional writes, documented once.
+#[allow(dead_code)] // Exists for its parameters' documentation.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IfMatchHeader {
+    /// Expected version: "<version>"
+    #[param(rename = "If-Match", pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#)]
+    #[serde(rename = "If-Match")]
+    if_match: Option<String>,
+}

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
 use crate::extract::{IfMatch, JsonBody, PathParams, tenant_id, with_etag};
-use crate::routes::params::TenantPath;
+use crate::routes::params::{IfMatchHeader, TenantPath};
 use crate::state::AppState;
 
 /// The tenant's LLM routing policy.
@@ -41,8 +41,7 @@ pub async fn get_policy(
 
 /// Creates or replaces the tenant's policy (tenant admins and services).
 #[utoipa::path(operation_id = "putPolicy", put, path = "/v1/tenants/{t}/llm-policy", tag = "policy",
-    params(TenantPath,
-           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
+    params(TenantPath, IfMatchHeader),
     request_body = PolicyInput,
     responses((status = 200, description = "The stored policy with its new version", body = StoredPolicy,
         headers(("ETag" = String, description = "\"<version>\"")))))]
@@ -78,8 +77,7 @@ pub async fn put_policy(
 
 /// Deletes the tenant's policy (tenant admins and services).
 #[utoipa::path(operation_id = "deletePolicy", delete, path = "/v1/tenants/{t}/llm-policy", tag = "policy",
-    params(TenantPath,
-           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#, description = "Expected version: \"<version>\"")),
+    params(TenantPath, IfMatchHeader),
     responses((status = 204, description = "Deleted")))]
 pub async fn delete_policy(
     State(state): State<AppState>,
