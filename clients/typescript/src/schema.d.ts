@@ -393,7 +393,12 @@ export interface components {
             redis: string;
             topology?: null | components["schemas"]["RedisTopologyDoc"];
         };
-        /** @description `PUT /v1/admin/cache`. */
+        /**
+         * @description `PUT /v1/admin/cache`.
+         * @example {
+         *       "enabled": true
+         *     }
+         */
         CacheSwitchInput: {
             enabled: boolean;
         };
@@ -417,6 +422,11 @@ export interface components {
         /**
          * @description A config level's fields: absent inherits from the level below; in a merge patch, `null`
          *     clears a field. `version`, `updatedAt` and `updatedBy` are read-only and ignored.
+         * @example {
+         *       "autoCompactEnabled": true,
+         *       "mergeMaxMessages": 80,
+         *       "pathMaxMessages": 500
+         *     }
          */
         ConfigPatchInput: {
             autoCompactEnabled?: boolean | null;
@@ -494,6 +504,13 @@ export interface components {
             /** Format: int64 */
             version: number;
         };
+        /**
+         * @example {
+         *       "shareAudience": "tenant",
+         *       "title": "First steps",
+         *       "userId": "alice"
+         *     }
+         */
         ConversationCreateInput: {
             jurisdictions?: string[] | null;
             personaId?: string | null;
@@ -514,6 +531,12 @@ export interface components {
         };
         /** @enum {string} */
         ConversationStatus: "active" | "archived" | "all";
+        /**
+         * @example {
+         *       "archived": false,
+         *       "title": "Renamed"
+         *     }
+         */
         ConversationUpdateInput: {
             archived?: boolean | null;
             shareAudience?: null | components["schemas"]["ShareAudience"];
@@ -562,10 +585,18 @@ export interface components {
              */
             id?: string | null;
         };
-        /** @description A custom event. Its schema; `parse_custom_event` parses it with one error per field. */
+        /**
+         * @description A custom event. Its schema; `parse_custom_event` parses it with one error per field.
+         * @example {
+         *       "data": {
+         *         "delta": "Hel"
+         *       },
+         *       "type": "typing"
+         *     }
+         */
         EventPostInput: {
             /** @description Any JSON value, at most 64 KiB (e.g. `{"delta": "Hel"}`). */
-            data?: Record<string, never> | null;
+            data?: unknown;
             /**
              * @description The SSE event type: 1-64 characters of `[A-Za-z0-9._:-]`, not `resync` and not starting
              *     with `message.`, `conversation.` or `member.` (those are the service's own).
@@ -613,6 +644,12 @@ export interface components {
             /** Format: int64 */
             version: number;
         };
+        /**
+         * @example {
+         *       "role": "member",
+         *       "status": "active"
+         *     }
+         */
         MembershipPutInput: {
             role: components["schemas"]["TenantRole"];
             status: components["schemas"]["MembershipStatus"];
@@ -637,6 +674,15 @@ export interface components {
             /** Format: int64 */
             seq: number;
         };
+        /**
+         * @example {
+         *       "content": "Hello!",
+         *       "metadata": {
+         *         "client": "web"
+         *       },
+         *       "role": "user"
+         *     }
+         */
         MessageCreateInput: {
             /** @description At most COPILOT_MAX_MESSAGE_BYTES (256 KiB by default). */
             content: string;
@@ -664,6 +710,19 @@ export interface components {
         /**
          * @description A tenant LLM policy to store. `version`, `updatedAt` and `updatedBy` may be sent back and
          *     are ignored; any other unknown field is refused.
+         * @example {
+         *       "defaultModel": "gpt-4o-mini",
+         *       "defaultProvider": "openai",
+         *       "egressMode": "audit",
+         *       "tasks": [
+         *         {
+         *           "model": "claude-haiku",
+         *           "provider": "anthropic",
+         *           "task": "summarize",
+         *           "temperature": 0.2
+         *         }
+         *       ]
+         *     }
          */
         PolicyInput: {
             allowOffMode?: boolean | null;
@@ -726,6 +785,12 @@ export interface components {
             /** Format: double */
             temperature?: number | null;
         };
+        /**
+         * @example {
+         *       "task": "summarize",
+         *       "userId": "alice"
+         *     }
+         */
         RouteRequestInput: {
             egressModeOverride?: null | components["schemas"]["EgressModeInput"];
             /** Format: int32 */

@@ -74,6 +74,7 @@ pub async fn put_cache(
 /// `PUT /v1/admin/cache`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"enabled": true}))]
 pub struct CacheSwitchInput {
     enabled: bool,
 }

@@ -322,6 +322,7 @@ pub async fn delete_user(
 /// clears a field. `version`, `updatedAt` and `updatedBy` are read-only and ignored.
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"mergeMaxMessages": 80, "pathMaxMessages": 500, "autoCompactEnabled": true}))]
 pub struct ConfigPatchInput {
     merge_compression_strategy: Option<MergeCompressionStrategy>,
     #[schema(minimum = 1, maximum = 100000)]

@@ -354,6 +354,7 @@ pub async fn delete_message(
 #[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"userId": "alice", "title": "First steps", "shareAudience": "tenant"}))]
 pub struct ConversationCreateInput {
     /// Services only: the owner, or null for a system conversation. Members may give their own.
     user_id: Option<String>,
@@ -370,6 +371,7 @@ pub struct ConversationCreateInput {
 #[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"title": "Renamed", "archived": false}))]
 pub struct ConversationUpdateInput {
     /// null clears the title.
     #[schema(max_length = 200)]
@@ -382,6 +384,7 @@ pub struct ConversationUpdateInput {
 #[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"role": "user", "content": "Hello!", "metadata": {"client": "web"}}))]
 pub struct MessageCreateInput {
     role: MessageRole,
     /// At most COPILOT_MAX_MESSAGE_BYTES (256 KiB by default).

@@ -97,6 +97,7 @@ pub async fn list_events(
 #[allow(dead_code)]
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"type": "typing", "data": {"delta": "Hel"}}))]
 pub struct EventPostInput {
     /// The SSE event type: 1-64 characters of `[A-Za-z0-9._:-]`, not `resync` and not starting
     /// with `message.`, `conversation.` or `member.` (those are the service's own).
@@ -104,7 +105,7 @@ pub struct EventPostInput {
     #[serde(rename = "type")]
     kind: String,
     /// Any JSON value, at most 64 KiB (e.g. `{"delta": "Hel"}`).
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     data: Option<Value>,
 }
 

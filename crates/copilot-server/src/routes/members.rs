@@ -91,6 +91,7 @@ pub async fn delete(
 #[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"role": "member", "status": "active"}))]
 pub struct MembershipPutInput {
     role: TenantRole,
     status: MembershipStatus,

@@ -155,6 +155,7 @@ pub enum EgressModeInput {
 /// are ignored; any other unknown field is refused.
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"defaultModel": "gpt-4o-mini", "defaultProvider": "openai", "tasks": [{"task": "summarize", "model": "claude-haiku", "provider": "anthropic", "temperature": 0.2}], "egressMode": "audit"}))]
 pub struct PolicyInput {
     /// Must equal the tenant in the path when given.
     tenant_id: Option<String>,
@@ -177,6 +178,7 @@ pub struct PolicyInput {
 #[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"task": "summarize", "userId": "alice"}))]
 pub struct RouteRequestInput {
     #[schema(min_length = 1, max_length = 100)]
     task: Option<String>,
