@@ -185,6 +185,51 @@ mod postgres_specific {
         ))
     }
 
+    /// With every pooled connection busy, a read gives up at its (short) deadline and answers
+    /// `Unavailable` at once, while a write waits up to its own (the store deadline) and goes
+    /// through when a connection frees: a burst of slow commits delays writes, never fails them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_wait_for_a_connection_longer_than_reads() {
+        use std::time::{Duration, Instant};
+        let url = fresh_postgres_database().await;
+        let store = PostgresStore::open(PostgresOptions {
+            max_connections: 1,
+            acquire_timeout: Duration::from_millis(100),
+            write_acquire_timeout: Some(Duration::from_secs(5)),
+            ..PostgresOptions::new(url)
+        })
+        .await
+        .expect("open");
+        let tenant = TenantId::parse("pool").unwrap();
+        let held = store.pool().acquire().await.expect("the only connection");
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            drop(held);
+        });
+        let started = Instant::now();
+        let read = store.get_policy(&tenant).await;
+        assert!(
+            matches!(read, Err(copilot_store::StoreError::Unavailable(_))),
+            "{read:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        let policy = TenantLlmPolicy::from_json(
+            &json!({"defaultModel": "m", "defaultProvider": "openai"}),
+            &tenant,
+        )
+        .unwrap();
+        store
+            .put_policy(&policy, None, "svc")
+            .await
+            .expect("the write waited for the connection");
+        assert!(started.elapsed() >= Duration::from_millis(500));
+        release.await.unwrap();
+    }
+
     async fn count(conn: &mut PgConnection, table: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT count(*) FROM copilot.{table}"))
             .fetch_one(conn)

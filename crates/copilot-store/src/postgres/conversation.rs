@@ -383,7 +383,7 @@ impl ConversationStore for PostgresStore {
         // under the lock; createdAt never goes below the previous message's, so it follows seq.
         let now = self.now();
         let subject = ChangeSubject::Conversation(tenant.clone(), *conversation);
-        let mut conn = self.read().await?;
+        let mut conn = self.write_statement().await?;
         let query = sqlx::query(concat!(
             "WITH upd AS (
                  UPDATE copilot.conversations
@@ -417,7 +417,7 @@ impl ConversationStore for PostgresStore {
             .bind(Json(&message.metadata))
             .bind(message.author_id.as_ref().map(UserId::as_str))
             .persistent(self.persistent())
-            // `read()`: autocommit on a plain connection, or a transaction behind a pooler.
+            // Autocommit on a plain connection, or a transaction behind a pooler.
             .fetch_optional(&mut *conn)
             .await?;
         conn.finish().await?;

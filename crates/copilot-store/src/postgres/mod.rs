@@ -65,9 +65,13 @@ pub struct PostgresOptions {
     /// `postgres://user:password@host:port/database` (`DATABASE_URL`).
     pub url: String,
     pub max_connections: u32,
-    /// How long a call waits for a pooled connection before `Unavailable`. Kept well under the
+    /// How long a read waits for a pooled connection before `Unavailable`. Kept well under the
     /// request deadline so an unreachable database answers 503 quickly.
     pub acquire_timeout: Duration,
+    /// How long a write waits for a pooled connection (`None`: as long as a read). Writes may
+    /// wait longer: a burst of commits (PostgreSQL serializes notifying commits on one lock, and
+    /// a saturated CPU stretches each) should delay a write, not fail it.
+    pub write_acquire_timeout: Option<Duration>,
     /// PgBouncer/Supavisor in transaction mode (`COPILOT_PG_TRANSACTION_POOLER`).
     pub transaction_pooler: bool,
     pub clock: Arc<dyn Clock>,
@@ -84,6 +88,7 @@ impl PostgresOptions {
             url: url.into(),
             max_connections: 10,
             acquire_timeout: Duration::from_millis(500),
+            write_acquire_timeout: None,
             transaction_pooler: false,
             clock: Arc::new(SystemClock),
             record_changes: false,
@@ -100,6 +105,8 @@ impl PostgresOptions {
 pub struct PostgresStore {
     url: String,
     pool: PgPool,
+    /// A read's wait for a connection (the pool's own deadline is the write's, the longer).
+    read_acquire_timeout: Duration,
     clock: Arc<dyn Clock>,
     transaction_pooler: bool,
     record_changes: bool,
@@ -125,14 +132,19 @@ impl PostgresStore {
         if options.transaction_pooler {
             connect = connect.statement_cache_capacity(0).extra_float_digits(None);
         }
+        let write_acquire_timeout = options
+            .write_acquire_timeout
+            .unwrap_or(options.acquire_timeout)
+            .max(options.acquire_timeout);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
-            .acquire_timeout(options.acquire_timeout)
+            .acquire_timeout(write_acquire_timeout)
             .idle_timeout(Some(Duration::from_secs(300)))
             .connect_lazy_with(connect);
         Ok(Self {
             url: options.url.clone(),
             pool,
+            read_acquire_timeout: options.acquire_timeout,
             clock: options.clock,
             transaction_pooler: options.transaction_pooler,
             record_changes: options.record_changes,
@@ -210,10 +222,7 @@ impl PostgresStore {
             direct_url,
             self.pool.clone(),
             self.persistent(),
-            self.pool
-                .options()
-                .get_acquire_timeout()
-                .max(Duration::from_secs(1)),
+            self.read_acquire_timeout.max(Duration::from_secs(1)),
         )
     }
 
@@ -294,25 +303,55 @@ impl PostgresStore {
         Ok(tx)
     }
 
+    /// A write transaction; waits for a connection up to the write deadline.
     async fn begin(&self) -> StoreResult<Transaction<'static, Postgres>> {
-        self.pool.begin().await.map_err(|e| self.pool_error(e))
+        let within = self.pool.options().get_acquire_timeout();
+        self.pool
+            .begin()
+            .await
+            .map_err(|e| self.pool_error(e, within))
     }
 
-    /// A connection for reads: a plain pooled connection, or a transaction behind a pooler.
+    /// A connection for reads: a plain pooled connection, or a transaction behind a pooler;
+    /// waits for it at most the read deadline.
     async fn read(&self) -> StoreResult<ReadConn> {
+        match tokio::time::timeout(self.read_acquire_timeout, self.statement_conn()).await {
+            Ok(conn) => conn,
+            Err(_) => Err(self.pool_error(sqlx::Error::PoolTimedOut, self.read_acquire_timeout)),
+        }
+    }
+
+    /// A connection for one autocommitted write statement: [`Self::read`]'s kind of connection
+    /// with the write's (longer) wait.
+    async fn write_statement(&self) -> StoreResult<ReadConn> {
+        self.statement_conn().await
+    }
+
+    async fn statement_conn(&self) -> StoreResult<ReadConn> {
+        let within = self.pool.options().get_acquire_timeout();
         Ok(if self.transaction_pooler {
-            ReadConn::Transaction(self.pool.begin().await.map_err(|e| self.pool_error(e))?)
+            ReadConn::Transaction(
+                self.pool
+                    .begin()
+                    .await
+                    .map_err(|e| self.pool_error(e, within))?,
+            )
         } else {
-            ReadConn::Plain(self.pool.acquire().await.map_err(|e| self.pool_error(e))?)
+            ReadConn::Plain(
+                self.pool
+                    .acquire()
+                    .await
+                    .map_err(|e| self.pool_error(e, within))?,
+            )
         })
     }
 
     /// A pool that had no connection in time says which pool and what its limits are.
-    fn pool_error(&self, e: sqlx::Error) -> StoreError {
+    fn pool_error(&self, e: sqlx::Error, within: Duration) -> StoreError {
         match e {
             sqlx::Error::PoolTimedOut => StoreError::Unavailable(format!(
-                "PostgreSQL pool: no connection within {} ms (COPILOT_PG_ACQUIRE_TIMEOUT_MS) with {} of {} connections open (COPILOT_PG_POOL_SIZE)",
-                self.pool.options().get_acquire_timeout().as_millis(),
+                "PostgreSQL pool: no connection within {} ms (COPILOT_PG_ACQUIRE_TIMEOUT_MS for reads, COPILOT_STORE_TIMEOUT_MS for writes) with {} of {} connections open (COPILOT_PG_POOL_SIZE)",
+                within.as_millis(),
                 self.pool.size(),
                 self.pool.options().get_max_connections()
             )),
