@@ -102,6 +102,11 @@ while [ $(($(date +%s) - START)) -lt "$SOAK_SECONDS" ]; do
     RSS_A0=$(rss "$PID_A") RSS_B0=$(rss "$PID_B")
     echo "after warm-up ($elapsed s): RSS A $RSS_A0 KiB, B $RSS_B0 KiB"
   fi
+  # The RSS curve, to tell settling from growth.
+  if [ $((elapsed % 60)) = 0 ] && [ "$elapsed" != "${LAST_SAMPLE:-}" ]; then
+    LAST_SAMPLE=$elapsed
+    echo "$elapsed s: RSS A $(rss "$PID_A") KiB, B $(rss "$PID_B") KiB"
+  fi
   if [ "$PAUSED" = 0 ] && [ "$elapsed" -ge $((SOAK_SECONDS / 3)) ]; then
     echo "$elapsed s: Redis SIGSTOP for 10 s"
     kill -STOP "$REDIS_PID"; sleep 10; kill -CONT "$REDIS_PID"; PAUSED=1
