@@ -110,12 +110,7 @@ impl OwnCluster {
     }
 
     fn cli(&self, port: u16, args: &[&str]) -> String {
-        let out = Command::new(&self.cli)
-            .args(["-p", &port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        crate::fleet::redis_cli(&self.cli, port, args)
     }
 
     fn alive(&mut self) -> Vec<u16> {

@@ -879,3 +879,13 @@ pub(crate) async fn cache_state(base: &str) -> Value {
         .await
         .expect("JSON")
 }
+
+/// `redis-cli -p <port> <args>` (the binary at `cli`); its standard output.
+pub(crate) fn redis_cli(cli: &str, port: u16, args: &[&str]) -> String {
+    let out = Command::new(cli)
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
