@@ -6,6 +6,7 @@ mod changes;
 mod error;
 pub mod memory;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 mod traits;
 

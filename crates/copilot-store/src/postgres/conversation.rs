@@ -1,9 +1,9 @@
 use async_trait::async_trait;
 use copilot_domain::clock::from_micros;
 use copilot_domain::conversation::{
-    Conversation, ConversationPage, ConversationQuery, ConversationStatus, ConversationUpdate,
-    ListViewer, Message, MessagePage, MessageQuery, MessageRole, MessageWrite, NewConversation,
-    NewMessage, ShareAudience, TenantAccess,
+    Conversation, ConversationPage, ConversationQuery, ConversationUpdate, Message, MessagePage,
+    MessageQuery, MessageRole, MessageWrite, NewConversation, NewMessage, ShareAudience,
+    TenantAccess,
 };
 use copilot_domain::{ConversationId, MessageId, TenantId, UserId};
 use serde_json::{Map, Value};
@@ -183,22 +183,7 @@ fn list_query<'a>(prefix: &str, query: &'a ConversationQuery) -> QueryBuilder<'a
         "{prefix}SELECT {} FROM copilot.conversations WHERE tenant_id = ",
         conversation_columns!()
     ));
-    sql.push_bind(query.tenant_id.as_str());
-    // The access rule is part of the query, so every page is full (never filter after LIMIT).
-    if let ListViewer::User(me) = &query.viewer {
-        sql.push(" AND (user_id IS NULL OR user_id = ")
-            .push_bind(me.as_str())
-            .push(" OR share_audience <> 'private')");
-    }
-    match query.status {
-        ConversationStatus::Active => {
-            sql.push(" AND archived_at IS NULL");
-        }
-        ConversationStatus::Archived => {
-            sql.push(" AND archived_at IS NOT NULL");
-        }
-        ConversationStatus::All => {}
-    }
+    crate::sql::push_list_filters(&mut sql, query);
     if let Some(cursor) = &query.after {
         sql.push(" AND (coalesce(last_message_at, created_at), id) < (")
             .push_bind(from_micros(cursor.last_activity_micros))
@@ -315,29 +300,7 @@ impl ConversationStore for PostgresStore {
             .await?;
         let mut sql =
             QueryBuilder::<Postgres>::new("UPDATE copilot.conversations SET updated_at = ");
-        sql.push_bind(now)
-            .push(", version = ")
-            .push_bind(to_i64(version)?);
-        if let Some(title) = &update.title {
-            sql.push(", title = ").push_bind(title.clone());
-        }
-        if let Some(audience) = update.share_audience {
-            sql.push(", share_audience = ").push_bind(audience.as_str());
-        }
-        if let Some(access) = update.tenant_access {
-            sql.push(", tenant_access = ").push_bind(access.as_str());
-        }
-        match update.archived {
-            Some(true) => {
-                sql.push(", archived_at = coalesce(archived_at, ")
-                    .push_bind(now)
-                    .push(")");
-            }
-            Some(false) => {
-                sql.push(", archived_at = NULL");
-            }
-            None => {}
-        }
+        crate::sql::push_conversation_update(&mut sql, update, now, to_i64(version)?);
         sql.push(" WHERE id = ").push_bind(*id.as_uuid());
         sql.push(concat!(" RETURNING ", conversation_columns!()));
         let row = sql

@@ -1,9 +1,9 @@
 use async_trait::async_trait;
 use copilot_domain::clock::from_micros;
 use copilot_domain::conversation::{
-    Conversation, ConversationPage, ConversationQuery, ConversationStatus, ConversationUpdate,
-    ListViewer, Message, MessagePage, MessageQuery, MessageRole, MessageWrite, NewConversation,
-    NewMessage, ShareAudience, TenantAccess,
+    Conversation, ConversationPage, ConversationQuery, ConversationUpdate, Message, MessagePage,
+    MessageQuery, MessageRole, MessageWrite, NewConversation, NewMessage, ShareAudience,
+    TenantAccess,
 };
 use copilot_domain::{ConversationId, MessageId, TenantId, UserId};
 use serde_json::Map;
@@ -172,22 +172,7 @@ impl ConversationStore for SqliteStore {
         let mut sql = QueryBuilder::<Sqlite>::new(format!(
             "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = "
         ));
-        sql.push_bind(query.tenant_id.as_str());
-        // The access rule is part of the query, so every page is full (never filter after LIMIT).
-        if let ListViewer::User(me) = &query.viewer {
-            sql.push(" AND (user_id IS NULL OR user_id = ")
-                .push_bind(me.as_str())
-                .push(" OR share_audience <> 'private')");
-        }
-        match query.status {
-            ConversationStatus::Active => {
-                sql.push(" AND archived_at IS NULL");
-            }
-            ConversationStatus::Archived => {
-                sql.push(" AND archived_at IS NOT NULL");
-            }
-            ConversationStatus::All => {}
-        }
+        crate::sql::push_list_filters(&mut sql, query);
         if let Some(cursor) = &query.after {
             sql.push(" AND (last_activity_at, id) < (")
                 .push_bind(cursor.last_activity_micros)
@@ -220,29 +205,7 @@ impl ConversationStore for SqliteStore {
             .stamp(&mut tx, ChangeSubject::Conversation(tenant.clone(), *id))
             .await?;
         let mut sql = QueryBuilder::<Sqlite>::new("UPDATE conversations SET updated_at = ");
-        sql.push_bind(now)
-            .push(", version = ")
-            .push_bind(version_param(version)?);
-        if let Some(title) = &update.title {
-            sql.push(", title = ").push_bind(title.clone());
-        }
-        if let Some(audience) = update.share_audience {
-            sql.push(", share_audience = ").push_bind(audience.as_str());
-        }
-        if let Some(access) = update.tenant_access {
-            sql.push(", tenant_access = ").push_bind(access.as_str());
-        }
-        match update.archived {
-            Some(true) => {
-                sql.push(", archived_at = coalesce(archived_at, ")
-                    .push_bind(now)
-                    .push(")");
-            }
-            Some(false) => {
-                sql.push(", archived_at = NULL");
-            }
-            None => {}
-        }
+        crate::sql::push_conversation_update(&mut sql, update, now, version_param(version)?);
         sql.push(" WHERE id = ").push_bind(id.to_string());
         sql.build().execute(&mut *tx).await?;
         let conversation = fetch_conversation(&mut tx, id).await?;
