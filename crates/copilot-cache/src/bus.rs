@@ -20,7 +20,7 @@ const HEALTHY_WITHIN: Duration = Duration::from_secs(1);
 
 pub struct Bus {
     l2: Arc<RedisL2>,
-    subscribers: crate::redis_l2::PubSubNodes,
+    subscribers: crate::redis_link::PubSubNodes,
     channel: String,
     instance: String,
     healthy: AtomicBool,

@@ -31,6 +31,7 @@ pub mod policy;
 pub mod ratelimit;
 pub mod redis_connect;
 pub mod redis_l2;
+mod redis_link;
 mod redis_nodes;
 mod redis_sentinel;
 pub mod tier;

@@ -306,7 +306,9 @@ impl RedisSettings {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
             Ok(url.to_owned())
         } else {
-            Err(invalid("must start with redis://, rediss:// or https://"))
+            Err(invalid(
+                "must start with redis://, rediss://, https:// (Upstash) or redis+sentinel://",
+            ))
         }
     }
 }
@@ -326,16 +328,8 @@ pub struct RedisTopology {
 }
 
 impl RedisSettings {
+    /// From the settings alone (no connection, no certificate files read).
     pub fn topology(&self) -> RedisTopology {
-        let nodes = self
-            .node_clients()
-            .map(|clients| {
-                clients
-                    .iter()
-                    .map(|c| c.get_connection_info().addr().to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
         if let Ok(Some(target)) = self.sentinel_target() {
             return RedisTopology {
                 kind: "sentinel",
@@ -348,6 +342,13 @@ impl RedisSettings {
                 primary: None,
             };
         }
+        let nodes = self
+            .node_urls()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|url| url.as_str().into_connection_info().ok())
+            .map(|info| info.addr().to_string())
+            .collect();
         RedisTopology {
             kind: if self.is_cluster() {
                 "cluster"

@@ -36,93 +36,9 @@ return 1
 ";
 
 pub use crate::redis_connect::{RedisSettings, RedisTls, RedisTopology};
-use crate::redis_nodes::{ClusterNodes, MAP_EVERY};
+use crate::redis_link::{Link, PubSubNodes};
+use crate::redis_nodes::{ClusterNodes, spawn_slot_watcher};
 use crate::redis_sentinel::SentinelLink;
-
-/// One server (reconnecting manager) or a cluster (slot-routing connection that follows
-/// `MOVED`/`ASK` and failovers); both multiplex every call over shared connections.
-#[derive(Clone)]
-enum Link {
-    Single(ConnectionManager),
-    Cluster(redis::cluster_async::ClusterConnection),
-    /// The primary the sentinels name now.
-    Sentinel(Arc<SentinelLink>),
-}
-
-impl redis::aio::ConnectionLike for Link {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
-        match self {
-            Link::Single(c) => c.req_packed_command(cmd),
-            Link::Cluster(c) => c.req_packed_command(cmd),
-            Link::Sentinel(s) => {
-                let s = s.clone();
-                Box::pin(async move { s.connection().await?.req_packed_command(cmd).await })
-            }
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisFuture<'a, Vec<Value>> {
-        match self {
-            Link::Single(c) => c.req_packed_commands(cmd, offset, count),
-            Link::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-            Link::Sentinel(s) => {
-                let s = s.clone();
-                Box::pin(async move {
-                    s.connection()
-                        .await?
-                        .req_packed_commands(cmd, offset, count)
-                        .await
-                })
-            }
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Link::Single(c) => c.get_db(),
-            Link::Cluster(c) => c.get_db(),
-            Link::Sentinel(_) => 0,
-        }
-    }
-}
-
-/// Where subscribers connect: any node (in a cluster, `PUBLISH` reaches every node), the one
-/// that answered last first; behind Sentinel, the current primary.
-#[derive(Clone)]
-pub(crate) struct PubSubNodes {
-    clients: Arc<[redis::Client]>,
-    next: Arc<std::sync::atomic::AtomicUsize>,
-    sentinel: Option<Arc<SentinelLink>>,
-}
-
-impl PubSubNodes {
-    pub(crate) async fn connect(&self) -> redis::RedisResult<redis::aio::PubSub> {
-        use std::sync::atomic::Ordering;
-        if let Some(sentinel) = &self.sentinel {
-            return sentinel.client().await?.get_async_pubsub().await;
-        }
-        let start = self.next.load(Ordering::Relaxed);
-        let mut last = None;
-        for i in 0..self.clients.len() {
-            let index = (start + i) % self.clients.len();
-            match self.clients[index].get_async_pubsub().await {
-                Ok(pubsub) => {
-                    self.next.store(index, Ordering::Relaxed);
-                    return Ok(pubsub);
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| {
-            redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no Redis node"))
-        }))
-    }
-}
 
 pub struct RedisL2 {
     /// Redis Cluster: the slot map and one breaker per primary.
@@ -184,11 +100,7 @@ impl RedisL2 {
                 manager_config,
             )?)
         };
-        let subscribers = PubSubNodes {
-            clients: clients.into(),
-            next: Default::default(),
-            sentinel,
-        };
+        let subscribers = PubSubNodes::new(clients, sentinel);
         let topology = settings.topology();
         let breaker = Arc::new(CircuitBreaker::new(
             settings.breaker_failures,
@@ -293,10 +205,7 @@ impl RedisL2 {
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Option<T> {
         match self.nodes.as_ref().and_then(|n| n.node_for(key)) {
-            Some(node) => {
-                self.call_on(op, &node.breaker, Some(&node.address()), call)
-                    .await
-            }
+            Some(node) => self.call_on(op, &node.breaker, Some(&node), call).await,
             None => self.call(op, call).await,
         }
     }
@@ -305,13 +214,12 @@ impl RedisL2 {
         &self,
         op: &'static str,
         breaker: &CircuitBreaker,
-        node: Option<&str>,
+        node: Option<&crate::redis_nodes::Node>,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Option<T> {
         let node_outcome = |outcome: &'static str| {
             if let Some(node) = node {
-                metrics::counter!("copilot_redis_node_calls_total", "node" => node.to_owned(), "outcome" => outcome)
-                    .increment(1);
+                node.count(outcome);
             }
         };
         // The permit settles as a failure if this future is dropped mid-call.
@@ -386,9 +294,8 @@ impl RedisL2 {
         let reads = groups.iter().map(|(node, indexes)| {
             let mut conn = self.connection.clone();
             let group: Vec<&String> = indexes.iter().map(|i| &keys[*i]).collect();
-            let address = node.address();
             async move {
-                self.call_on("mget", &node.breaker, Some(&address), async move {
+                self.call_on("mget", &node.breaker, Some(node), async move {
                     redis::cmd("MGET")
                         .arg(group)
                         .query_async::<Vec<Option<String>>>(&mut conn)
@@ -555,52 +462,6 @@ fn spawn_prober(breaker: Weak<CircuitBreaker>, connection: Link, timeout: Durati
     });
 }
 
-/// Redis Cluster: keeps the slot map current and probes each primary whose breaker is open with
-/// a `PING` sent to that node alone; ends with the L2.
-fn spawn_slot_watcher(
-    nodes: Weak<ClusterNodes>,
-    cluster: redis::cluster_async::ClusterConnection,
-    timeout: Duration,
-) {
-    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-    tokio::spawn(async move {
-        let within = timeout.max(Duration::from_millis(200));
-        loop {
-            let Some(nodes) = nodes.upgrade() else { return };
-            let mut conn = cluster.clone();
-            let slots = tokio::time::timeout(
-                within,
-                redis::cmd("CLUSTER")
-                    .arg("SLOTS")
-                    .query_async::<Value>(&mut conn),
-            )
-            .await;
-            if let Ok(Ok(reply)) = slots {
-                nodes.apply(&reply);
-            }
-            for node in nodes.nodes() {
-                let Some(permit) = node.breaker.probe() else {
-                    continue;
-                };
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                    host: node.host.clone(),
-                    port: node.port,
-                });
-                let mut conn = cluster.clone();
-                let answered =
-                    tokio::time::timeout(within, conn.route_command(redis::cmd("PING"), routing))
-                        .await;
-                match answered {
-                    Ok(Ok(_)) => permit.success(),
-                    _ => permit.failure(),
-                }
-            }
-            drop(nodes);
-            tokio::time::sleep(MAP_EVERY).await;
-        }
-    });
-}
-
 /// The longest between two looks at an open breaker.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 
@@ -612,11 +473,9 @@ impl RedisL2 {
 
     /// Whether calls go out now (the breaker is not open; in a cluster, some primary's is not).
     pub fn available(&self) -> bool {
-        match self.nodes.as_ref().map(|n| n.states()) {
-            Some(states) if !states.is_empty() => {
-                states.iter().any(|(_, s)| *s != BreakerState::Open)
-            }
-            _ => !self.breaker.is_open(),
+        match self.nodes.as_ref().and_then(|n| n.any_available()) {
+            Some(available) => available,
+            None => !self.breaker.is_open(),
         }
     }
 
@@ -629,19 +488,15 @@ impl RedisL2 {
         let mut conn = self.connection.clone();
         // The first argument is the key of the commands sent this way (GET, SET, DEL, XADD,
         // XRANGE, ...); it picks the node's breaker in a cluster.
-        let key = cmd
-            .args_iter()
-            .nth(1)
-            .and_then(|arg| match arg {
+        let key = self.nodes.as_ref().and_then(|_| {
+            cmd.args_iter().nth(1).and_then(|arg| match arg {
                 redis::Arg::Simple(bytes) => std::str::from_utf8(bytes).ok().map(str::to_owned),
                 _ => None,
             })
-            .unwrap_or_default();
-        self.call_keyed(
-            op,
-            &key,
-            async move { cmd.query_async::<T>(&mut conn).await },
-        )
+        });
+        self.call_keyed(op, key.as_deref().unwrap_or_default(), async move {
+            cmd.query_async::<T>(&mut conn).await
+        })
         .await
     }
 

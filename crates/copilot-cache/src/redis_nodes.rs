@@ -2,7 +2,7 @@
 //! [`MAP_EVERY`]) and one circuit breaker per primary, so a node that stops answering turns only
 //! the keys of its slots into misses while the other primaries keep serving.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use redis::Value;
@@ -17,12 +17,39 @@ const UNKNOWN: u16 = u16::MAX;
 pub(crate) struct Node {
     pub(crate) host: String,
     pub(crate) port: u16,
+    /// `host:port`, for reports.
+    pub(crate) address: String,
     pub(crate) breaker: CircuitBreaker,
+    /// `copilot_redis_node_calls_total{node, outcome}`, registered once: a call costs an atomic
+    /// increment, not a label build and a registry lookup.
+    calls: [metrics::Counter; 4],
 }
 
+/// The outcomes `copilot_redis_node_calls_total` counts, in `Node::calls` order.
+const OUTCOMES: [&str; 4] = ["ok", "error", "timeout", "skipped"];
+
 impl Node {
-    pub(crate) fn address(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+    fn new(host: String, port: u16, failures: u32, open_for: Duration) -> Self {
+        let address = format!("{host}:{port}");
+        let breaker = CircuitBreaker::new(failures, open_for);
+        breaker.probe_in_background();
+        let calls = OUTCOMES.map(|outcome| {
+            metrics::counter!("copilot_redis_node_calls_total", "node" => address.clone(), "outcome" => outcome)
+        });
+        Self {
+            host,
+            port,
+            address,
+            breaker,
+            calls,
+        }
+    }
+
+    /// Counts one call with `outcome` (one of `ok`, `error`, `timeout`, `skipped`).
+    pub(crate) fn count(&self, outcome: &str) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.calls[i].increment(1);
+        }
     }
 }
 
@@ -73,8 +100,15 @@ impl ClusterNodes {
     pub(crate) fn states(&self) -> Vec<(String, BreakerState)> {
         self.nodes()
             .iter()
-            .map(|n| (n.address(), n.breaker.state()))
+            .map(|n| (n.address.clone(), n.breaker.state()))
             .collect()
+    }
+
+    /// `Some(true)` while some primary's breaker is not open, `None` before the slot map is
+    /// known. Without allocating: the rate limiter asks on every request.
+    pub(crate) fn any_available(&self) -> Option<bool> {
+        let nodes = read(&self.nodes);
+        (!nodes.is_empty()).then(|| nodes.iter().any(|n| !n.breaker.is_open()))
     }
 
     /// Takes a `CLUSTER SLOTS` reply; a node keeps its breaker across updates.
@@ -101,13 +135,12 @@ impl ClusterNodes {
                 Some(index) => index,
                 None => {
                     let node = known.iter().find(same).cloned().unwrap_or_else(|| {
-                        let breaker = CircuitBreaker::new(self.failures, self.open_for);
-                        breaker.probe_in_background();
-                        Arc::new(Node {
-                            host: host.clone(),
-                            port: u16::try_from(port).unwrap_or(0),
-                            breaker,
-                        })
+                        Arc::new(Node::new(
+                            host.clone(),
+                            u16::try_from(port).unwrap_or(0),
+                            self.failures,
+                            self.open_for,
+                        ))
                     });
                     nodes.push(node);
                     nodes.len() - 1
@@ -124,6 +157,52 @@ impl ClusterNodes {
         *write(&self.nodes) = nodes;
         *write(&self.slots) = slots;
     }
+}
+
+/// Redis Cluster: keeps the slot map current and probes each primary whose breaker is open with
+/// a `PING` sent to that node alone; ends with the L2.
+pub(crate) fn spawn_slot_watcher(
+    nodes: Weak<ClusterNodes>,
+    cluster: redis::cluster_async::ClusterConnection,
+    timeout: Duration,
+) {
+    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+    tokio::spawn(async move {
+        let within = timeout.max(Duration::from_millis(200));
+        loop {
+            let Some(nodes) = nodes.upgrade() else { return };
+            let mut conn = cluster.clone();
+            let slots = tokio::time::timeout(
+                within,
+                redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query_async::<Value>(&mut conn),
+            )
+            .await;
+            if let Ok(Ok(reply)) = slots {
+                nodes.apply(&reply);
+            }
+            for node in nodes.nodes() {
+                let Some(permit) = node.breaker.probe() else {
+                    continue;
+                };
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: node.host.clone(),
+                    port: node.port,
+                });
+                let mut conn = cluster.clone();
+                let answered =
+                    tokio::time::timeout(within, conn.route_command(redis::cmd("PING"), routing))
+                        .await;
+                match answered {
+                    Ok(Ok(_)) => permit.success(),
+                    _ => permit.failure(),
+                }
+            }
+            drop(nodes);
+            tokio::time::sleep(MAP_EVERY).await;
+        }
+    });
 }
 
 fn int(value: Option<&Value>) -> Option<i64> {
@@ -189,7 +268,7 @@ mod tests {
             ]),
         ]);
         nodes.apply(&reply);
-        assert_eq!(nodes.node_for("foo").unwrap().address(), "10.0.0.2:7001");
+        assert_eq!(nodes.node_for("foo").unwrap().address, "10.0.0.2:7001");
         let before = nodes.node_for("foo").unwrap();
         nodes.apply(&reply);
         assert!(Arc::ptr_eq(&before, &nodes.node_for("foo").unwrap()));
@@ -207,7 +286,7 @@ mod tests {
                 primary("10.0.0.3", 7002),
             ]),
         ]));
-        assert_eq!(nodes.node_for("foo").unwrap().address(), "10.0.0.3:7002");
+        assert_eq!(nodes.node_for("foo").unwrap().address, "10.0.0.3:7002");
         let addresses: Vec<String> = nodes.states().into_iter().map(|(a, _)| a).collect();
         assert_eq!(addresses, ["10.0.0.1:7000", "10.0.0.3:7002"]);
     }

@@ -46,7 +46,7 @@ const MAX_GAPS: usize = 10_000;
 
 pub(crate) struct RedisHub {
     l2: Arc<RedisL2>,
-    subscribers: crate::redis_l2::PubSubNodes,
+    subscribers: crate::redis_link::PubSubNodes,
     publish: Script,
     wake: Arc<Notify>,
     connected: AtomicBool,

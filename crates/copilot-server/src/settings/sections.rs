@@ -124,21 +124,6 @@ pub(super) fn redis(
     let Some(url) = &redis_url else {
         return Ok((None, None));
     };
-    if ![
-        "redis://",
-        "rediss://",
-        "https://",
-        "redis+sentinel://",
-        "rediss+sentinel://",
-    ]
-    .iter()
-    .any(|scheme| url.starts_with(scheme))
-    {
-        return Err(invalid(
-            "REDIS_URL",
-            "must start with redis://, rediss://, https:// (Upstash) or redis+sentinel://",
-        ));
-    }
     let path = |name: &str| env.var(name).map(PathBuf::from);
     let settings = RedisSettings {
         username: env.var("REDIS_USERNAME"),
@@ -152,7 +137,8 @@ pub(super) fn redis(
         timeout: Duration::from_millis(env.number("REDIS_TIMEOUT_MS", 50, 1..=10_000)?),
         ..RedisSettings::new(url.as_str())
     };
-    // Certificates and the Upstash form are checked now, not at the first request.
+    // The URL's form, certificates and the Upstash token are checked now, not at the first
+    // request (one check, the connection settings' own).
     settings
         .validate()
         .map_err(|e| invalid("REDIS_URL", e.to_string()))?;

@@ -41,10 +41,7 @@ impl OwnCluster {
     /// `primaries` primaries with `replicas` replicas each; failover after a 1 s node timeout.
     pub fn start(primaries: usize, replicas: usize) -> Self {
         let binary = service("COPILOT_TEST_REDIS_SERVER");
-        let cli = std::path::Path::new(&binary)
-            .with_file_name("redis-cli")
-            .display()
-            .to_string();
+        let cli = crate::fleet::redis_cli_binary();
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = Vec::new();
         for _ in 0..primaries * (replicas + 1) {

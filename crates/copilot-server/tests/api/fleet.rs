@@ -880,6 +880,14 @@ pub(crate) async fn cache_state(base: &str) -> Value {
         .expect("JSON")
 }
 
+/// The `redis-cli` beside the test script's `redis-server`.
+pub(crate) fn redis_cli_binary() -> String {
+    std::path::Path::new(&service("COPILOT_TEST_REDIS_SERVER"))
+        .with_file_name("redis-cli")
+        .display()
+        .to_string()
+}
+
 /// `redis-cli -p <port> <args>` (the binary at `cli`); its standard output.
 pub(crate) fn redis_cli(cli: &str, port: u16, args: &[&str]) -> String {
     let out = Command::new(cli)

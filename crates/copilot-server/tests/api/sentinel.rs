@@ -23,10 +23,7 @@ struct OwnSentinel {
 impl OwnSentinel {
     fn start() -> Self {
         let binary = service("COPILOT_TEST_REDIS_SERVER");
-        let cli = std::path::Path::new(&binary)
-            .with_file_name("redis-cli")
-            .display()
-            .to_string();
+        let cli = crate::fleet::redis_cli_binary();
         let dir = tempfile::tempdir().unwrap();
         let server = |port: u16, extra: &[&str]| {
             Command::new(&binary)
