@@ -1,9 +1,9 @@
 //! Message append on PostgreSQL against `pgbench` inserting one similar row per transaction, at
 //! the same concurrency (CONCURRENCY tasks / clients, each on its own conversation) for
 //! SECONDS each. The append is the whole write, one statement: lock the conversation, next
-//! `seq`, insert the message, take a version (with its `NOTIFY`), record the change.
-//! It runs with the `NOTIFY` (as the service does) and without, to show what the notification
-//! costs, and pgbench runs the service's own append statement too, to tell the Rust client's
+//! `seq`, insert the message, take a version, record the change; its `NOTIFY` is sent after the
+//! commit, batched with others by the store's notifier. It runs with announcements (as the
+//! service does) and without, to show what they cost, and pgbench runs the service's own append statement too, to tell the Rust client's
 //! cost from the schema's (three rows and their indexes against one).
 //! Last line: ratio=<appends per second (with NOTIFY) / pgbench inserts per second>.
 //!
@@ -99,7 +99,7 @@ const PGBENCH_INSERT: &str =
     "INSERT INTO bench_messages (conversation_id, seq, role, content, metadata)
      VALUES (gen_random_uuid(), :client_id, 'user', repeat('x', 200), '{}');\n";
 
-/// The service's append statement (same rows, indexes, NOTIFY and change-log row), run by
+/// The service's append statement (same rows, indexes and change-log row), run by
 /// pgbench on a conversation per client: the ceiling of this schema's append, with no Rust
 /// client in the way.
 const PGBENCH_APPEND: &str = "WITH upd AS (
@@ -115,13 +115,11 @@ const PGBENCH_APPEND: &str = "WITH upd AS (
         (id, conversation_id, tenant_id, seq, role, content, metadata, author_id, created_at)
     SELECT gen_random_uuid(), upd.id, upd.tenant_id, upd.last_seq, 'user', repeat('x', 200),
            '{}', 'pgbench', upd.last_message_at FROM upd RETURNING id
-  ), n AS (
-    SELECT pg_notify('copilot_changes', 'c|conversation|pgbench|x|' || upd.version::text) FROM upd
   ), c AS (
     INSERT INTO copilot.changes (kind, tenant_id, subject, version, created_at)
     SELECT 'conversation', 'pgbench', upd.id::text, upd.version, now() FROM upd
   )
-  SELECT upd.version FROM upd CROSS JOIN ins LEFT JOIN n ON true;\n";
+  SELECT upd.version FROM upd CROSS JOIN ins;\n";
 
 fn pgbench_per_second(url: &str, clients: u64, seconds: u64, name: &str, sql: &str) -> f64 {
     let dir = std::env::temp_dir().join(format!("copilot-pgbench-{}", std::process::id()));

@@ -37,14 +37,15 @@ pub enum Notice {
 }
 
 /// Changes pushed to every listening process as they commit (PostgreSQL `LISTEN/NOTIFY`, sent
-/// in the writing transaction): an invalidation path that does not depend on Redis.
+/// once the write has committed): an invalidation path that does not depend on Redis.
 #[async_trait]
 pub trait ChangeFeed: Send + Sync {
     /// Starts listening: every change that commits after this returns is delivered.
     async fn listen(&self) -> StoreResult<Box<dyn ChangeStream>>;
 
-    /// Sends `token` to every listener, through the same path as the changes (a liveness
-    /// probe: a listener that hears its own token knows the path works end to end).
+    /// Sends `token` to every listener, through the same path as the changes and behind those
+    /// already queued (a liveness probe: a listener that hears its own token knows the path
+    /// works end to end and has delivered every change announced before it).
     async fn heartbeat(&self, token: &str) -> StoreResult<()>;
 }
 

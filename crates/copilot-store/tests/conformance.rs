@@ -230,6 +230,81 @@ mod postgres_specific {
         release.await.unwrap();
     }
 
+    /// Every committed write is announced once, after its commit (by the store's notifier, not
+    /// in the writing transaction), and before a heartbeat sent after it; a write that failed
+    /// announces nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn committed_writes_are_announced_after_commit_and_failed_ones_never() {
+        use copilot_store::{ChangeFeed, ChangeSubject, Notice};
+        use std::time::Duration;
+        let url = fresh_postgres_database().await;
+        let store = PostgresStore::open(PostgresOptions {
+            notify_changes: true,
+            ..PostgresOptions::new(url)
+        })
+        .await
+        .expect("open");
+        let feed = store.change_feed(None).expect("feed");
+        let mut stream = feed.listen().await.expect("listen");
+        let tenant = TenantId::parse("announced").unwrap();
+        let policy = TenantLlmPolicy::from_json(
+            &json!({"defaultModel": "m", "defaultProvider": "openai"}),
+            &tenant,
+        )
+        .unwrap();
+        let stored = store.put_policy(&policy, None, "svc").await.unwrap();
+        let conversation = store
+            .create_conversation(&new_conversation(
+                &tenant,
+                Some("alice"),
+                ShareAudience::Private,
+                TenantAccess::View,
+            ))
+            .await
+            .unwrap();
+        let appended = store
+            .append_message(
+                &tenant,
+                &conversation.id,
+                &NewMessage {
+                    role: MessageRole::User,
+                    content: "hi".into(),
+                    metadata: Default::default(),
+                    author_id: None,
+                },
+            )
+            .await
+            .unwrap();
+        let stale = store
+            .put_policy(&policy, Some(stored.version + 100), "svc")
+            .await;
+        assert!(stale.is_err(), "{stale:?}");
+        feed.heartbeat("after").await.unwrap();
+
+        let mut heard = Vec::new();
+        loop {
+            let notice = tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .expect("the heartbeat came back")
+                .expect("the session lasted");
+            match notice {
+                Notice::Heartbeat(token) if token == "after" => break,
+                Notice::Heartbeat(_) => {}
+                Notice::Changed { subject, version } => heard.push((subject, version)),
+            }
+        }
+        let subject = ChangeSubject::Conversation(tenant.clone(), conversation.id);
+        assert_eq!(
+            heard,
+            vec![
+                (ChangeSubject::Policy(tenant.clone()), stored.version),
+                (subject.clone(), conversation.version),
+                (subject, appended.conversation.version),
+            ],
+            "each committed write once, in commit order; the failed write not at all"
+        );
+    }
+
     async fn count(conn: &mut PgConnection, table: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT count(*) FROM copilot.{table}"))
             .fetch_one(conn)

@@ -3,7 +3,7 @@ use copilot_domain::config::{ConfigLevel, ConfigPatch, StoredPatch};
 use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
 
-use super::{PostgresStore, to_i64, to_u64};
+use super::{PostgresStore, WriteTx, to_i64, to_u64};
 use crate::error::check_expected;
 use crate::traits::ConfigStore;
 use crate::{ChangeSubject, StoreError, StoreResult};
@@ -84,7 +84,7 @@ impl PostgresStore {
 
     async fn write_patch(
         &self,
-        conn: &mut PgConnection,
+        conn: &mut WriteTx,
         level: &ConfigLevel,
         patch: ConfigPatch,
         actor: &str,
@@ -107,7 +107,7 @@ impl PostgresStore {
         .bind(to_i64(version)?)
         .bind(now)
         .bind(actor)
-        .execute(conn)
+        .execute(&mut **conn)
         .await?;
         Ok(StoredPatch {
             level: level.clone(),

@@ -351,27 +351,27 @@ impl ConversationStore for PostgresStore {
             "WITH upd AS (
                  UPDATE copilot.conversations
                     SET last_seq = last_seq + 1,
-                        last_message_at = GREATEST($8::timestamptz, last_message_at),
-                        updated_at = GREATEST($8::timestamptz, last_message_at),
+                        last_message_at = GREATEST($4::timestamptz, last_message_at),
+                        updated_at = GREATEST($4::timestamptz, last_message_at),
                         message_count = message_count + 1,
                         version = nextval('copilot.version_seq')
-                  WHERE id = $10 AND tenant_id = $11 AND archived_at IS NULL
+                  WHERE id = $7 AND tenant_id = $8 AND archived_at IS NULL
                   RETURNING last_seq, ",
             conversation_columns!(),
             "), ins AS (
                  INSERT INTO copilot.conversation_messages
                      (id, conversation_id, tenant_id, seq, role, content, metadata, author_id, created_at)
-                 SELECT $9, $10, $11, upd.last_seq, $12, $13, $14, $15, upd.last_message_at FROM upd
+                 SELECT $6, $7, $8, upd.last_seq, $9, $10, $11, $12, upd.last_message_at FROM upd
                  RETURNING ",
             message_columns!(),
             "), ",
-            announcement_ctes!("upd"),
+            change_log_cte!("upd"),
             " SELECT upd.*, ",
             prefixed_message_columns!(),
-            " FROM upd CROSS JOIN ins LEFT JOIN n ON true"
+            " FROM upd CROSS JOIN ins"
         ));
         let row = self
-            .bind_announcement(query, &subject, now)
+            .bind_change_log(query, &subject, now)
             .bind(MessageId::new_v7(now).as_uuid())
             .bind(conversation.as_uuid())
             .bind(tenant.as_str())
@@ -401,10 +401,12 @@ impl ConversationStore for PostgresStore {
                 _ => StoreError::NotFound,
             });
         };
-        Ok(MessageWrite {
+        let written = MessageWrite {
             message: decode_message_named(&row, &PREFIXED_MESSAGE_COLUMNS)?,
             conversation: decode_conversation(&row)?,
-        })
+        };
+        self.announce_committed(&subject, written.conversation.version);
+        Ok(written)
     }
 
     async fn get_message(

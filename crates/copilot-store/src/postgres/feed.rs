@@ -1,16 +1,16 @@
-//! Changes pushed as they commit: every write `NOTIFY`s [`CHANGES_CHANNEL`] in its own
-//! transaction (see `PostgresStore::stamp`), and each instance `LISTEN`s on a connection of its
-//! own. `LISTEN` needs a session, so behind a transaction-mode pooler the listener connects to
+//! Changes pushed as they commit: every committed write is `NOTIFY`ed on [`CHANGES_CHANNEL`]
+//! (see `notifier.rs`), and each instance `LISTEN`s on a connection of its own. `LISTEN` needs a session, so behind a transaction-mode pooler the listener connects to
 //! the direct URL (`COPILOT_DIRECT_DATABASE_URL`); `NOTIFY` itself passes through a pooler.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::mpsc;
 
+use super::notifier::Notifier;
 use crate::changes::{ChangeFeed, ChangeStream, Notice};
 use crate::{StoreError, StoreResult};
 
@@ -25,9 +25,8 @@ pub struct PostgresChangeFeed {
     /// Where `LISTEN` connects (a session of its own).
     listen: PgConnectOptions,
     connect_within: Duration,
-    /// Heartbeats go through the store's own pool, like the writes they stand for.
-    pool: PgPool,
-    persistent: bool,
+    /// Heartbeats queue behind the announcements they stand for.
+    notifier: Arc<Notifier>,
 }
 
 impl PostgresChangeFeed {
@@ -36,8 +35,7 @@ impl PostgresChangeFeed {
     pub(crate) fn new(
         store_url: &str,
         direct_url: Option<&str>,
-        pool: PgPool,
-        persistent: bool,
+        notifier: Arc<Notifier>,
         connect_within: Duration,
     ) -> StoreResult<Self> {
         let url = direct_url.unwrap_or(store_url);
@@ -47,8 +45,7 @@ impl PostgresChangeFeed {
         Ok(Self {
             listen,
             connect_within,
-            pool,
-            persistent,
+            notifier,
         })
     }
 }
@@ -72,14 +69,7 @@ impl ChangeFeed for PostgresChangeFeed {
     }
 
     async fn heartbeat(&self, token: &str) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .persistent(self.persistent)
-            .bind(CHANGES_CHANNEL)
-            .bind(format!("h|{token}"))
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        self.notifier.send(format!("h|{token}"));
         Ok(())
     }
 }

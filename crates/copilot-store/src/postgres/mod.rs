@@ -9,25 +9,19 @@
 //! connection), every read inside its own transaction, and no `extra_float_digits` start-up
 //! parameter (PgBouncer refuses it unless told to ignore it).
 
-/// How a write announces itself, as CTEs over `$source` (a CTE with a `version` column): its
-/// `NOTIFY` (when `$3`) and its change-log row (when `$7`), in the write's own statement.
-/// Parameters `$1`-`$8`, bound first by [`PostgresStore::bind_announcement`]. (A plain CTE
-/// nobody references does not run, so the statement must join `n`; a data-modifying CTE always
-/// runs.)
-macro_rules! announcement_ctes {
+/// A write's change-log row (when `$5`), as a CTE over `$source` (a CTE with a `version`
+/// column), in the write's own statement. Parameters `$1`-`$5`, bound first by
+/// [`PostgresStore::bind_change_log`]. (A data-modifying CTE always runs.) Its announcement is
+/// sent after the commit, by [`notifier::Notifier`].
+macro_rules! change_log_cte {
     ($source:literal) => {
         concat!(
-            "n AS (SELECT pg_notify($1::text, $2::text || ",
-            $source,
-            ".version::text) FROM ",
-            $source,
-            " WHERE $3::boolean), ",
             "c AS (INSERT INTO copilot.changes (kind, tenant_id, subject, version, created_at) ",
-            "SELECT $4::text, $5::text, $6::text, ",
+            "SELECT $1::text, $2::text, $3::text, ",
             $source,
-            ".version, $8::timestamptz FROM ",
+            ".version, $4::timestamptz FROM ",
             $source,
-            " WHERE $7::boolean)"
+            " WHERE $5::boolean)"
         )
     };
 }
@@ -36,6 +30,7 @@ mod config;
 mod conversation;
 mod feed;
 mod membership;
+mod notifier;
 mod policy;
 
 pub use feed::{CHANGES_CHANNEL, PostgresChangeFeed};
@@ -77,7 +72,7 @@ pub struct PostgresOptions {
     pub clock: Arc<dyn Clock>,
     /// Record every write in the change log (for a cache that drains it).
     pub record_changes: bool,
-    /// Announce every write on [`CHANGES_CHANNEL`] (`NOTIFY` in the writing transaction, so
+    /// Announce every write on [`CHANGES_CHANNEL`] (a `NOTIFY` sent once it has committed, so
     /// only committed writes are heard) for the [`PostgresChangeFeed`] of other instances.
     pub notify_changes: bool,
 }
@@ -111,6 +106,8 @@ pub struct PostgresStore {
     transaction_pooler: bool,
     record_changes: bool,
     notify_changes: bool,
+    /// Sends announcements (and the feed's heartbeats) after their commits.
+    notifier: Arc<notifier::Notifier>,
 }
 
 /// Versions recorded as applied (none when the table does not exist yet).
@@ -141,6 +138,7 @@ impl PostgresStore {
             .acquire_timeout(write_acquire_timeout)
             .idle_timeout(Some(Duration::from_secs(300)))
             .connect_lazy_with(connect);
+        let notifier = notifier::Notifier::new(pool.clone(), !options.transaction_pooler);
         Ok(Self {
             url: options.url.clone(),
             pool,
@@ -149,6 +147,7 @@ impl PostgresStore {
             transaction_pooler: options.transaction_pooler,
             record_changes: options.record_changes,
             notify_changes: options.notify_changes,
+            notifier,
         })
     }
 
@@ -220,8 +219,7 @@ impl PostgresStore {
         PostgresChangeFeed::new(
             &self.url,
             direct_url,
-            self.pool.clone(),
-            self.persistent(),
+            self.notifier.clone(),
             self.read_acquire_timeout.max(Duration::from_secs(1)),
         )
     }
@@ -238,27 +236,32 @@ impl PostgresStore {
         self.clock.now()
     }
 
-    /// A fresh version for a write to `subject`, announced and recorded in the change log as
-    /// configured, in the caller's transaction: one round trip whatever is asked.
-    async fn stamp(&self, conn: &mut PgConnection, subject: ChangeSubject) -> StoreResult<u64> {
-        if !self.notify_changes && !self.record_changes {
-            return next_version(conn, self.persistent()).await;
+    /// A fresh version for a write to `subject`, recorded in the change log as configured, in
+    /// the caller's transaction (one round trip), and announced once that commits.
+    async fn stamp(&self, tx: &mut WriteTx, subject: ChangeSubject) -> StoreResult<u64> {
+        let version = if self.record_changes {
+            let query = sqlx::query(concat!(
+                "WITH s AS (SELECT nextval('copilot.version_seq') AS version), ",
+                change_log_cte!("s"),
+                " SELECT s.version FROM s"
+            ));
+            let row = self
+                .bind_change_log(query, &subject, self.now())
+                .persistent(self.persistent())
+                .fetch_one(&mut *tx.tx)
+                .await?;
+            to_u64(row.try_get("version")?, "version")?
+        } else {
+            next_version(&mut tx.tx, self.persistent()).await?
+        };
+        if self.notify_changes {
+            tx.announce.push(announcement(&subject, version));
         }
-        let query = sqlx::query(concat!(
-            "WITH s AS (SELECT nextval('copilot.version_seq') AS version), ",
-            announcement_ctes!("s"),
-            " SELECT s.version FROM s LEFT JOIN n ON true"
-        ));
-        let row = self
-            .bind_announcement(query, &subject, self.now())
-            .persistent(self.persistent())
-            .fetch_one(&mut *conn)
-            .await?;
-        to_u64(row.try_get("version")?, "version")
+        Ok(version)
     }
 
-    /// Binds `$1`-`$8` of [`announcement_ctes!`].
-    fn bind_announcement<'q>(
+    /// Binds `$1`-`$5` of [`change_log_cte!`].
+    fn bind_change_log<'q>(
         &self,
         query: Query<'q, Postgres, PgArguments>,
         subject: &ChangeSubject,
@@ -266,14 +269,18 @@ impl PostgresStore {
     ) -> Query<'q, Postgres, PgArguments> {
         let (kind, tenant, key) = subject.columns();
         query
-            .bind(CHANGES_CHANNEL)
-            .bind(crate::changes::Notice::encode_change_prefix(subject))
-            .bind(self.notify_changes)
             .bind(kind)
             .bind(tenant)
             .bind(key)
-            .bind(self.record_changes)
             .bind(now)
+            .bind(self.record_changes)
+    }
+
+    /// Announces a write that has committed outside a [`WriteTx`].
+    fn announce_committed(&self, subject: &ChangeSubject, version: u64) {
+        if self.notify_changes {
+            self.notifier.send(announcement(subject, version));
+        }
     }
 
     /// Named, cached prepared statements, except behind a transaction pooler.
@@ -285,10 +292,7 @@ impl PostgresStore {
     /// taken before anything else: writers of one key, the first ones included (no row to lock
     /// yet) and deletes, take their versions and commit one after the other, so a key's
     /// version never goes backwards.
-    async fn begin_locked(
-        &self,
-        subject: &ChangeSubject,
-    ) -> StoreResult<Transaction<'static, Postgres>> {
+    async fn begin_locked(&self, subject: &ChangeSubject) -> StoreResult<WriteTx> {
         let mut tx = self.begin().await?;
         let (kind, tenant, key) = subject.columns();
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
@@ -304,12 +308,18 @@ impl PostgresStore {
     }
 
     /// A write transaction; waits for a connection up to the write deadline.
-    async fn begin(&self) -> StoreResult<Transaction<'static, Postgres>> {
+    async fn begin(&self) -> StoreResult<WriteTx> {
         let within = self.pool.options().get_acquire_timeout();
-        self.pool
+        let tx = self
+            .pool
             .begin()
             .await
-            .map_err(|e| self.pool_error(e, within))
+            .map_err(|e| self.pool_error(e, within))?;
+        Ok(WriteTx {
+            tx,
+            announce: Vec::new(),
+            notifier: self.notifier.clone(),
+        })
     }
 
     /// A connection for reads: a plain pooled connection, or a transaction behind a pooler;
@@ -358,6 +368,45 @@ impl PostgresStore {
             other => other.into(),
         }
     }
+}
+
+/// A transaction whose writes are announced once it commits (see [`PostgresStore::stamp`]).
+struct WriteTx {
+    tx: Transaction<'static, Postgres>,
+    announce: Vec<String>,
+    notifier: Arc<notifier::Notifier>,
+}
+
+impl WriteTx {
+    async fn commit(self) -> StoreResult<()> {
+        self.tx.commit().await?;
+        for payload in self.announce {
+            self.notifier.send(payload);
+        }
+        Ok(())
+    }
+}
+
+impl Deref for WriteTx {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+}
+
+/// What a listener receives for `subject` at `version`.
+fn announcement(subject: &ChangeSubject, version: u64) -> String {
+    format!(
+        "{}{version}",
+        crate::changes::Notice::encode_change_prefix(subject)
+    )
 }
 
 enum ReadConn {
