@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use copilot_store::{ChangeLog, ChangeSubject, StoreSet};
+use copilot_store::{ChangeFeed, ChangeLog, ChangeSubject, StoreSet};
 use serde::Serialize;
 
 use crate::breaker::BreakerState;
@@ -370,7 +370,7 @@ impl CacheControl {
             instance: format!("{}-{}", std::process::id(), crate::bus::rand_suffix()),
             drain_lease: redis::Script::new(DRAIN_LEASE),
         });
-        control.drain(stores.changes.clone());
+        control.drain(stores.changes.clone(), stores.feed.clone());
         Ok((out, control))
     }
 
@@ -405,10 +405,11 @@ impl CacheControl {
     }
 
     /// Re-sends, every `drain_every`, the invalidations of recorded changes older than
-    /// `drain_settle`, then forgets them. Tombstones are version-guarded, so a change sent twice
-    /// does no harm; one whose writer died before Redis took it is sent now (DESIGN.md 5.3).
-    /// Changes stay recorded while Redis is unavailable.
-    fn drain(self: &Arc<Self>, changes: Arc<dyn ChangeLog>) {
+    /// `drain_settle`, then forgets them: through Redis (tombstone and bus) and the store's
+    /// change feed. Both are version-guarded, so a change sent twice does no harm; one whose
+    /// writer died before Redis or the feed took it is sent now (DESIGN.md 5.3). Changes stay
+    /// recorded while Redis is unavailable.
+    fn drain(self: &Arc<Self>, changes: Arc<dyn ChangeLog>, feed: Option<Arc<dyn ChangeFeed>>) {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -426,6 +427,13 @@ impl CacheControl {
                 {
                     let mut done = Vec::with_capacity(batch.len());
                     for change in &batch {
+                        if let Some(feed) = &feed {
+                            let _ = tokio::time::timeout(
+                                DRAIN_DEADLINE,
+                                feed.announce(&change.subject, change.version),
+                            )
+                            .await;
+                        }
                         if control.resend(&change.subject, change.version).await {
                             done.push(change.id);
                         } else {
@@ -451,7 +459,8 @@ impl CacheControl {
 
     /// One instance of the fleet drains the change log at a time (so the work does not grow with
     /// the fleet): it holds a lease in Redis, renewed every pass, taken over by another
-    /// instance within a few passes when it stops. Without Redis there is nothing to re-send.
+    /// instance within a few passes when it stops. Without Redis every instance drains (a change
+    /// re-announced twice does no harm).
     async fn hold_drain_lease(&self) -> bool {
         let Some(l2) = &self.l2 else { return true };
         let ttl = (self.settings.drain_every * 5).max(Duration::from_secs(1));

@@ -56,11 +56,14 @@ pub async fn open_and_migrate(settings: &Settings) -> Result<(StoreSet, Vec<Stri
         // delays writes instead of failing them (the soak of BENCHMARKS.md).
         options.write_acquire_timeout = Some(settings.store_timeout);
         options.transaction_pooler = settings.postgres.transaction_pooler;
-        options.record_changes = settings.cache.redis.is_some();
-        // Every write is announced to the other instances' L1 (the invalidation path that
-        // does not need Redis).
-        options.notify_changes = true;
         let direct_url = settings.postgres.direct_url.as_deref();
+        // `LISTEN` needs a session: through a transaction-mode pooler only with the direct URL.
+        let has_feed = !settings.postgres.transaction_pooler || direct_url.is_some();
+        // Every write is announced to the other instances' L1 (the invalidation path that
+        // does not need Redis), after its commit; the change log covers a crash in between
+        // (the drainer announces what it holds again, and re-sends it through Redis).
+        options.notify_changes = true;
+        options.record_changes = settings.cache.redis.is_some() || has_feed;
         let store = PostgresStore::connect_lazy(options.clone())?;
         let applied = match (settings.migrate, direct_url) {
             (false, _) => Vec::new(),
@@ -78,8 +81,7 @@ pub async fn open_and_migrate(settings: &Settings) -> Result<(StoreSet, Vec<Stri
             }
             (true, _) => store.migrate().await?,
         };
-        // `LISTEN` needs a session: through a transaction-mode pooler only with the direct URL.
-        let feed = if settings.postgres.transaction_pooler && direct_url.is_none() {
+        let feed = if !has_feed {
             tracing::warn!(
                 "COPILOT_PG_TRANSACTION_POOLER without COPILOT_DIRECT_DATABASE_URL: no change feed, so L1 is trusted only while the Redis bus is healthy"
             );

@@ -47,6 +47,10 @@ pub trait ChangeFeed: Send + Sync {
     /// already queued (a liveness probe: a listener that hears its own token knows the path
     /// works end to end and has delivered every change announced before it).
     async fn heartbeat(&self, token: &str) -> StoreResult<()>;
+
+    /// Announces again a committed change (one whose writer may have died before announcing
+    /// it; the change log says which). Listeners treat a repeat as a no-op.
+    async fn announce(&self, subject: &ChangeSubject, version: u64) -> StoreResult<()>;
 }
 
 /// One listening session.

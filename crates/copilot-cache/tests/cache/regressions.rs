@@ -525,6 +525,65 @@ async fn a_dropped_write_future_still_invalidates() {
     }
 }
 
+/// A PostgreSQL-only fleet (no Redis): a writer that died between its commit and its
+/// announcement (announcements are sent after the commit) leaves its change in the change log,
+/// and the drainer announces it again, so another instance's L1 does not keep the old row for
+/// its whole lifetime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_announcement_was_lost_reaches_the_fleet_without_redis() {
+    let url = copilot_store::conformance::fresh_postgres_database().await;
+    // The writer records its changes but never announces them: it "died" after each commit.
+    let silent_writer = copilot_store::PostgresStore::open(copilot_store::PostgresOptions {
+        record_changes: true,
+        notify_changes: false,
+        ..copilot_store::PostgresOptions::new(&url)
+    })
+    .await
+    .unwrap();
+    let (reader, control) = copilot_cache::CacheControl::build(
+        crate::postgres_with_feed(&url, true).await,
+        copilot_cache::CacheSettings {
+            prefix: fresh_prefix(),
+            drain_every: Duration::from_millis(100),
+            drain_settle: Duration::from_millis(200),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let t = tenant("lost-announcement");
+    silent_writer
+        .put_policy(&policy(&t, "v1"), None, "w")
+        .await
+        .unwrap();
+    // L1 is trusted once the feed is healthy; then the reader holds v1 in it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !control.l1_trust().0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the feed never became healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = reader.policies.get_policy(&t).await.unwrap().unwrap();
+    assert_eq!(got.policy.default_model, "v1");
+    silent_writer
+        .put_policy(&policy(&t, "v2"), None, "w")
+        .await
+        .unwrap();
+    let written = tokio::time::Instant::now();
+    loop {
+        let got = reader.policies.get_policy(&t).await.unwrap().unwrap();
+        if got.policy.default_model == "v2" {
+            break;
+        }
+        assert!(
+            written.elapsed() < Duration::from_secs(5),
+            "the reader kept the old row: the lost announcement was never made again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The memoized effective configuration (issue "Speed"): answered without touching the levels
 /// while L1 is unchanged, never after a write to any of its three levels, and never past the
 /// L1 lifetime of the entries it was merged from.

@@ -11,7 +11,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::mpsc;
 
 use super::notifier::Notifier;
-use crate::changes::{ChangeFeed, ChangeStream, Notice};
+use crate::changes::{ChangeFeed, ChangeStream, ChangeSubject, Notice};
 use crate::{StoreError, StoreResult};
 
 /// The channel every write is announced on.
@@ -70,6 +70,11 @@ impl ChangeFeed for PostgresChangeFeed {
 
     async fn heartbeat(&self, token: &str) -> StoreResult<()> {
         self.notifier.send(format!("h|{token}"));
+        Ok(())
+    }
+
+    async fn announce(&self, subject: &ChangeSubject, version: u64) -> StoreResult<()> {
+        self.notifier.send(super::announcement(subject, version));
         Ok(())
     }
 }
