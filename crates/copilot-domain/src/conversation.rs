@@ -8,7 +8,7 @@ use crate::Timestamp;
 use crate::cursor::{CursorKey, ListCursor};
 use crate::error::{Errors, InputError};
 use crate::id::{ConversationId, MessageId, TenantId, UserId};
-use crate::json::{as_object, char_len_between, optional, reject_unknown, required};
+use crate::json::{body_object, char_len_between, optional, required};
 pub use crate::status::ConversationStatus;
 
 pub const MAX_TITLE_CHARS: usize = 200;
@@ -140,12 +140,8 @@ pub struct CreateConversationRequest {
 
 impl CreateConversationRequest {
     pub fn from_json(body: &Value) -> Result<Self, InputError> {
-        let mut errors = Errors::default();
-        let Some(map) = as_object(body, "", &mut errors) else {
-            return Err(errors.into_error());
-        };
-        reject_unknown(
-            map,
+        let (map, mut errors) = body_object(
+            body,
             &[
                 "userId",
                 "title",
@@ -154,9 +150,7 @@ impl CreateConversationRequest {
                 "shareAudience",
                 "tenantAccess",
             ],
-            "",
-            &mut errors,
-        );
+        )?;
         let user_id = match map.get("userId") {
             None => None,
             Some(Value::Null) => Some(None),
@@ -226,16 +220,10 @@ pub struct ConversationUpdate {
 
 impl ConversationUpdate {
     pub fn from_json(body: &Value) -> Result<Self, InputError> {
-        let mut errors = Errors::default();
-        let Some(map) = as_object(body, "", &mut errors) else {
-            return Err(errors.into_error());
-        };
-        reject_unknown(
-            map,
+        let (map, mut errors) = body_object(
+            body,
             &["title", "shareAudience", "tenantAccess", "archived"],
-            "",
-            &mut errors,
-        );
+        )?;
         let title = match map.get("title") {
             None => None,
             Some(Value::Null) => Some(None),
@@ -293,11 +281,7 @@ pub struct MessageInput {
 
 impl MessageInput {
     pub fn from_json(body: &Value, max_content_bytes: usize) -> Result<Self, InputError> {
-        let mut errors = Errors::default();
-        let Some(map) = as_object(body, "", &mut errors) else {
-            return Err(errors.into_error());
-        };
-        reject_unknown(map, &["role", "content", "metadata"], "", &mut errors);
+        let (map, mut errors) = body_object(body, &["role", "content", "metadata"])?;
         let role: Option<MessageRole> = required(map, "role", "", &mut errors);
         let content: Option<String> = required(map, "content", "", &mut errors);
         let metadata: Map<String, Value> =

@@ -79,6 +79,20 @@ fn clean_serde_message(message: &str) -> String {
 }
 
 /// The value must be a JSON object.
+/// A request body that must be a JSON object with only the `known` fields: the object and the
+/// errors found so far (one per unknown field), or the error when it is not an object.
+pub(crate) fn body_object<'a>(
+    body: &'a Value,
+    known: &[&str],
+) -> Result<(&'a Map<String, Value>, Errors), crate::InputError> {
+    let mut errors = Errors::default();
+    let Some(map) = as_object(body, "", &mut errors) else {
+        return Err(errors.into_error());
+    };
+    reject_unknown(map, known, "", &mut errors);
+    Ok((map, errors))
+}
+
 pub(crate) fn as_object<'a>(
     value: &'a Value,
     field: &str,

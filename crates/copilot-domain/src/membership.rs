@@ -5,9 +5,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::access::TenantRole;
-use crate::error::{Errors, InputError};
+use crate::error::InputError;
 use crate::id::{TenantId, UserId};
-use crate::json::{as_object, reject_unknown, required};
+use crate::json::{body_object, required};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -62,11 +62,7 @@ pub struct MembershipInput {
 
 impl MembershipInput {
     pub fn from_json(body: &Value) -> Result<Self, InputError> {
-        let mut errors = Errors::default();
-        let Some(map) = as_object(body, "", &mut errors) else {
-            return Err(errors.into_error());
-        };
-        reject_unknown(map, &["role", "status"], "", &mut errors);
+        let (map, mut errors) = body_object(body, &["role", "status"])?;
         let role = required(map, "role", "", &mut errors);
         let status = required(map, "status", "", &mut errors);
         errors.check()?;

@@ -9,7 +9,9 @@ use serde_json::{Map, Value};
 use crate::egress::EgressMode;
 use crate::error::{Errors, InputError};
 use crate::id::{TenantId, UserId, is_valid_external_id};
-use crate::json::{as_object, char_len_between, optional, path, reject_unknown, required};
+use crate::json::{
+    as_object, body_object, char_len_between, optional, path, reject_unknown, required,
+};
 
 /// A whole policy document may be at most this large (HTTP 413 above).
 pub const MAX_POLICY_BYTES: usize = 1 << 20;
@@ -80,12 +82,8 @@ impl TenantLlmPolicy {
     /// read-only `version`, `updatedAt` and `updatedBy` are accepted and ignored so a document
     /// read with GET can be sent back with PUT.
     pub fn from_json(body: &Value, path_tenant: &TenantId) -> Result<Self, InputError> {
-        let mut errors = Errors::default();
-        let Some(map) = as_object(body, "", &mut errors) else {
-            return Err(errors.into_error());
-        };
-        reject_unknown(
-            map,
+        let (map, mut errors) = body_object(
+            body,
             &[
                 "tenantId",
                 "defaultModel",
@@ -99,9 +97,7 @@ impl TenantLlmPolicy {
                 "updatedAt",
                 "updatedBy",
             ],
-            "",
-            &mut errors,
-        );
+        )?;
         match map.get("tenantId") {
             None | Some(Value::Null) => {}
             Some(Value::String(t)) if t == path_tenant.as_str() => {}

@@ -6,9 +6,9 @@ use serde_json::Value;
 
 use crate::access::{Denial, Principal, authorize_route_for};
 use crate::egress::EgressMode;
-use crate::error::{Errors, InputError};
+use crate::error::InputError;
 use crate::id::{TenantId, UserId};
-use crate::json::{as_object, char_len_between, optional, reject_unknown};
+use crate::json::{body_object, char_len_between, optional};
 use crate::policy::{StoredPolicy, TenantLlmPolicy, check_max_tokens, check_temperature};
 
 /// Server-wide routing defaults (`COPILOT_DEFAULT_PROVIDER`, `COPILOT_DEFAULT_MODEL`,
@@ -45,12 +45,8 @@ pub struct RouteRequest {
 
 impl RouteRequest {
     pub fn from_json(body: &Value) -> Result<Self, InputError> {
-        let mut errors = Errors::default();
-        let Some(map) = as_object(body, "", &mut errors) else {
-            return Err(errors.into_error());
-        };
-        reject_unknown(
-            map,
+        let (map, mut errors) = body_object(
+            body,
             &[
                 "task",
                 "userId",
@@ -59,9 +55,7 @@ impl RouteRequest {
                 "temperature",
                 "maxTokens",
             ],
-            "",
-            &mut errors,
-        );
+        )?;
         let task: Option<String> = optional(map, "task", "", &mut errors);
         if task
             .as_deref()

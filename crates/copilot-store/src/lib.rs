@@ -9,6 +9,7 @@ pub mod postgres;
 mod sql;
 pub mod sqlite;
 mod traits;
+mod versioned;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

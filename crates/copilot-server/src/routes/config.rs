@@ -145,176 +145,108 @@ fn user_level(t: &str, u: &str) -> ApiResult<ConfigLevel> {
     Ok(ConfigLevel::User(tenant_id(t)?, user_id(u)?))
 }
 
-/// The global level's stored patch (anyone authenticated).
-#[utoipa::path(operation_id = "getGlobalConfig", get, path = "/v1/config/global", tag = "config",
-    responses((status = 200, description = "Stored fields, version, updatedAt, updatedBy", body = StoredPatchView,
-        headers(("ETag" = String, description = "\"<version>\""))),
-        (status = 304, description = "Not modified: `If-None-Match` named the current `ETag`")))]
-pub async fn get_global(
-    State(state): State<AppState>,
-    Auth(principal): Auth,
-) -> ApiResult<Response> {
-    get_level(&state, &principal, ConfigLevel::Global).await
+/// The four handlers of one config level: utoipa wants one annotated function per path, so
+/// each level gets its own, each one line into the shared logic above. `$level` builds the
+/// level from the path parameters `$arg`.
+macro_rules! level_handlers {
+    (
+        path: $path:literal,
+        params: [$($param:ty),*],
+        level: ($($arg:ident: $arg_ty:ty),*) => $level:expr,
+        get: $get:ident, $get_id:literal, $get_doc:literal,
+        put: $put:ident, $put_id:literal, $put_doc:literal,
+        patch: $patch:ident, $patch_id:literal, $patch_doc:literal,
+        delete: $delete:ident, $delete_id:literal, $delete_doc:literal $(,)?
+    ) => {
+        #[doc = $get_doc]
+        #[utoipa::path(operation_id = $get_id, get, path = $path, tag = "config",
+            params($($param),*),
+            responses((status = 200, description = "Stored fields, version, updatedAt, updatedBy", body = StoredPatchView,
+                headers(("ETag" = String, description = "\"<version>\""))),
+                (status = 304, description = "Not modified: `If-None-Match` named the current `ETag`")))]
+        pub async fn $get(
+            State(state): State<AppState>,
+            Auth(principal): Auth,
+            $(PathParams($arg): PathParams<$arg_ty>,)*
+        ) -> ApiResult<Response> {
+            get_level(&state, &principal, $level).await
+        }
+
+        #[doc = $put_doc]
+        #[utoipa::path(operation_id = $put_id, put, path = $path, tag = "config",
+            params($($param,)* IfMatchHeader),
+            request_body = ConfigPatchInput,
+            responses((status = 200, description = "The stored patch", body = StoredPatchView,
+                headers(("ETag" = String, description = "\"<version>\"")))))]
+        pub async fn $put(
+            State(state): State<AppState>,
+            Auth(principal): Auth,
+            $(PathParams($arg): PathParams<$arg_ty>,)*
+            IfMatch(expected): IfMatch,
+            JsonBody(body, _): JsonBody,
+        ) -> ApiResult<Response> {
+            put_level(&state, &principal, $level, expected, &body).await
+        }
+
+        #[doc = $patch_doc]
+        #[utoipa::path(operation_id = $patch_id, patch, path = $path, tag = "config",
+            params($($param,)* IfMatchHeader),
+            request_body(content = ConfigPatchInput, content_type = "application/merge-patch+json"),
+            responses((status = 200, description = "The stored patch", body = StoredPatchView,
+                headers(("ETag" = String, description = "\"<version>\"")))))]
+        pub async fn $patch(
+            State(state): State<AppState>,
+            Auth(principal): Auth,
+            $(PathParams($arg): PathParams<$arg_ty>,)*
+            IfMatch(expected): IfMatch,
+            JsonBody(body, _): JsonBody,
+        ) -> ApiResult<Response> {
+            patch_level(&state, &principal, $level, expected, &body).await
+        }
+
+        #[doc = $delete_doc]
+        #[utoipa::path(operation_id = $delete_id, delete, path = $path, tag = "config",
+            params($($param,)* IfMatchHeader),
+            responses((status = 204, description = "Deleted")))]
+        pub async fn $delete(
+            State(state): State<AppState>,
+            Auth(principal): Auth,
+            $(PathParams($arg): PathParams<$arg_ty>,)*
+            IfMatch(expected): IfMatch,
+        ) -> ApiResult<Response> {
+            delete_level(&state, &principal, $level, expected).await
+        }
+    };
 }
 
-/// Replaces the global level's patch (services).
-#[utoipa::path(operation_id = "putGlobalConfig", put, path = "/v1/config/global", tag = "config",
-    params(IfMatchHeader),
-    request_body = ConfigPatchInput,
-    responses((status = 200, description = "The stored patch", body = StoredPatchView,
-        headers(("ETag" = String, description = "\"<version>\"")))))]
-pub async fn put_global(
-    State(state): State<AppState>,
-    Auth(principal): Auth,
-    IfMatch(expected): IfMatch,
-    JsonBody(body, _): JsonBody,
-) -> ApiResult<Response> {
-    put_level(&state, &principal, ConfigLevel::Global, expected, &body).await
+level_handlers! {
+    path: "/v1/config/global",
+    params: [],
+    level: () => ConfigLevel::Global,
+    get: get_global, "getGlobalConfig", " The global level's stored patch (anyone authenticated).",
+    put: put_global, "putGlobalConfig", " Replaces the global level's patch (services).",
+    patch: patch_global, "patchGlobalConfig", " JSON merge patch (RFC 7396) on the global level (services).",
+    delete: delete_global, "deleteGlobalConfig", " Removes the global level's patch (services).",
 }
 
-/// JSON merge patch (RFC 7396) on the global level (services).
-#[utoipa::path(operation_id = "patchGlobalConfig", patch, path = "/v1/config/global", tag = "config",
-    params(IfMatchHeader),
-    request_body(content = ConfigPatchInput, content_type = "application/merge-patch+json"),
-    responses((status = 200, description = "The stored patch", body = StoredPatchView,
-        headers(("ETag" = String, description = "\"<version>\"")))))]
-pub async fn patch_global(
-    State(state): State<AppState>,
-    Auth(principal): Auth,
-    IfMatch(expected): IfMatch,
-    JsonBody(body, _): JsonBody,
-) -> ApiResult<Response> {
-    patch_level(&state, &principal, ConfigLevel::Global, expected, &body).await
+level_handlers! {
+    path: "/v1/tenants/{t}/config",
+    params: [TenantPath],
+    level: (t: String) => tenant_level(&t)?,
+    get: get_tenant, "getTenantConfig", " The tenant level's stored patch (tenant members).",
+    put: put_tenant, "putTenantConfig", " Replaces the tenant level's patch (tenant admins and services).",
+    patch: patch_tenant, "patchTenantConfig", " JSON merge patch on the tenant level (tenant admins and services).",
+    delete: delete_tenant, "deleteTenantConfig", " Removes the tenant level's patch (tenant admins and services).",
 }
 
-/// Removes the global level's patch (services).
-#[utoipa::path(operation_id = "deleteGlobalConfig", delete, path = "/v1/config/global", tag = "config",
-    params(IfMatchHeader),
-    responses((status = 204, description = "Deleted")))]
-pub async fn delete_global(
-    State(state): State<AppState>,
-    Auth(principal): Auth,
-    IfMatch(expected): IfMatch,
-) -> ApiResult<Response> {
-    delete_level(&state, &principal, ConfigLevel::Global, expected).await
-}
-
-/// The tenant level's stored patch (tenant members).
-#[utoipa::path(operation_id = "getTenantConfig", get, path = "/v1/tenants/{t}/config", tag = "config",
-    params(TenantPath),
-    responses((status = 200, description = "Stored fields, version, updatedAt, updatedBy", body = StoredPatchView,
-        headers(("ETag" = String, description = "\"<version>\""))),
-        (status = 304, description = "Not modified: `If-None-Match` named the current `ETag`")))]
-pub async fn get_tenant(
-    State(state): State<AppState>,
-    Auth(principal): Auth,
-    PathParams(t): PathParams<String>,
-) -> ApiResult<Response> {
-    get_level(&state, &principal, tenant_level(&t)?).await
-}
-
-/// Replaces the tenant level's patch (tenant admins and services).
-#[utoipa::path(operation_id = "putTenantConfig", put, path = "/v1/tenants/{t}/config", tag = "config",
-    params(TenantPath, IfMatchHeader),
-    request_body = ConfigPatchInput,
-    responses((status = 200, description = "The stored patch", body = StoredPatchView,
-        headers(("ETag" = String, description = "\"<version>\"")))))]
-pub async fn put_tenant(
-    State(state): State<AppState>,
-    Auth(principal): Auth,
-    PathParams(t): PathParams<String>,
-    IfMatch(expected): IfMatch,
-    JsonBody(body, _): JsonBody,
-) -> ApiResult<Response> {
-    put_level(&state, &principal, tenant_level(&t)?, expected, &body).await
-}
-
-/// JSON merge patch on the tenant level (tenant admins and services).
-#[utoipa::path(operation_id = "patchTenantConfig", patch, path = "/v1/tenants/{t}/config", tag = "config",
-    params(TenantPath, IfMatchHeader),
-    request_body(content = ConfigPatchInput, content_type = "application/merge-patch+json"),
-    responses((status = 200, description = "The stored patch", body = StoredPatchView,
-        headers(("ETag" = String, description = "\"<version>\"")))))]
-pub async fn patch_tenant(
-    State(state): State<AppState>,
-    Auth(principal): Auth,
-    PathParams(t): PathParams<String>,
-    IfMatch(expected): IfMatch,
-    JsonBody(body, _): JsonBody,
-) -> ApiResult<Response> {
-    patch_level(&state, &principal, tenant_level(&t)?, expected, &body).await
-}
-
-/// Removes the tenant level's patch (tenant admins and services).
-#[utoipa::path(operation_id = "deleteTenantConfig", delete, path = "/v1/tenants/{t}/config", tag = "config",
-    params(TenantPath, IfMatchHeader),
-    responses((status = 204, description = "Deleted")))]
-pub async fn delete_tenant(
-    State(state): State<AppState>,
-    Auth(principal): Auth,
-    PathParams(t): PathParams<String>,
-    IfMatch(expected): IfMatch,
-) -> ApiResult<Response> {
-    delete_level(&state, &principal, tenant_level(&t)?, expected).await
-}
-
-/// A user level's stored patch (that user, tenant admins, services).
-#[utoipa::path(operation_id = "getUserConfig", get, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
-    params(TenantUserPath),
-    responses((status = 200, description = "Stored fields, version, updatedAt, updatedBy", body = StoredPatchView,
-        headers(("ETag" = String, description = "\"<version>\""))),
-        (status = 304, description = "Not modified: `If-None-Match` named the current `ETag`")))]
-pub async fn get_user(
-    State(state): State<AppState>,
-    Auth(principal): Auth,
-    PathParams((t, u)): PathParams<(String, String)>,
-) -> ApiResult<Response> {
-    get_level(&state, &principal, user_level(&t, &u)?).await
-}
-
-/// Replaces a user level's patch (that user, tenant admins, services).
-#[utoipa::path(operation_id = "putUserConfig", put, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
-    params(TenantUserPath, IfMatchHeader),
-    request_body = ConfigPatchInput,
-    responses((status = 200, description = "The stored patch", body = StoredPatchView,
-        headers(("ETag" = String, description = "\"<version>\"")))))]
-pub async fn put_user(
-    State(state): State<AppState>,
-    Auth(principal): Auth,
-    PathParams((t, u)): PathParams<(String, String)>,
-    IfMatch(expected): IfMatch,
-    JsonBody(body, _): JsonBody,
-) -> ApiResult<Response> {
-    put_level(&state, &principal, user_level(&t, &u)?, expected, &body).await
-}
-
-/// JSON merge patch on a user level (that user, tenant admins, services).
-#[utoipa::path(operation_id = "patchUserConfig", patch, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
-    params(TenantUserPath, IfMatchHeader),
-    request_body(content = ConfigPatchInput, content_type = "application/merge-patch+json"),
-    responses((status = 200, description = "The stored patch", body = StoredPatchView,
-        headers(("ETag" = String, description = "\"<version>\"")))))]
-pub async fn patch_user(
-    State(state): State<AppState>,
-    Auth(principal): Auth,
-    PathParams((t, u)): PathParams<(String, String)>,
-    IfMatch(expected): IfMatch,
-    JsonBody(body, _): JsonBody,
-) -> ApiResult<Response> {
-    patch_level(&state, &principal, user_level(&t, &u)?, expected, &body).await
-}
-
-/// Removes a user level's patch (that user, tenant admins, services).
-#[utoipa::path(operation_id = "deleteUserConfig", delete, path = "/v1/tenants/{t}/users/{u}/config", tag = "config",
-    params(TenantUserPath, IfMatchHeader),
-    responses((status = 204, description = "Deleted")))]
-pub async fn delete_user(
-    State(state): State<AppState>,
-    Auth(principal): Auth,
-    PathParams((t, u)): PathParams<(String, String)>,
-    IfMatch(expected): IfMatch,
-) -> ApiResult<Response> {
-    delete_level(&state, &principal, user_level(&t, &u)?, expected).await
+level_handlers! {
+    path: "/v1/tenants/{t}/users/{u}/config",
+    params: [TenantUserPath],
+    level: (tu: (String, String)) => user_level(&tu.0, &tu.1)?,
+    get: get_user, "getUserConfig", " A user level's stored patch (that user, tenant admins, services).",
+    put: put_user, "putUserConfig", " Replaces a user level's patch (that user, tenant admins, services).",
+    patch: patch_user, "patchUserConfig", " JSON merge patch on a user level (that user, tenant admins, services).",
+    delete: delete_user, "deleteUserConfig", " Removes a user level's patch (that user, tenant admins, services).",
 }
 
 #[allow(dead_code)] // Exists for its schema; the body is parsed by hand.

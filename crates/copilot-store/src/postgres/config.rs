@@ -30,7 +30,7 @@ macro_rules! per_level {
 }
 
 /// The statement for `level` out of `per_level!`, with its parameters bound.
-fn level_query<'q>(
+pub(super) fn level_query<'q>(
     statements: &[&'static str; 3],
     level: &'q ConfigLevel,
     persistent: bool,
@@ -55,11 +55,12 @@ const SELECT_FOR_UPDATE: [&str; 3] = per_level!(
     "SELECT patch, version, updated_at, updated_by FROM copilot.conversation_configs",
     " FOR UPDATE"
 );
-const DELETE: [&str; 3] = per_level!("DELETE FROM copilot.conversation_configs", "");
+pub(super) const DELETE_LEVEL: [&str; 3] =
+    per_level!("DELETE FROM copilot.conversation_configs", "");
 
 impl PostgresStore {
     /// Reads a level; `lock` takes a row lock for a read-modify-write.
-    async fn read_patch(
+    pub(super) async fn read_patch(
         &self,
         conn: &mut PgConnection,
         level: &ConfigLevel,
@@ -87,11 +88,9 @@ impl PostgresStore {
         conn: &mut WriteTx,
         level: &ConfigLevel,
         patch: ConfigPatch,
+        version: u64,
         actor: &str,
     ) -> StoreResult<StoredPatch> {
-        let version = self
-            .stamp(conn, ChangeSubject::Config(level.clone()))
-            .await?;
         let now = self.now();
         let (tenant, user) = key(level);
         sqlx::query(
@@ -135,13 +134,11 @@ impl ConfigStore for PostgresStore {
         expected_version: Option<u64>,
         actor: &str,
     ) -> StoreResult<StoredPatch> {
-        let mut tx = self
-            .begin_locked(&ChangeSubject::Config(level.clone()))
-            .await?;
-        let current = self.read_patch(&mut tx, level, true).await?;
-        check_expected(current.map(|p| p.version), expected_version)?;
+        let subject = ChangeSubject::Config(level.clone());
+        let (mut tx, version) =
+            crate::versioned::begin_versioned(self, subject, expected_version).await?;
         let stored = self
-            .write_patch(&mut tx, level, patch.clone(), actor)
+            .write_patch(&mut tx, level, patch.clone(), version, actor)
             .await?;
         tx.commit().await?;
         Ok(stored)
@@ -180,7 +177,12 @@ impl ConfigStore for PostgresStore {
             .map(|p| p.patch)
             .unwrap_or_default()
             .merge(merge_patch)?;
-        let stored = self.write_patch(&mut tx, level, merged, actor).await?;
+        let version = self
+            .stamp(&mut tx, ChangeSubject::Config(level.clone()))
+            .await?;
+        let stored = self
+            .write_patch(&mut tx, level, merged, version, actor)
+            .await?;
         tx.commit().await?;
         Ok(stored)
     }
@@ -190,21 +192,7 @@ impl ConfigStore for PostgresStore {
         level: &ConfigLevel,
         expected_version: Option<u64>,
     ) -> StoreResult<u64> {
-        let mut tx = self
-            .begin_locked(&ChangeSubject::Config(level.clone()))
-            .await?;
-        let current = self
-            .read_patch(&mut tx, level, true)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        check_expected(Some(current.version), expected_version)?;
-        level_query(&DELETE, level, self.persistent())
-            .execute(&mut *tx)
-            .await?;
-        let version = self
-            .stamp(&mut tx, ChangeSubject::Config(level.clone()))
-            .await?;
-        tx.commit().await?;
-        Ok(version)
+        let subject = ChangeSubject::Config(level.clone());
+        crate::versioned::delete_versioned(self, subject, expected_version).await
     }
 }

@@ -319,20 +319,8 @@ impl ConversationStore for PostgresStore {
         id: &ConversationId,
         expected_version: Option<u64>,
     ) -> StoreResult<u64> {
-        let mut tx = self.begin().await?;
-        let (current, _, _) = self.lock_conversation(&mut tx, tenant, id).await?;
-        check_expected(Some(current), expected_version)?;
-        // Messages go with it (ON DELETE CASCADE), in the same transaction.
-        sqlx::query("DELETE FROM copilot.conversations WHERE id = $1")
-            .persistent(self.persistent())
-            .bind(id.as_uuid())
-            .execute(&mut *tx)
-            .await?;
-        let version = self
-            .stamp(&mut tx, ChangeSubject::Conversation(tenant.clone(), *id))
-            .await?;
-        tx.commit().await?;
-        Ok(version)
+        let subject = ChangeSubject::Conversation(tenant.clone(), *id);
+        crate::versioned::delete_versioned(self, subject, expected_version).await
     }
 
     async fn append_message(

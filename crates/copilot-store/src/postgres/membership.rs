@@ -59,15 +59,8 @@ impl MembershipStore for PostgresStore {
         user: &UserId,
         input: &MembershipInput,
     ) -> StoreResult<Membership> {
-        let mut tx = self
-            .begin_locked(&ChangeSubject::Membership(tenant.clone(), user.clone()))
-            .await?;
-        let version = self
-            .stamp(
-                &mut tx,
-                ChangeSubject::Membership(tenant.clone(), user.clone()),
-            )
-            .await?;
+        let subject = ChangeSubject::Membership(tenant.clone(), user.clone());
+        let (mut tx, version) = crate::versioned::begin_versioned(self, subject, None).await?;
         let now = self.now();
         let row = sqlx::query(concat!(
             "INSERT INTO copilot.tenant_memberships (tenant_id, user_id, role, status, version, created_at, updated_at)
@@ -92,28 +85,8 @@ impl MembershipStore for PostgresStore {
     }
 
     async fn delete_membership(&self, tenant: &TenantId, user: &UserId) -> StoreResult<u64> {
-        let mut tx = self
-            .begin_locked(&ChangeSubject::Membership(tenant.clone(), user.clone()))
-            .await?;
-        let deleted = sqlx::query(
-            "DELETE FROM copilot.tenant_memberships WHERE tenant_id = $1 AND user_id = $2",
-        )
-        .persistent(self.persistent())
-        .bind(tenant.as_str())
-        .bind(user.as_str())
-        .execute(&mut *tx)
-        .await?;
-        if deleted.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        let version = self
-            .stamp(
-                &mut tx,
-                ChangeSubject::Membership(tenant.clone(), user.clone()),
-            )
-            .await?;
-        tx.commit().await?;
-        Ok(version)
+        let subject = ChangeSubject::Membership(tenant.clone(), user.clone());
+        crate::versioned::delete_versioned(self, subject, None).await
     }
 
     async fn list_members(&self, tenant: &TenantId) -> StoreResult<Vec<Membership>> {

@@ -32,6 +32,7 @@ mod feed;
 mod membership;
 mod notifier;
 mod policy;
+mod rows;
 
 pub use feed::{CHANGES_CHANNEL, PostgresChangeFeed};
 
@@ -371,7 +372,7 @@ impl PostgresStore {
 }
 
 /// A transaction whose writes are announced once it commits (see [`PostgresStore::stamp`]).
-struct WriteTx {
+pub(crate) struct WriteTx {
     tx: Transaction<'static, Postgres>,
     announce: Vec<String>,
     notifier: Arc<notifier::Notifier>,

@@ -7,7 +7,6 @@ use sqlx::Row;
 use sqlx::types::Json;
 
 use super::{PostgresStore, to_i64, to_u64};
-use crate::error::check_expected;
 use crate::traits::PolicyStore;
 use crate::{ChangeSubject, StoreError, StoreResult};
 
@@ -41,24 +40,9 @@ impl PolicyStore for PostgresStore {
         expected_version: Option<u64>,
         actor: &str,
     ) -> StoreResult<StoredPolicy> {
-        let mut tx = self
-            .begin_locked(&ChangeSubject::Policy(policy.tenant_id.clone()))
-            .await?;
-        // FOR UPDATE serializes writers of one tenant's policy, so the version check holds.
-        let current: Option<i64> = sqlx::query_scalar(
-            "SELECT version FROM copilot.tenant_llm_policies WHERE tenant_id = $1 FOR UPDATE",
-        )
-        .persistent(self.persistent())
-        .bind(policy.tenant_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        check_expected(
-            current.map(|v| to_u64(v, "version")).transpose()?,
-            expected_version,
-        )?;
-        let version = self
-            .stamp(&mut tx, ChangeSubject::Policy(policy.tenant_id.clone()))
-            .await?;
+        let subject = ChangeSubject::Policy(policy.tenant_id.clone());
+        let (mut tx, version) =
+            crate::versioned::begin_versioned(self, subject, expected_version).await?;
         let now = self.now();
         sqlx::query(
             "INSERT INTO copilot.tenant_llm_policies (tenant_id, document, version, updated_at, updated_by)
@@ -88,27 +72,7 @@ impl PolicyStore for PostgresStore {
         tenant: &TenantId,
         expected_version: Option<u64>,
     ) -> StoreResult<u64> {
-        let mut tx = self
-            .begin_locked(&ChangeSubject::Policy(tenant.clone()))
-            .await?;
-        let current: Option<i64> = sqlx::query_scalar(
-            "SELECT version FROM copilot.tenant_llm_policies WHERE tenant_id = $1 FOR UPDATE",
-        )
-        .persistent(self.persistent())
-        .bind(tenant.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let current = to_u64(current.ok_or(StoreError::NotFound)?, "version")?;
-        check_expected(Some(current), expected_version)?;
-        sqlx::query("DELETE FROM copilot.tenant_llm_policies WHERE tenant_id = $1")
-            .persistent(self.persistent())
-            .bind(tenant.as_str())
-            .execute(&mut *tx)
-            .await?;
-        let version = self
-            .stamp(&mut tx, ChangeSubject::Policy(tenant.clone()))
-            .await?;
-        tx.commit().await?;
-        Ok(version)
+        let subject = ChangeSubject::Policy(tenant.clone());
+        crate::versioned::delete_versioned(self, subject, expected_version).await
     }
 }

@@ -9,7 +9,7 @@ use crate::traits::ConfigStore;
 use crate::{ChangeSubject, StoreError, StoreResult};
 
 /// The row key of a level: '' means "no tenant" / "no user".
-fn key(level: &ConfigLevel) -> (&str, &str) {
+pub(super) fn key(level: &ConfigLevel) -> (&str, &str) {
     match level {
         ConfigLevel::Global => ("", ""),
         ConfigLevel::Tenant(t) => (t.as_str(), ""),
@@ -48,11 +48,11 @@ impl SqliteStore {
         tx: &mut SqliteConnection,
         level: &ConfigLevel,
         patch: ConfigPatch,
+        version: u64,
         actor: &str,
     ) -> StoreResult<StoredPatch> {
         let text =
             serde_json::to_string(&patch).map_err(|e| StoreError::Internal(e.to_string()))?;
-        let version = self.stamp(tx, ChangeSubject::Config(level.clone())).await?;
         let now = self.now();
         let (tenant, user) = key(level);
         sqlx::query(
@@ -92,11 +92,11 @@ impl ConfigStore for SqliteStore {
         expected_version: Option<u64>,
         actor: &str,
     ) -> StoreResult<StoredPatch> {
-        let mut tx = self.begin_write().await?;
-        let current = read_patch(&mut *tx, level).await?;
-        check_expected(current.map(|p| p.version), expected_version)?;
+        let subject = ChangeSubject::Config(level.clone());
+        let (mut tx, version) =
+            crate::versioned::begin_versioned(self, subject, expected_version).await?;
         let stored = self
-            .write_patch(&mut tx, level, patch.clone(), actor)
+            .write_patch(&mut tx, level, patch.clone(), version, actor)
             .await?;
         tx.commit().await?;
         Ok(stored)
@@ -116,7 +116,12 @@ impl ConfigStore for SqliteStore {
             .map(|p| p.patch)
             .unwrap_or_default()
             .merge(merge_patch)?;
-        let stored = self.write_patch(&mut tx, level, merged, actor).await?;
+        let version = self
+            .stamp(&mut tx, ChangeSubject::Config(level.clone()))
+            .await?;
+        let stored = self
+            .write_patch(&mut tx, level, merged, version, actor)
+            .await?;
         tx.commit().await?;
         Ok(stored)
     }
@@ -126,21 +131,7 @@ impl ConfigStore for SqliteStore {
         level: &ConfigLevel,
         expected_version: Option<u64>,
     ) -> StoreResult<u64> {
-        let mut tx = self.begin_write().await?;
-        let current = read_patch(&mut *tx, level)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        check_expected(Some(current.version), expected_version)?;
-        let (tenant, user) = key(level);
-        sqlx::query("DELETE FROM conversation_configs WHERE tenant_id = ? AND user_id = ?")
-            .bind(tenant)
-            .bind(user)
-            .execute(&mut *tx)
-            .await?;
-        let version = self
-            .stamp(&mut tx, ChangeSubject::Config(level.clone()))
-            .await?;
-        tx.commit().await?;
-        Ok(version)
+        let subject = ChangeSubject::Config(level.clone());
+        crate::versioned::delete_versioned(self, subject, expected_version).await
     }
 }

@@ -219,22 +219,8 @@ impl ConversationStore for SqliteStore {
         id: &ConversationId,
         expected_version: Option<u64>,
     ) -> StoreResult<u64> {
-        let mut tx = self.begin_write().await?;
-        let (current, _, _) = current_state(&mut tx, tenant, id).await?;
-        check_expected(Some(current), expected_version)?;
-        sqlx::query("DELETE FROM conversation_messages WHERE conversation_id = ?")
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM conversations WHERE id = ?")
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        let version = self
-            .stamp(&mut tx, ChangeSubject::Conversation(tenant.clone(), *id))
-            .await?;
-        tx.commit().await?;
-        Ok(version)
+        let subject = ChangeSubject::Conversation(tenant.clone(), *id);
+        crate::versioned::delete_versioned(self, subject, expected_version).await
     }
 
     async fn append_message(

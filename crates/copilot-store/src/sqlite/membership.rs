@@ -51,13 +51,8 @@ impl MembershipStore for SqliteStore {
         user: &UserId,
         input: &MembershipInput,
     ) -> StoreResult<Membership> {
-        let mut tx = self.begin_write().await?;
-        let version = self
-            .stamp(
-                &mut tx,
-                ChangeSubject::Membership(tenant.clone(), user.clone()),
-            )
-            .await?;
+        let subject = ChangeSubject::Membership(tenant.clone(), user.clone());
+        let (mut tx, version) = crate::versioned::begin_versioned(self, subject, None).await?;
         let now = micros(self.now());
         let row = sqlx::query(&format!(
             "INSERT INTO tenant_memberships (tenant_id, user_id, role, status, version, created_at, updated_at)
@@ -81,24 +76,8 @@ impl MembershipStore for SqliteStore {
     }
 
     async fn delete_membership(&self, tenant: &TenantId, user: &UserId) -> StoreResult<u64> {
-        let mut tx = self.begin_write().await?;
-        let deleted =
-            sqlx::query("DELETE FROM tenant_memberships WHERE tenant_id = ? AND user_id = ?")
-                .bind(tenant.as_str())
-                .bind(user.as_str())
-                .execute(&mut *tx)
-                .await?;
-        if deleted.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        let version = self
-            .stamp(
-                &mut tx,
-                ChangeSubject::Membership(tenant.clone(), user.clone()),
-            )
-            .await?;
-        tx.commit().await?;
-        Ok(version)
+        let subject = ChangeSubject::Membership(tenant.clone(), user.clone());
+        crate::versioned::delete_versioned(self, subject, None).await
     }
 
     async fn list_members(&self, tenant: &TenantId) -> StoreResult<Vec<Membership>> {

@@ -9,6 +9,7 @@ mod config;
 mod conversation;
 mod membership;
 mod policy;
+mod rows;
 
 use std::str::FromStr;
 use std::sync::Arc;

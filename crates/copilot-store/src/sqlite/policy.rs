@@ -7,7 +7,6 @@ use copilot_domain::policy::{StoredPolicy, TenantLlmPolicy};
 use sqlx::Row;
 
 use super::{SqliteStore, micros, to_u64, version_param};
-use crate::error::check_expected;
 use crate::traits::PolicyStore;
 use crate::{ChangeSubject, StoreError, StoreResult};
 
@@ -40,19 +39,9 @@ impl PolicyStore for SqliteStore {
     ) -> StoreResult<StoredPolicy> {
         let document =
             serde_json::to_string(policy).map_err(|e| StoreError::Internal(e.to_string()))?;
-        let mut tx = self.begin_write().await?;
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM tenant_llm_policies WHERE tenant_id = ?")
-                .bind(policy.tenant_id.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-        check_expected(
-            current.map(|v| to_u64(v, "version")).transpose()?,
-            expected_version,
-        )?;
-        let version = self
-            .stamp(&mut tx, ChangeSubject::Policy(policy.tenant_id.clone()))
-            .await?;
+        let subject = ChangeSubject::Policy(policy.tenant_id.clone());
+        let (mut tx, version) =
+            crate::versioned::begin_versioned(self, subject, expected_version).await?;
         let now = self.now();
         sqlx::query(
             "INSERT INTO tenant_llm_policies (tenant_id, document, version, updated_at, updated_by)
@@ -81,22 +70,7 @@ impl PolicyStore for SqliteStore {
         tenant: &TenantId,
         expected_version: Option<u64>,
     ) -> StoreResult<u64> {
-        let mut tx = self.begin_write().await?;
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM tenant_llm_policies WHERE tenant_id = ?")
-                .bind(tenant.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-        let current = to_u64(current.ok_or(StoreError::NotFound)?, "version")?;
-        check_expected(Some(current), expected_version)?;
-        sqlx::query("DELETE FROM tenant_llm_policies WHERE tenant_id = ?")
-            .bind(tenant.as_str())
-            .execute(&mut *tx)
-            .await?;
-        let version = self
-            .stamp(&mut tx, ChangeSubject::Policy(tenant.clone()))
-            .await?;
-        tx.commit().await?;
-        Ok(version)
+        let subject = ChangeSubject::Policy(tenant.clone());
+        crate::versioned::delete_versioned(self, subject, expected_version).await
     }
 }

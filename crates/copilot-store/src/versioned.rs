@@ -1,0 +1,74 @@
+//! The write flows the SQL backends share, written once. Each backend supplies only its
+//! statements ([`RowStatements`]: its dialect, its locking, where its versions come from); the
+//! order of steps and the rules (a missing row is `NotFound`, `If-Match` is checked against the
+//! locked row, the version is taken last) live here.
+
+use async_trait::async_trait;
+
+use crate::error::check_expected;
+use crate::{ChangeSubject, StoreError, StoreResult};
+
+/// The statements of one backend over the row a [`ChangeSubject`] names (a policy, a config
+/// level, a membership, a conversation with its messages).
+#[async_trait]
+pub(crate) trait RowStatements: Send + Sync {
+    type Tx: Send;
+
+    /// A write transaction holding the write lock of `subject`.
+    async fn begin_for(&self, subject: &ChangeSubject) -> StoreResult<Self::Tx>;
+
+    /// The row's version, locked for the rest of the transaction; `None` when there is no row.
+    async fn row_version(
+        &self,
+        tx: &mut Self::Tx,
+        subject: &ChangeSubject,
+    ) -> StoreResult<Option<u64>>;
+
+    /// Deletes the row (and what belongs to it); `false` when there was none.
+    async fn delete_row(&self, tx: &mut Self::Tx, subject: &ChangeSubject) -> StoreResult<bool>;
+
+    /// A fresh version for a write to `subject`, recorded (and announced) as configured.
+    async fn stamp_row(&self, tx: &mut Self::Tx, subject: ChangeSubject) -> StoreResult<u64>;
+
+    async fn commit(&self, tx: Self::Tx) -> StoreResult<()>;
+}
+
+/// Deletes the row `subject` names, if `expected` (when given) is its version; returns the
+/// version the deletion took. Nothing is written unless every step succeeds.
+pub(crate) async fn delete_versioned<S: RowStatements>(
+    statements: &S,
+    subject: ChangeSubject,
+    expected: Option<u64>,
+) -> StoreResult<u64> {
+    let mut tx = statements.begin_for(&subject).await?;
+    if expected.is_some() {
+        let current = statements
+            .row_version(&mut tx, &subject)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        check_expected(Some(current), expected)?;
+    }
+    if !statements.delete_row(&mut tx, &subject).await? {
+        return Err(StoreError::NotFound);
+    }
+    let version = statements.stamp_row(&mut tx, subject).await?;
+    statements.commit(tx).await?;
+    Ok(version)
+}
+
+/// Begins a write of the row `subject` names: its write lock taken, `expected` (when given)
+/// checked against the locked row, and the write's version taken. The caller writes the row in
+/// the returned transaction and commits it.
+pub(crate) async fn begin_versioned<S: RowStatements>(
+    statements: &S,
+    subject: ChangeSubject,
+    expected: Option<u64>,
+) -> StoreResult<(S::Tx, u64)> {
+    let mut tx = statements.begin_for(&subject).await?;
+    if expected.is_some() {
+        let current = statements.row_version(&mut tx, &subject).await?;
+        check_expected(current, expected)?;
+    }
+    let version = statements.stamp_row(&mut tx, subject).await?;
+    Ok((tx, version))
+}
