@@ -60,12 +60,15 @@ with open(out, "w") as log:
         try:
             if conn is None:
                 conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=10)
+            sent = time.time()
             conn.request("PUT", f"/v1/tenants/demo/users/{user}/config",
                          json.dumps({"mergeMaxMessages": n % 100 + 1}),
                          {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-            r = conn.getresponse(); r.read()
+            r = conn.getresponse(); body = r.read()
             if r.status != 200:
-                failed += 1; log.write(f"{time.time():.3f} {r.status}\n")
+                # When, status, how long it took and what the service said (its error code).
+                failed += 1
+                log.write(f"{time.time():.3f} {r.status} {time.time() - sent:.2f}s {body[:200]!r}\n")
         except Exception as e:
             failed += 1; log.write(f"{time.time():.3f} {type(e).__name__}\n"); conn = None
             time.sleep(0.05)
@@ -140,6 +143,9 @@ for w in a b; do
   tail -1 "$WORK_DIR/writes-$w" | sed "s/^/writes on $w: /"
   # Failures by second of the run and status.
   awk -v start="$START" '$1 ~ /^[0-9.]+$/ {print int($1 - start) "s " $2}' "$WORK_DIR/writes-$w" | sort | uniq -c | sort -k2 -n | head -20
+  # What the failures outside the outage said.
+  awk -v down="$PG_DOWN_AT" -v up="$PG_UP_AT" -v start="$START" \
+    '$1 ~ /^[0-9.]+$/ && ($1 < down || $1 > up + 5) {$1 = int($1 - start) "s"; print "  outside:", $0}' "$WORK_DIR/writes-$w" | head -10
   outside=$((outside + $(awk -v down="$PG_DOWN_AT" -v up="$PG_UP_AT" \
     '$1 ~ /^[0-9.]+$/ && ($1 < down || $1 > up + 5) {n++} END {print n + 0}' "$WORK_DIR/writes-$w")))
 done
