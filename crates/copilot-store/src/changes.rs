@@ -24,6 +24,33 @@ pub struct Change {
     pub at: Timestamp,
 }
 
+/// A change-log row as both backends read it: `(id, kind, tenant_id, subject, version, at)`.
+pub(crate) type ChangeRow<At> = (i64, String, Option<String>, Option<String>, i64, At);
+
+impl Change {
+    /// Decodes change-log rows, converting each one's time with `at`.
+    pub(crate) fn from_rows<At>(
+        rows: Vec<ChangeRow<At>>,
+        at: impl Fn(At) -> Timestamp,
+    ) -> StoreResult<Vec<Self>> {
+        rows.into_iter()
+            .map(|(id, kind, tenant, subject, version, created)| {
+                Ok(Self {
+                    id,
+                    subject: ChangeSubject::from_columns(
+                        &kind,
+                        tenant.as_deref(),
+                        subject.as_deref(),
+                    )?,
+                    version: u64::try_from(version)
+                        .map_err(|_| StoreError::corrupt("version", version))?,
+                    at: at(created),
+                })
+            })
+            .collect()
+    }
+}
+
 /// What a change feed delivers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notice {

@@ -99,7 +99,13 @@ async fn authentication_errors_are_401_problems() {
 async fn every_response_carries_a_request_id() {
     let s = TestServer::start().await;
     let r = s.get("/healthz", Who::Nobody).await;
-    assert!(!r.headers.get("x-request-id").unwrap().is_empty());
+    let first = r.headers.get("x-request-id").unwrap().clone();
+    let second = s.get("/healthz", Who::Nobody).await.headers["x-request-id"].clone();
+    // New ids are UUIDs, and no two alike.
+    for id in [&first, &second] {
+        uuid::Uuid::parse_str(id.to_str().unwrap()).expect("a UUID");
+    }
+    assert_ne!(first, second);
     let r = s
         .send(
             Method::GET,

@@ -476,31 +476,17 @@ impl StoreHealth for PostgresStore {
 impl ChangeLog for PostgresStore {
     async fn changes_before(&self, before: Timestamp, limit: u32) -> StoreResult<Vec<Change>> {
         let mut conn = self.read().await?;
-        let rows: Vec<(i64, String, Option<String>, Option<String>, i64, Timestamp)> =
-            sqlx::query_as(
-                "SELECT id, kind, tenant_id, subject, version, created_at FROM copilot.changes
+        let rows: Vec<crate::changes::ChangeRow<Timestamp>> = sqlx::query_as(
+            "SELECT id, kind, tenant_id, subject, version, created_at FROM copilot.changes
              WHERE created_at < $1 ORDER BY id LIMIT $2",
-            )
-            .persistent(self.persistent())
-            .bind(before)
-            .bind(i64::from(limit))
-            .fetch_all(&mut *conn)
-            .await?;
+        )
+        .persistent(self.persistent())
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await?;
         conn.finish().await?;
-        rows.into_iter()
-            .map(|(id, kind, tenant, subject, version, at)| {
-                Ok(Change {
-                    id,
-                    subject: ChangeSubject::from_columns(
-                        &kind,
-                        tenant.as_deref(),
-                        subject.as_deref(),
-                    )?,
-                    version: to_u64(version, "version")?,
-                    at,
-                })
-            })
-            .collect()
+        Change::from_rows(rows, |at| at)
     }
 
     async fn forget_changes(&self, ids: &[i64]) -> StoreResult<()> {

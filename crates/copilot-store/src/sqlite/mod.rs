@@ -206,7 +206,7 @@ impl SqliteStore {
 #[async_trait]
 impl ChangeLog for SqliteStore {
     async fn changes_before(&self, before: Timestamp, limit: u32) -> StoreResult<Vec<Change>> {
-        let rows: Vec<(i64, String, Option<String>, Option<String>, i64, i64)> = sqlx::query_as(
+        let rows: Vec<crate::changes::ChangeRow<i64>> = sqlx::query_as(
             "SELECT id, kind, tenant_id, subject, version, created_at FROM changes
              WHERE created_at < ? ORDER BY id LIMIT ?",
         )
@@ -214,20 +214,7 @@ impl ChangeLog for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
-        rows.into_iter()
-            .map(|(id, kind, tenant, subject, version, at)| {
-                Ok(Change {
-                    id,
-                    subject: ChangeSubject::from_columns(
-                        &kind,
-                        tenant.as_deref(),
-                        subject.as_deref(),
-                    )?,
-                    version: to_u64(version, "version")?,
-                    at: copilot_domain::clock::from_micros(at),
-                })
-            })
-            .collect()
+        Change::from_rows(rows, from_micros)
     }
 
     async fn forget_changes(&self, ids: &[i64]) -> StoreResult<()> {
