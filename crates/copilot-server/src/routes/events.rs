@@ -25,7 +25,7 @@ use utoipa::ToSchema;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
 use crate::extract::{JsonBody, PathParams, conversation_id, tenant_id};
-use crate::routes::params::{ConversationPath, TenantPath};
+use crate::routes::params::{ConversationPath, LastEventIdHeader, TenantPath};
 use crate::state::AppState;
 
 /// Heartbeat comments keep idle streams (and the proxies in front of them) open.
@@ -37,8 +37,7 @@ const MAX_EVENT_DATA_BYTES: usize = 64 * 1024;
 /// `conversation.deleted`, `conversation.removed`, custom events, and `resync` when the replay
 /// window no longer covers `Last-Event-ID` (or this subscriber fell behind).
 #[utoipa::path(operation_id = "streamConversationEvents", get, path = "/v1/tenants/{t}/conversations/{id}/events", tag = "events",
-    params(ConversationPath,
-           ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event received: the stream starts with what came after it")),
+    params(ConversationPath, LastEventIdHeader),
     responses((status = 200, description = "An event stream (text/event-stream)", content_type = "text/event-stream", body = String)))]
 pub async fn conversation_events(
     State(state): State<AppState>,
@@ -71,8 +70,7 @@ pub async fn conversation_events(
 /// deleted` with the conversation, each only to subscribers who may see it;
 /// `conversation.removed` with the id to those who could and no longer can.
 #[utoipa::path(operation_id = "streamConversationListEvents", get, path = "/v1/tenants/{t}/conversations/events", tag = "events",
-    params(TenantPath,
-           ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event received: the stream starts with what came after it")),
+    params(TenantPath, LastEventIdHeader),
     responses((status = 200, description = "An event stream (text/event-stream)", content_type = "text/event-stream", body = String)))]
 pub async fn list_events(
     State(state): State<AppState>,

@@ -61,3 +61,14 @@ pub struct IfMatchHeader {
     #[serde(rename = "If-Match")]
     if_match: Option<String>,
 }
+
+/// The `Last-Event-ID` header of event streams, documented once.
+#[allow(dead_code)] // Exists for its parameters' documentation.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct LastEventIdHeader {
+    /// The id of the last event received: the stream starts with what came after it
+    #[param(rename = "Last-Event-ID")]
+    #[serde(rename = "Last-Event-ID")]
+    last_event_id: Option<String>,
+}

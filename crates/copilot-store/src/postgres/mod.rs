@@ -138,8 +138,11 @@ impl PostgresStore {
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(write_acquire_timeout)
             .idle_timeout(Some(Duration::from_secs(300)))
-            .connect_lazy_with(connect);
-        let notifier = notifier::Notifier::new(pool.clone(), !options.transaction_pooler);
+            .connect_lazy_with(connect.clone());
+        let notifier = notifier::Notifier::new(
+            connect.application_name("copilot-state-notifier"),
+            !options.transaction_pooler,
+        );
         Ok(Self {
             url: options.url.clone(),
             pool,
