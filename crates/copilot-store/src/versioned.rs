@@ -4,6 +4,7 @@
 //! locked row, the version is taken last) live here.
 
 use async_trait::async_trait;
+use copilot_domain::config::{ConfigLevel, ConfigPatch, StoredPatch};
 
 use crate::error::check_expected;
 use crate::{ChangeSubject, StoreError, StoreResult};
@@ -31,6 +32,24 @@ pub(crate) trait RowStatements: Send + Sync {
     async fn stamp_row(&self, tx: &mut Self::Tx, subject: ChangeSubject) -> StoreResult<u64>;
 
     async fn commit(&self, tx: Self::Tx) -> StoreResult<()>;
+
+    /// A config level's stored patch, locked for a read-modify-write (a level with no row yet
+    /// is claimed, so concurrent first writers queue too); `None` when there is none.
+    async fn patch_for_update(
+        &self,
+        tx: &mut Self::Tx,
+        level: &ConfigLevel,
+    ) -> StoreResult<Option<StoredPatch>>;
+
+    /// Writes a config level's patch at `version`.
+    async fn write_patch_row(
+        &self,
+        tx: &mut Self::Tx,
+        level: &ConfigLevel,
+        patch: ConfigPatch,
+        version: u64,
+        actor: &str,
+    ) -> StoreResult<StoredPatch>;
 }
 
 /// Deletes the row `subject` names, if `expected` (when given) is its version; returns the
@@ -71,4 +90,46 @@ pub(crate) async fn begin_versioned<S: RowStatements>(
     }
     let version = statements.stamp_row(&mut tx, subject).await?;
     Ok((tx, version))
+}
+
+/// Replaces a config level's patch (creating the level if needed).
+pub(crate) async fn put_patch<S: RowStatements>(
+    statements: &S,
+    level: &ConfigLevel,
+    patch: &ConfigPatch,
+    expected: Option<u64>,
+    actor: &str,
+) -> StoreResult<StoredPatch> {
+    let subject = ChangeSubject::Config(level.clone());
+    let (mut tx, version) = begin_versioned(statements, subject, expected).await?;
+    let stored = statements
+        .write_patch_row(&mut tx, level, patch.clone(), version, actor)
+        .await?;
+    statements.commit(tx).await?;
+    Ok(stored)
+}
+
+/// Applies a JSON merge patch to a config level (creating it if needed), against the locked
+/// current patch.
+pub(crate) async fn merge_patch<S: RowStatements>(
+    statements: &S,
+    level: &ConfigLevel,
+    merge_patch: &serde_json::Value,
+    expected: Option<u64>,
+    actor: &str,
+) -> StoreResult<StoredPatch> {
+    let subject = ChangeSubject::Config(level.clone());
+    let mut tx = statements.begin_for(&subject).await?;
+    let current = statements.patch_for_update(&mut tx, level).await?;
+    check_expected(current.as_ref().map(|p| p.version), expected)?;
+    let merged = current
+        .map(|p| p.patch)
+        .unwrap_or_default()
+        .merge(merge_patch)?;
+    let version = statements.stamp_row(&mut tx, subject).await?;
+    let stored = statements
+        .write_patch_row(&mut tx, level, merged, version, actor)
+        .await?;
+    statements.commit(tx).await?;
+    Ok(stored)
 }

@@ -4,7 +4,6 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
 
 use super::{PostgresStore, WriteTx, to_i64, to_u64};
-use crate::error::check_expected;
 use crate::traits::ConfigStore;
 use crate::{ChangeSubject, StoreError, StoreResult};
 
@@ -83,7 +82,33 @@ impl PostgresStore {
         }))
     }
 
-    async fn write_patch(
+    /// See `RowStatements::patch_for_update`.
+    pub(super) async fn patch_for_update(
+        &self,
+        tx: &mut WriteTx,
+        level: &ConfigLevel,
+    ) -> StoreResult<Option<StoredPatch>> {
+        // A missing level has no row to lock: claim it first (a placeholder with version 0 that
+        // this transaction either replaces or rolls back), so concurrent first merges queue up
+        // on the row instead of overwriting each other.
+        let (tenant, user) = key(level);
+        sqlx::query(
+            "INSERT INTO copilot.conversation_configs (tenant_id, user_id, patch, version, updated_at, updated_by)
+             VALUES ($1, $2, '{}', 0, now(), '')
+             ON CONFLICT ON CONSTRAINT conversation_configs_level DO NOTHING",
+        )
+        .persistent(self.persistent())
+        .bind(tenant)
+        .bind(user)
+        .execute(&mut **tx)
+        .await?;
+        Ok(self
+            .read_patch(tx, level, true)
+            .await?
+            .filter(|p| p.version > 0))
+    }
+
+    pub(super) async fn write_patch(
         &self,
         conn: &mut WriteTx,
         level: &ConfigLevel,
@@ -134,14 +159,7 @@ impl ConfigStore for PostgresStore {
         expected_version: Option<u64>,
         actor: &str,
     ) -> StoreResult<StoredPatch> {
-        let subject = ChangeSubject::Config(level.clone());
-        let (mut tx, version) =
-            crate::versioned::begin_versioned(self, subject, expected_version).await?;
-        let stored = self
-            .write_patch(&mut tx, level, patch.clone(), version, actor)
-            .await?;
-        tx.commit().await?;
-        Ok(stored)
+        crate::versioned::put_patch(self, level, patch, expected_version, actor).await
     }
 
     async fn merge_patch(
@@ -151,40 +169,7 @@ impl ConfigStore for PostgresStore {
         expected_version: Option<u64>,
         actor: &str,
     ) -> StoreResult<StoredPatch> {
-        let mut tx = self
-            .begin_locked(&ChangeSubject::Config(level.clone()))
-            .await?;
-        // A missing level has no row to lock: claim it first (a placeholder with version 0 that
-        // this transaction either replaces or rolls back), so concurrent first merges queue up
-        // on the row instead of overwriting each other.
-        let (tenant, user) = key(level);
-        sqlx::query(
-            "INSERT INTO copilot.conversation_configs (tenant_id, user_id, patch, version, updated_at, updated_by)
-             VALUES ($1, $2, '{}', 0, now(), '')
-             ON CONFLICT ON CONSTRAINT conversation_configs_level DO NOTHING",
-        )
-        .persistent(self.persistent())
-        .bind(tenant)
-        .bind(user)
-        .execute(&mut *tx)
-        .await?;
-        let current = self
-            .read_patch(&mut tx, level, true)
-            .await?
-            .filter(|p| p.version > 0);
-        check_expected(current.as_ref().map(|p| p.version), expected_version)?;
-        let merged = current
-            .map(|p| p.patch)
-            .unwrap_or_default()
-            .merge(merge_patch)?;
-        let version = self
-            .stamp(&mut tx, ChangeSubject::Config(level.clone()))
-            .await?;
-        let stored = self
-            .write_patch(&mut tx, level, merged, version, actor)
-            .await?;
-        tx.commit().await?;
-        Ok(stored)
+        crate::versioned::merge_patch(self, level, merge_patch, expected_version, actor).await
     }
 
     async fn delete_patch(

@@ -1,6 +1,7 @@
 //! PostgreSQL's statements for the shared write flows (`crate::versioned`).
 
 use async_trait::async_trait;
+use copilot_domain::config::{ConfigLevel, ConfigPatch, StoredPatch};
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
 use sqlx::{Postgres, Row};
@@ -91,5 +92,24 @@ impl RowStatements for PostgresStore {
 
     async fn commit(&self, tx: WriteTx) -> StoreResult<()> {
         tx.commit().await
+    }
+
+    async fn patch_for_update(
+        &self,
+        tx: &mut WriteTx,
+        level: &ConfigLevel,
+    ) -> StoreResult<Option<StoredPatch>> {
+        PostgresStore::patch_for_update(self, tx, level).await
+    }
+
+    async fn write_patch_row(
+        &self,
+        tx: &mut WriteTx,
+        level: &ConfigLevel,
+        patch: ConfigPatch,
+        version: u64,
+        actor: &str,
+    ) -> StoreResult<StoredPatch> {
+        self.write_patch(tx, level, patch, version, actor).await
     }
 }

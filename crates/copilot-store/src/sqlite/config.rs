@@ -4,7 +4,6 @@ use copilot_domain::config::{ConfigLevel, ConfigPatch, StoredPatch};
 use sqlx::{Row, SqliteConnection};
 
 use super::{SqliteStore, micros, to_u64, version_param};
-use crate::error::check_expected;
 use crate::traits::ConfigStore;
 use crate::{ChangeSubject, StoreError, StoreResult};
 
@@ -17,7 +16,10 @@ pub(super) fn key(level: &ConfigLevel) -> (&str, &str) {
     }
 }
 
-async fn read_patch<'e, E>(executor: E, level: &ConfigLevel) -> StoreResult<Option<StoredPatch>>
+pub(super) async fn read_patch<'e, E>(
+    executor: E,
+    level: &ConfigLevel,
+) -> StoreResult<Option<StoredPatch>>
 where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
@@ -43,7 +45,7 @@ where
 }
 
 impl SqliteStore {
-    async fn write_patch(
+    pub(super) async fn write_patch(
         &self,
         tx: &mut SqliteConnection,
         level: &ConfigLevel,
@@ -92,14 +94,7 @@ impl ConfigStore for SqliteStore {
         expected_version: Option<u64>,
         actor: &str,
     ) -> StoreResult<StoredPatch> {
-        let subject = ChangeSubject::Config(level.clone());
-        let (mut tx, version) =
-            crate::versioned::begin_versioned(self, subject, expected_version).await?;
-        let stored = self
-            .write_patch(&mut tx, level, patch.clone(), version, actor)
-            .await?;
-        tx.commit().await?;
-        Ok(stored)
+        crate::versioned::put_patch(self, level, patch, expected_version, actor).await
     }
 
     async fn merge_patch(
@@ -109,21 +104,7 @@ impl ConfigStore for SqliteStore {
         expected_version: Option<u64>,
         actor: &str,
     ) -> StoreResult<StoredPatch> {
-        let mut tx = self.begin_write().await?;
-        let current = read_patch(&mut *tx, level).await?;
-        check_expected(current.as_ref().map(|p| p.version), expected_version)?;
-        let merged = current
-            .map(|p| p.patch)
-            .unwrap_or_default()
-            .merge(merge_patch)?;
-        let version = self
-            .stamp(&mut tx, ChangeSubject::Config(level.clone()))
-            .await?;
-        let stored = self
-            .write_patch(&mut tx, level, merged, version, actor)
-            .await?;
-        tx.commit().await?;
-        Ok(stored)
+        crate::versioned::merge_patch(self, level, merge_patch, expected_version, actor).await
     }
 
     async fn delete_patch(

@@ -1,11 +1,12 @@
 //! SQLite's statements for the shared write flows (`crate::versioned`).
 
 use async_trait::async_trait;
+use copilot_domain::config::{ConfigLevel, ConfigPatch, StoredPatch};
 use sqlx::query::Query;
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{Row, Sqlite, Transaction};
 
-use super::config::key as level_key;
+use super::config::{key as level_key, read_patch};
 use super::{SqliteStore, to_u64};
 use crate::versioned::RowStatements;
 use crate::{ChangeSubject, StoreResult};
@@ -76,5 +77,25 @@ impl RowStatements for SqliteStore {
 
     async fn commit(&self, tx: Self::Tx) -> StoreResult<()> {
         Ok(tx.commit().await?)
+    }
+
+    /// The database write lock (`BEGIN IMMEDIATE`) already excludes every other writer.
+    async fn patch_for_update(
+        &self,
+        tx: &mut Self::Tx,
+        level: &ConfigLevel,
+    ) -> StoreResult<Option<StoredPatch>> {
+        read_patch(&mut **tx, level).await
+    }
+
+    async fn write_patch_row(
+        &self,
+        tx: &mut Self::Tx,
+        level: &ConfigLevel,
+        patch: ConfigPatch,
+        version: u64,
+        actor: &str,
+    ) -> StoreResult<StoredPatch> {
+        self.write_patch(tx, level, patch, version, actor).await
     }
 }
