@@ -86,6 +86,21 @@ done = function(summary, latency, requests)
   for status, n in pairs(counts) do io.write(string.format("status %d: %d\n", status, n)) end
 end
 LUA
+# What PostgreSQL's sessions are doing, four times a second (one psql, `\watch`): busy sessions
+# with what they wait on, to tell a lock from a CPU or a client that does not read.
+watch_sessions() {
+  while :; do
+    echo "SELECT to_char(clock_timestamp(), 'HH24:MI:SS.MS'), pid, application_name, state,
+        coalesce(wait_event_type, '-'), coalesce(wait_event, '-'),
+        round(extract(epoch FROM clock_timestamp() - coalesce(xact_start, query_start)) * 1000),
+        left(regexp_replace(query, '\s+', ' ', 'g'), 60)
+      FROM pg_stat_activity WHERE datname = 'soak' AND state <> 'idle' AND pid <> pg_backend_pid()
+      \watch 0.25" | "$PG_BIN/psql" -X -q -A -t -F ' | ' -d "$DB" >>"$WORK_DIR/sessions" 2>/dev/null
+    sleep 1
+  done
+}
+watch_sessions &
+WATCH_PID=$!
 START=$(date +%s)
 LOAD_PIDS=()
 echo "machine: $(nproc) cores; $(date -u +%F); $SOAK_SECONDS s, warm-up $WARMUP s"
@@ -129,6 +144,7 @@ while [ $(($(date +%s) - START)) -lt "$SOAK_SECONDS" ]; do
   fi
 done
 wait "${LOAD_PIDS[@]}" 2>/dev/null || true
+kill "$WATCH_PID" 2>/dev/null || true
 RSS_A1=$(rss "$PID_A") RSS_B1=$(rss "$PID_B")
 
 failed_reads=0
@@ -153,5 +169,8 @@ for w in a b; do
     '$1 ~ /^[0-9.]+$/ && ($1 < down || $1 > up + 5) {n++} END {print n + 0}' "$WORK_DIR/writes-$w")))
 done
 echo "failed reads: $failed_reads; failed writes outside the PostgreSQL outage (+5 s): $outside"
+# Sessions seen busy in one transaction or statement for a second or more (ms in column 7).
+echo "sessions busy >= 1 s (time | pid | application | state | wait type | wait | ms | query):"
+awk -F ' [|] ' '$7 + 0 >= 1000' "$WORK_DIR/sessions" 2>/dev/null | head -40
 echo "RSS A: $RSS_A0 -> $RSS_A1 KiB; B: $RSS_B0 -> $RSS_B1 KiB"
 python3 -c "print('ratio=%.3f' % max($RSS_A1 / $RSS_A0, $RSS_B1 / $RSS_B0))"

@@ -4,6 +4,7 @@
 use copilot_domain::conversation::{
     ConversationQuery, ConversationStatus, ConversationUpdate, ListViewer,
 };
+use copilot_domain::membership::MembershipInput;
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
 /// The `SET` list of a conversation update after `updated_at = `: the time, the version, and the
@@ -70,4 +71,61 @@ pub(crate) fn push_list_filters<'args, DB>(
         }
         ConversationStatus::All => {}
     }
+}
+
+/// A policy upsert after `INSERT INTO <table>`: the tenant's document at `version`.
+pub(crate) fn push_policy_upsert<'args, DB, Document, Version, Time>(
+    sql: &mut QueryBuilder<'args, DB>,
+    tenant: &'args str,
+    document: Document,
+    version: Version,
+    at: Time,
+    actor: &'args str,
+) where
+    DB: Database,
+    Document: 'args + Encode<'args, DB> + Type<DB>,
+    Version: 'args + Encode<'args, DB> + Type<DB>,
+    Time: 'args + Encode<'args, DB> + Type<DB>,
+    &'args str: Encode<'args, DB> + Type<DB>,
+{
+    sql.push(" (tenant_id, document, version, updated_at, updated_by) VALUES (");
+    let mut values = sql.separated(", ");
+    values.push_bind(tenant);
+    values.push_bind(document);
+    values.push_bind(version);
+    values.push_bind(at);
+    values.push_bind(actor);
+    sql.push(
+        ") ON CONFLICT (tenant_id) DO UPDATE SET document = excluded.document, \
+         version = excluded.version, updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+    );
+}
+
+/// A membership upsert after `INSERT INTO <table>`, up to `RETURNING` (the caller's columns).
+pub(crate) fn push_membership_upsert<'args, DB, Version, Time>(
+    sql: &mut QueryBuilder<'args, DB>,
+    key: (&'args str, &'args str),
+    input: &MembershipInput,
+    version: Version,
+    at: Time,
+) where
+    DB: Database,
+    Version: 'args + Encode<'args, DB> + Type<DB>,
+    Time: 'args + Encode<'args, DB> + Type<DB> + Clone,
+    &'args str: Encode<'args, DB> + Type<DB>,
+{
+    sql.push(" (tenant_id, user_id, role, status, version, created_at, updated_at) VALUES (");
+    let mut values = sql.separated(", ");
+    values.push_bind(key.0);
+    values.push_bind(key.1);
+    values.push_bind(input.role.as_str());
+    values.push_bind(input.status.as_str());
+    values.push_bind(version);
+    values.push_bind(at.clone());
+    values.push_bind(at);
+    sql.push(
+        ") ON CONFLICT (tenant_id, user_id) DO UPDATE SET role = excluded.role, \
+         status = excluded.status, version = excluded.version, updated_at = excluded.updated_at \
+         RETURNING ",
+    );
 }

@@ -5,6 +5,9 @@
 
 use async_trait::async_trait;
 use copilot_domain::config::{ConfigLevel, ConfigPatch, StoredPatch};
+use copilot_domain::membership::{Membership, MembershipInput};
+use copilot_domain::policy::{StoredPolicy, TenantLlmPolicy};
+use copilot_domain::{TenantId, Timestamp, UserId};
 
 use crate::error::check_expected;
 use crate::{ChangeSubject, StoreError, StoreResult};
@@ -50,6 +53,28 @@ pub(crate) trait RowStatements: Send + Sync {
         version: u64,
         actor: &str,
     ) -> StoreResult<StoredPatch>;
+
+    /// The store's clock.
+    fn now(&self) -> Timestamp;
+
+    /// Writes a tenant's policy at `version`.
+    async fn write_policy_row(
+        &self,
+        tx: &mut Self::Tx,
+        policy: &TenantLlmPolicy,
+        version: u64,
+        at: Timestamp,
+        actor: &str,
+    ) -> StoreResult<()>;
+
+    /// Writes a membership at `version`; returns the stored row.
+    async fn write_membership_row(
+        &self,
+        tx: &mut Self::Tx,
+        key: (&TenantId, &UserId),
+        input: &MembershipInput,
+        version: u64,
+    ) -> StoreResult<Membership>;
 }
 
 /// Deletes the row `subject` names, if `expected` (when given) is its version; returns the
@@ -129,6 +154,45 @@ pub(crate) async fn merge_patch<S: RowStatements>(
     let version = statements.stamp_row(&mut tx, subject).await?;
     let stored = statements
         .write_patch_row(&mut tx, level, merged, version, actor)
+        .await?;
+    statements.commit(tx).await?;
+    Ok(stored)
+}
+
+/// Replaces a tenant's policy (creating it if needed).
+pub(crate) async fn put_policy<S: RowStatements>(
+    statements: &S,
+    policy: &TenantLlmPolicy,
+    expected: Option<u64>,
+    actor: &str,
+) -> StoreResult<StoredPolicy> {
+    let subject = ChangeSubject::Policy(policy.tenant_id.clone());
+    let (mut tx, version) = begin_versioned(statements, subject, expected).await?;
+    // Read holding the write lock, so `updatedAt` follows the version.
+    let now = statements.now();
+    statements
+        .write_policy_row(&mut tx, policy, version, now, actor)
+        .await?;
+    statements.commit(tx).await?;
+    Ok(StoredPolicy {
+        policy: policy.clone(),
+        version,
+        updated_at: now,
+        updated_by: actor.to_owned(),
+    })
+}
+
+/// Puts a user's membership of a tenant (creating it if needed).
+pub(crate) async fn put_membership<S: RowStatements>(
+    statements: &S,
+    tenant: &TenantId,
+    user: &UserId,
+    input: &MembershipInput,
+) -> StoreResult<Membership> {
+    let subject = ChangeSubject::Membership(tenant.clone(), user.clone());
+    let (mut tx, version) = begin_versioned(statements, subject, None).await?;
+    let stored = statements
+        .write_membership_row(&mut tx, (tenant, user), input, version)
         .await?;
     statements.commit(tx).await?;
     Ok(stored)

@@ -5,7 +5,7 @@ use copilot_domain::{TenantId, UserId};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
-use super::{PostgresStore, to_i64, to_u64};
+use super::{PostgresStore, to_u64};
 use crate::traits::MembershipStore;
 use crate::{ChangeSubject, StoreError, StoreResult};
 
@@ -15,7 +15,9 @@ macro_rules! columns {
     };
 }
 
-fn decode(row: &PgRow) -> StoreResult<Membership> {
+pub(super) const COLUMNS: &str = columns!();
+
+pub(super) fn decode(row: &PgRow) -> StoreResult<Membership> {
     let text = |col: &str| -> StoreResult<String> { Ok(row.try_get::<String, _>(col)?) };
     Ok(Membership {
         tenant_id: TenantId::parse(&text("tenant_id")?)
@@ -59,29 +61,7 @@ impl MembershipStore for PostgresStore {
         user: &UserId,
         input: &MembershipInput,
     ) -> StoreResult<Membership> {
-        let subject = ChangeSubject::Membership(tenant.clone(), user.clone());
-        let (mut tx, version) = crate::versioned::begin_versioned(self, subject, None).await?;
-        let now = self.now();
-        let row = sqlx::query(concat!(
-            "INSERT INTO copilot.tenant_memberships (tenant_id, user_id, role, status, version, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $6)
-             ON CONFLICT (tenant_id, user_id) DO UPDATE SET role = excluded.role, status = excluded.status,
-                 version = excluded.version, updated_at = excluded.updated_at
-             RETURNING ",
-            columns!()
-        ))
-        .persistent(self.persistent())
-        .bind(tenant.as_str())
-        .bind(user.as_str())
-        .bind(input.role.as_str())
-        .bind(input.status.as_str())
-        .bind(to_i64(version)?)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        let membership = decode(&row)?;
-        tx.commit().await?;
-        Ok(membership)
+        crate::versioned::put_membership(self, tenant, user, input).await
     }
 
     async fn delete_membership(&self, tenant: &TenantId, user: &UserId) -> StoreResult<u64> {

@@ -6,7 +6,7 @@ use copilot_domain::policy::{StoredPolicy, TenantLlmPolicy};
 use sqlx::Row;
 use sqlx::types::Json;
 
-use super::{PostgresStore, to_i64, to_u64};
+use super::{PostgresStore, to_u64};
 use crate::traits::PolicyStore;
 use crate::{ChangeSubject, StoreError, StoreResult};
 
@@ -40,31 +40,7 @@ impl PolicyStore for PostgresStore {
         expected_version: Option<u64>,
         actor: &str,
     ) -> StoreResult<StoredPolicy> {
-        let subject = ChangeSubject::Policy(policy.tenant_id.clone());
-        let (mut tx, version) =
-            crate::versioned::begin_versioned(self, subject, expected_version).await?;
-        let now = self.now();
-        sqlx::query(
-            "INSERT INTO copilot.tenant_llm_policies (tenant_id, document, version, updated_at, updated_by)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (tenant_id) DO UPDATE SET document = excluded.document, version = excluded.version,
-                 updated_at = excluded.updated_at, updated_by = excluded.updated_by",
-        )
-        .persistent(self.persistent())
-        .bind(policy.tenant_id.as_str())
-        .bind(Json(policy))
-        .bind(to_i64(version)?)
-        .bind(now)
-        .bind(actor)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(StoredPolicy {
-            policy: policy.clone(),
-            version,
-            updated_at: now,
-            updated_by: actor.to_owned(),
-        })
+        crate::versioned::put_policy(self, policy, expected_version, actor).await
     }
 
     async fn delete_policy(

@@ -6,13 +6,14 @@ use copilot_domain::{TenantId, UserId};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
-use super::{SqliteStore, micros, to_u64, version_param};
+use super::{SqliteStore, to_u64};
 use crate::traits::MembershipStore;
 use crate::{ChangeSubject, StoreError, StoreResult};
 
-const COLUMNS: &str = "tenant_id, user_id, role, status, version, created_at, updated_at";
+pub(super) const COLUMNS: &str =
+    "tenant_id, user_id, role, status, version, created_at, updated_at";
 
-fn decode(row: &SqliteRow) -> StoreResult<Membership> {
+pub(super) fn decode(row: &SqliteRow) -> StoreResult<Membership> {
     let text = |col: &str| -> StoreResult<String> { Ok(row.try_get::<String, _>(col)?) };
     Ok(Membership {
         tenant_id: TenantId::parse(&text("tenant_id")?)
@@ -51,28 +52,7 @@ impl MembershipStore for SqliteStore {
         user: &UserId,
         input: &MembershipInput,
     ) -> StoreResult<Membership> {
-        let subject = ChangeSubject::Membership(tenant.clone(), user.clone());
-        let (mut tx, version) = crate::versioned::begin_versioned(self, subject, None).await?;
-        let now = micros(self.now());
-        let row = sqlx::query(&format!(
-            "INSERT INTO tenant_memberships (tenant_id, user_id, role, status, version, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (tenant_id, user_id) DO UPDATE SET role = excluded.role, status = excluded.status,
-                 version = excluded.version, updated_at = excluded.updated_at
-             RETURNING {COLUMNS}"
-        ))
-        .bind(tenant.as_str())
-        .bind(user.as_str())
-        .bind(input.role.as_str())
-        .bind(input.status.as_str())
-        .bind(version_param(version)?)
-        .bind(now)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        let membership = decode(&row)?;
-        tx.commit().await?;
-        Ok(membership)
+        crate::versioned::put_membership(self, tenant, user, input).await
     }
 
     async fn delete_membership(&self, tenant: &TenantId, user: &UserId) -> StoreResult<u64> {

@@ -6,7 +6,7 @@ use copilot_domain::clock::from_micros;
 use copilot_domain::policy::{StoredPolicy, TenantLlmPolicy};
 use sqlx::Row;
 
-use super::{SqliteStore, micros, to_u64, version_param};
+use super::{SqliteStore, to_u64};
 use crate::traits::PolicyStore;
 use crate::{ChangeSubject, StoreError, StoreResult};
 
@@ -37,32 +37,7 @@ impl PolicyStore for SqliteStore {
         expected_version: Option<u64>,
         actor: &str,
     ) -> StoreResult<StoredPolicy> {
-        let document =
-            serde_json::to_string(policy).map_err(|e| StoreError::Internal(e.to_string()))?;
-        let subject = ChangeSubject::Policy(policy.tenant_id.clone());
-        let (mut tx, version) =
-            crate::versioned::begin_versioned(self, subject, expected_version).await?;
-        let now = self.now();
-        sqlx::query(
-            "INSERT INTO tenant_llm_policies (tenant_id, document, version, updated_at, updated_by)
-             VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (tenant_id) DO UPDATE SET document = excluded.document, version = excluded.version,
-                 updated_at = excluded.updated_at, updated_by = excluded.updated_by",
-        )
-        .bind(policy.tenant_id.as_str())
-        .bind(&document)
-        .bind(version_param(version)?)
-        .bind(micros(now))
-        .bind(actor)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(StoredPolicy {
-            policy: policy.clone(),
-            version,
-            updated_at: now,
-            updated_by: actor.to_owned(),
-        })
+        crate::versioned::put_policy(self, policy, expected_version, actor).await
     }
 
     async fn delete_policy(
