@@ -36,6 +36,13 @@ pub(crate) trait RowStatements: Send + Sync {
 
     async fn commit(&self, tx: Self::Tx) -> StoreResult<()>;
 
+    /// The store's clock.
+    fn now(&self) -> Timestamp;
+}
+
+/// A backend's statements over config levels.
+#[async_trait]
+pub(crate) trait ConfigRows: RowStatements {
     /// A config level's stored patch, locked for a read-modify-write (a level with no row yet
     /// is claimed, so concurrent first writers queue too); `None` when there is none.
     async fn patch_for_update(
@@ -44,29 +51,20 @@ pub(crate) trait RowStatements: Send + Sync {
         level: &ConfigLevel,
     ) -> StoreResult<Option<StoredPatch>>;
 
-    /// Writes a config level's patch at `version`.
-    async fn write_patch_row(
-        &self,
-        tx: &mut Self::Tx,
-        level: &ConfigLevel,
-        patch: ConfigPatch,
-        version: u64,
-        actor: &str,
-    ) -> StoreResult<StoredPatch>;
+    /// Writes a config level's patch as `stored` says.
+    async fn write_patch_row(&self, tx: &mut Self::Tx, stored: &StoredPatch) -> StoreResult<()>;
+}
 
-    /// The store's clock.
-    fn now(&self) -> Timestamp;
+/// A backend's statement writing a policy.
+#[async_trait]
+pub(crate) trait PolicyRows: RowStatements {
+    /// Writes a tenant's policy as `stored` says.
+    async fn write_policy_row(&self, tx: &mut Self::Tx, stored: &StoredPolicy) -> StoreResult<()>;
+}
 
-    /// Writes a tenant's policy at `version`.
-    async fn write_policy_row(
-        &self,
-        tx: &mut Self::Tx,
-        policy: &TenantLlmPolicy,
-        version: u64,
-        at: Timestamp,
-        actor: &str,
-    ) -> StoreResult<()>;
-
+/// A backend's statement writing a membership.
+#[async_trait]
+pub(crate) trait MembershipRows: RowStatements {
     /// Writes a membership at `version`; returns the stored row.
     async fn write_membership_row(
         &self,
@@ -118,7 +116,7 @@ pub(crate) async fn begin_versioned<S: RowStatements>(
 }
 
 /// Replaces a config level's patch (creating the level if needed).
-pub(crate) async fn put_patch<S: RowStatements>(
+pub(crate) async fn put_patch<S: ConfigRows>(
     statements: &S,
     level: &ConfigLevel,
     patch: &ConfigPatch,
@@ -127,16 +125,15 @@ pub(crate) async fn put_patch<S: RowStatements>(
 ) -> StoreResult<StoredPatch> {
     let subject = ChangeSubject::Config(level.clone());
     let (mut tx, version) = begin_versioned(statements, subject, expected).await?;
-    let stored = statements
-        .write_patch_row(&mut tx, level, patch.clone(), version, actor)
-        .await?;
+    let stored = stored_patch(statements, level, patch.clone(), version, actor);
+    statements.write_patch_row(&mut tx, &stored).await?;
     statements.commit(tx).await?;
     Ok(stored)
 }
 
 /// Applies a JSON merge patch to a config level (creating it if needed), against the locked
 /// current patch.
-pub(crate) async fn merge_patch<S: RowStatements>(
+pub(crate) async fn merge_patch<S: ConfigRows>(
     statements: &S,
     level: &ConfigLevel,
     merge_patch: &serde_json::Value,
@@ -152,15 +149,32 @@ pub(crate) async fn merge_patch<S: RowStatements>(
         .unwrap_or_default()
         .merge(merge_patch)?;
     let version = statements.stamp_row(&mut tx, subject).await?;
-    let stored = statements
-        .write_patch_row(&mut tx, level, merged, version, actor)
-        .await?;
+    let stored = stored_patch(statements, level, merged, version, actor);
+    statements.write_patch_row(&mut tx, &stored).await?;
     statements.commit(tx).await?;
     Ok(stored)
 }
 
+/// A level's patch as written now, by `actor`, at `version` (the clock read holding the lock,
+/// so `updatedAt` follows the version).
+fn stored_patch<S: RowStatements>(
+    statements: &S,
+    level: &ConfigLevel,
+    patch: ConfigPatch,
+    version: u64,
+    actor: &str,
+) -> StoredPatch {
+    StoredPatch {
+        level: level.clone(),
+        patch,
+        version,
+        updated_at: statements.now(),
+        updated_by: actor.to_owned(),
+    }
+}
+
 /// Replaces a tenant's policy (creating it if needed).
-pub(crate) async fn put_policy<S: RowStatements>(
+pub(crate) async fn put_policy<S: PolicyRows>(
     statements: &S,
     policy: &TenantLlmPolicy,
     expected: Option<u64>,
@@ -168,22 +182,19 @@ pub(crate) async fn put_policy<S: RowStatements>(
 ) -> StoreResult<StoredPolicy> {
     let subject = ChangeSubject::Policy(policy.tenant_id.clone());
     let (mut tx, version) = begin_versioned(statements, subject, expected).await?;
-    // Read holding the write lock, so `updatedAt` follows the version.
-    let now = statements.now();
-    statements
-        .write_policy_row(&mut tx, policy, version, now, actor)
-        .await?;
-    statements.commit(tx).await?;
-    Ok(StoredPolicy {
+    let stored = StoredPolicy {
         policy: policy.clone(),
         version,
-        updated_at: now,
+        updated_at: statements.now(),
         updated_by: actor.to_owned(),
-    })
+    };
+    statements.write_policy_row(&mut tx, &stored).await?;
+    statements.commit(tx).await?;
+    Ok(stored)
 }
 
 /// Puts a user's membership of a tenant (creating it if needed).
-pub(crate) async fn put_membership<S: RowStatements>(
+pub(crate) async fn put_membership<S: MembershipRows>(
     statements: &S,
     tenant: &TenantId,
     user: &UserId,

@@ -145,6 +145,30 @@ fn user_level(t: &str, u: &str) -> ApiResult<ConfigLevel> {
     Ok(ConfigLevel::User(tenant_id(t)?, user_id(u)?))
 }
 
+/// A handler that writes a whole or merged patch to one config level (see `level_handlers!`).
+macro_rules! level_write_handler {
+    (
+        $name:ident, $method:ident, $id:literal, $doc:literal, $path:literal, [$($param:ty),*],
+        ($($arg:ident: $arg_ty:ty),*) => $level:expr, $write:ident, { $($body:tt)* }
+    ) => {
+        #[doc = $doc]
+        #[utoipa::path(operation_id = $id, $method, path = $path, tag = "config",
+            params($($param,)* IfMatchHeader),
+            $($body)*,
+            responses((status = 200, description = "The stored patch", body = StoredPatchView,
+                headers(("ETag" = String, description = "\"<version>\"")))))]
+        pub async fn $name(
+            State(state): State<AppState>,
+            Auth(principal): Auth,
+            $(PathParams($arg): PathParams<$arg_ty>,)*
+            IfMatch(expected): IfMatch,
+            JsonBody(body, _): JsonBody,
+        ) -> ApiResult<Response> {
+            $write(&state, &principal, $level, expected, &body).await
+        }
+    };
+}
+
 /// The four handlers of one config level: utoipa wants one annotated function per path, so
 /// each level gets its own, each one line into the shared logic above. `$level` builds the
 /// level from the path parameters `$arg`.
@@ -172,37 +196,11 @@ macro_rules! level_handlers {
             get_level(&state, &principal, $level).await
         }
 
-        #[doc = $put_doc]
-        #[utoipa::path(operation_id = $put_id, put, path = $path, tag = "config",
-            params($($param,)* IfMatchHeader),
-            request_body = ConfigPatchInput,
-            responses((status = 200, description = "The stored patch", body = StoredPatchView,
-                headers(("ETag" = String, description = "\"<version>\"")))))]
-        pub async fn $put(
-            State(state): State<AppState>,
-            Auth(principal): Auth,
-            $(PathParams($arg): PathParams<$arg_ty>,)*
-            IfMatch(expected): IfMatch,
-            JsonBody(body, _): JsonBody,
-        ) -> ApiResult<Response> {
-            put_level(&state, &principal, $level, expected, &body).await
-        }
-
-        #[doc = $patch_doc]
-        #[utoipa::path(operation_id = $patch_id, patch, path = $path, tag = "config",
-            params($($param,)* IfMatchHeader),
-            request_body(content = ConfigPatchInput, content_type = "application/merge-patch+json"),
-            responses((status = 200, description = "The stored patch", body = StoredPatchView,
-                headers(("ETag" = String, description = "\"<version>\"")))))]
-        pub async fn $patch(
-            State(state): State<AppState>,
-            Auth(principal): Auth,
-            $(PathParams($arg): PathParams<$arg_ty>,)*
-            IfMatch(expected): IfMatch,
-            JsonBody(body, _): JsonBody,
-        ) -> ApiResult<Response> {
-            patch_level(&state, &principal, $level, expected, &body).await
-        }
+        level_write_handler!($put, put, $put_id, $put_doc, $path, [$($param),*],
+            ($($arg: $arg_ty),*) => $level, put_level, { request_body = ConfigPatchInput });
+        level_write_handler!($patch, patch, $patch_id, $patch_doc, $path, [$($param),*],
+            ($($arg: $arg_ty),*) => $level, patch_level,
+            { request_body(content = ConfigPatchInput, content_type = "application/merge-patch+json") });
 
         #[doc = $delete_doc]
         #[utoipa::path(operation_id = $delete_id, delete, path = $path, tag = "config",

@@ -5,6 +5,7 @@ use sqlx::{PgConnection, Row};
 
 use super::{PostgresStore, WriteTx, to_i64, to_u64};
 use crate::traits::ConfigStore;
+use crate::versioned::ConfigRows;
 use crate::{ChangeSubject, StoreError, StoreResult};
 
 /// `(tenant_id, user_id)` of a level; NULL stands for "none" (NULLS NOT DISTINCT keeps it unique).
@@ -81,9 +82,11 @@ impl PostgresStore {
             updated_by: row.try_get("updated_by")?,
         }))
     }
+}
 
-    /// See `RowStatements::patch_for_update`.
-    pub(super) async fn patch_for_update(
+#[async_trait]
+impl ConfigRows for PostgresStore {
+    async fn patch_for_update(
         &self,
         tx: &mut WriteTx,
         level: &ConfigLevel,
@@ -108,16 +111,8 @@ impl PostgresStore {
             .filter(|p| p.version > 0))
     }
 
-    pub(super) async fn write_patch(
-        &self,
-        conn: &mut WriteTx,
-        level: &ConfigLevel,
-        patch: ConfigPatch,
-        version: u64,
-        actor: &str,
-    ) -> StoreResult<StoredPatch> {
-        let now = self.now();
-        let (tenant, user) = key(level);
+    async fn write_patch_row(&self, tx: &mut WriteTx, stored: &StoredPatch) -> StoreResult<()> {
+        let (tenant, user) = key(&stored.level);
         sqlx::query(
             "INSERT INTO copilot.conversation_configs (tenant_id, user_id, patch, version, updated_at, updated_by)
              VALUES ($1, $2, $3, $4, $5, $6)
@@ -127,19 +122,13 @@ impl PostgresStore {
         .persistent(self.persistent())
         .bind(tenant)
         .bind(user)
-        .bind(Json(&patch))
-        .bind(to_i64(version)?)
-        .bind(now)
-        .bind(actor)
-        .execute(&mut **conn)
+        .bind(Json(&stored.patch))
+        .bind(to_i64(stored.version)?)
+        .bind(stored.updated_at)
+        .bind(&stored.updated_by)
+        .execute(&mut **tx)
         .await?;
-        Ok(StoredPatch {
-            level: level.clone(),
-            patch,
-            version,
-            updated_at: now,
-            updated_by: actor.to_owned(),
-        })
+        Ok(())
     }
 }
 

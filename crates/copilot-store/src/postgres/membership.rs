@@ -2,11 +2,12 @@ use async_trait::async_trait;
 use copilot_domain::access::TenantRole;
 use copilot_domain::membership::{Membership, MembershipInput, MembershipStatus};
 use copilot_domain::{TenantId, UserId};
-use sqlx::Row;
 use sqlx::postgres::PgRow;
+use sqlx::{Postgres, QueryBuilder, Row};
 
-use super::{PostgresStore, to_u64};
+use super::{PostgresStore, WriteTx, to_i64, to_u64};
 use crate::traits::MembershipStore;
+use crate::versioned::MembershipRows;
 use crate::{ChangeSubject, StoreError, StoreResult};
 
 macro_rules! columns {
@@ -82,5 +83,23 @@ impl MembershipStore for PostgresStore {
         .await?;
         conn.finish().await?;
         rows.iter().map(decode).collect()
+    }
+}
+
+#[async_trait]
+impl MembershipRows for PostgresStore {
+    async fn write_membership_row(
+        &self,
+        tx: &mut WriteTx,
+        (tenant, user): (&TenantId, &UserId),
+        input: &MembershipInput,
+        version: u64,
+    ) -> StoreResult<Membership> {
+        let mut sql = QueryBuilder::<Postgres>::new("INSERT INTO copilot.tenant_memberships");
+        let (key, at) = ((tenant.as_str(), user.as_str()), self.now());
+        crate::sql::push_membership_upsert(&mut sql, key, input, to_i64(version)?, at);
+        sql.push(COLUMNS);
+        let row = sql.build().persistent(self.persistent());
+        decode(&row.fetch_one(&mut **tx).await?)
     }
 }

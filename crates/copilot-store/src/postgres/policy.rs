@@ -3,11 +3,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use copilot_domain::TenantId;
 use copilot_domain::policy::{StoredPolicy, TenantLlmPolicy};
-use sqlx::Row;
 use sqlx::types::Json;
+use sqlx::{Postgres, QueryBuilder, Row};
 
-use super::{PostgresStore, to_u64};
+use super::{PostgresStore, WriteTx, to_i64, to_u64};
 use crate::traits::PolicyStore;
+use crate::versioned::PolicyRows;
 use crate::{ChangeSubject, StoreError, StoreResult};
 
 #[async_trait]
@@ -50,5 +51,22 @@ impl PolicyStore for PostgresStore {
     ) -> StoreResult<u64> {
         let subject = ChangeSubject::Policy(tenant.clone());
         crate::versioned::delete_versioned(self, subject, expected_version).await
+    }
+}
+
+#[async_trait]
+impl PolicyRows for PostgresStore {
+    async fn write_policy_row(&self, tx: &mut WriteTx, stored: &StoredPolicy) -> StoreResult<()> {
+        let mut sql = QueryBuilder::<Postgres>::new("INSERT INTO copilot.tenant_llm_policies");
+        let (policy, version) = (&stored.policy, to_i64(stored.version)?);
+        let (tenant, at, actor) = (
+            policy.tenant_id.as_str(),
+            stored.updated_at,
+            &stored.updated_by,
+        );
+        crate::sql::push_policy_upsert(&mut sql, tenant, Json(policy), version, at, actor);
+        let query = sql.build().persistent(self.persistent());
+        query.execute(&mut **tx).await?;
+        Ok(())
     }
 }

@@ -1,18 +1,13 @@
 //! PostgreSQL's statements for the shared write flows (`crate::versioned`).
 
 use async_trait::async_trait;
-use copilot_domain::config::{ConfigLevel, ConfigPatch, StoredPatch};
-use copilot_domain::membership::{Membership, MembershipInput};
-use copilot_domain::policy::TenantLlmPolicy;
-use copilot_domain::{TenantId, Timestamp, UserId};
-use sqlx::QueryBuilder;
+use copilot_domain::Timestamp;
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
-use sqlx::types::Json;
 use sqlx::{Postgres, Row};
 
 use super::config::{DELETE_LEVEL, level_query};
-use super::{PostgresStore, WriteTx, to_i64, to_u64};
+use super::{PostgresStore, WriteTx, to_u64};
 use crate::versioned::RowStatements;
 use crate::{ChangeSubject, StoreResult};
 
@@ -99,57 +94,7 @@ impl RowStatements for PostgresStore {
         tx.commit().await
     }
 
-    async fn patch_for_update(
-        &self,
-        tx: &mut WriteTx,
-        level: &ConfigLevel,
-    ) -> StoreResult<Option<StoredPatch>> {
-        PostgresStore::patch_for_update(self, tx, level).await
-    }
-
-    async fn write_patch_row(
-        &self,
-        tx: &mut WriteTx,
-        level: &ConfigLevel,
-        patch: ConfigPatch,
-        version: u64,
-        actor: &str,
-    ) -> StoreResult<StoredPatch> {
-        self.write_patch(tx, level, patch, version, actor).await
-    }
-
     fn now(&self) -> Timestamp {
         PostgresStore::now(self)
-    }
-
-    async fn write_policy_row(
-        &self,
-        tx: &mut WriteTx,
-        policy: &TenantLlmPolicy,
-        version: u64,
-        at: Timestamp,
-        actor: &str,
-    ) -> StoreResult<()> {
-        let mut sql = QueryBuilder::<Postgres>::new("INSERT INTO copilot.tenant_llm_policies");
-        let tenant = policy.tenant_id.as_str();
-        crate::sql::push_policy_upsert(&mut sql, tenant, Json(policy), to_i64(version)?, at, actor);
-        let query = sql.build().persistent(self.persistent());
-        query.execute(&mut **tx).await?;
-        Ok(())
-    }
-
-    async fn write_membership_row(
-        &self,
-        tx: &mut WriteTx,
-        (tenant, user): (&TenantId, &UserId),
-        input: &MembershipInput,
-        version: u64,
-    ) -> StoreResult<Membership> {
-        let mut sql = QueryBuilder::<Postgres>::new("INSERT INTO copilot.tenant_memberships");
-        let (key, at) = ((tenant.as_str(), user.as_str()), self.now());
-        crate::sql::push_membership_upsert(&mut sql, key, input, to_i64(version)?, at);
-        sql.push(super::membership::COLUMNS);
-        let row = sql.build().persistent(self.persistent());
-        super::membership::decode(&row.fetch_one(&mut **tx).await?)
     }
 }

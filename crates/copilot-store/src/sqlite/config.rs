@@ -1,10 +1,11 @@
 use async_trait::async_trait;
 use copilot_domain::clock::from_micros;
 use copilot_domain::config::{ConfigLevel, ConfigPatch, StoredPatch};
-use sqlx::{Row, SqliteConnection};
+use sqlx::{Row, Sqlite, Transaction};
 
 use super::{SqliteStore, micros, to_u64, version_param};
 use crate::traits::ConfigStore;
+use crate::versioned::ConfigRows;
 use crate::{ChangeSubject, StoreError, StoreResult};
 
 /// The row key of a level: '' means "no tenant" / "no user".
@@ -16,10 +17,7 @@ pub(super) fn key(level: &ConfigLevel) -> (&str, &str) {
     }
 }
 
-pub(super) async fn read_patch<'e, E>(
-    executor: E,
-    level: &ConfigLevel,
-) -> StoreResult<Option<StoredPatch>>
+async fn read_patch<'e, E>(executor: E, level: &ConfigLevel) -> StoreResult<Option<StoredPatch>>
 where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
@@ -44,19 +42,25 @@ where
     }))
 }
 
-impl SqliteStore {
-    pub(super) async fn write_patch(
+#[async_trait]
+impl ConfigRows for SqliteStore {
+    /// The database write lock (`BEGIN IMMEDIATE`) already excludes every other writer.
+    async fn patch_for_update(
         &self,
-        tx: &mut SqliteConnection,
+        tx: &mut Transaction<'static, Sqlite>,
         level: &ConfigLevel,
-        patch: ConfigPatch,
-        version: u64,
-        actor: &str,
-    ) -> StoreResult<StoredPatch> {
-        let text =
-            serde_json::to_string(&patch).map_err(|e| StoreError::Internal(e.to_string()))?;
-        let now = self.now();
-        let (tenant, user) = key(level);
+    ) -> StoreResult<Option<StoredPatch>> {
+        read_patch(&mut **tx, level).await
+    }
+
+    async fn write_patch_row(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        stored: &StoredPatch,
+    ) -> StoreResult<()> {
+        let text = serde_json::to_string(&stored.patch)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let (tenant, user) = key(&stored.level);
         sqlx::query(
             "INSERT INTO conversation_configs (tenant_id, user_id, patch, version, updated_at, updated_by)
              VALUES (?, ?, ?, ?, ?, ?)
@@ -66,18 +70,12 @@ impl SqliteStore {
         .bind(tenant)
         .bind(user)
         .bind(&text)
-        .bind(version_param(version)?)
-        .bind(micros(now))
-        .bind(actor)
-        .execute(tx)
+        .bind(version_param(stored.version)?)
+        .bind(micros(stored.updated_at))
+        .bind(&stored.updated_by)
+        .execute(&mut **tx)
         .await?;
-        Ok(StoredPatch {
-            level: level.clone(),
-            patch,
-            version,
-            updated_at: now,
-            updated_by: actor.to_owned(),
-        })
+        Ok(())
     }
 }
 

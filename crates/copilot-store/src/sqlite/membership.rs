@@ -3,11 +3,12 @@ use copilot_domain::access::TenantRole;
 use copilot_domain::clock::from_micros;
 use copilot_domain::membership::{Membership, MembershipInput, MembershipStatus};
 use copilot_domain::{TenantId, UserId};
-use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
-use super::{SqliteStore, to_u64};
+use super::{SqliteStore, micros, to_u64, version_param};
 use crate::traits::MembershipStore;
+use crate::versioned::MembershipRows;
 use crate::{ChangeSubject, StoreError, StoreResult};
 
 pub(super) const COLUMNS: &str =
@@ -68,5 +69,23 @@ impl MembershipStore for SqliteStore {
         .fetch_all(&self.reader)
         .await?;
         rows.iter().map(decode).collect()
+    }
+}
+
+#[async_trait]
+impl MembershipRows for SqliteStore {
+    async fn write_membership_row(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        (tenant, user): (&TenantId, &UserId),
+        input: &MembershipInput,
+        version: u64,
+    ) -> StoreResult<Membership> {
+        let mut sql = QueryBuilder::<Sqlite>::new("INSERT INTO tenant_memberships");
+        let (key, at) = ((tenant.as_str(), user.as_str()), micros(self.now()));
+        crate::sql::push_membership_upsert(&mut sql, key, input, version_param(version)?, at);
+        sql.push(COLUMNS);
+        let row = sql.build().fetch_one(&mut **tx).await?;
+        decode(&row)
     }
 }

@@ -4,10 +4,11 @@ use async_trait::async_trait;
 use copilot_domain::TenantId;
 use copilot_domain::clock::from_micros;
 use copilot_domain::policy::{StoredPolicy, TenantLlmPolicy};
-use sqlx::Row;
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
-use super::{SqliteStore, to_u64};
+use super::{SqliteStore, micros, to_u64, version_param};
 use crate::traits::PolicyStore;
+use crate::versioned::PolicyRows;
 use crate::{ChangeSubject, StoreError, StoreResult};
 
 #[async_trait]
@@ -47,5 +48,26 @@ impl PolicyStore for SqliteStore {
     ) -> StoreResult<u64> {
         let subject = ChangeSubject::Policy(tenant.clone());
         crate::versioned::delete_versioned(self, subject, expected_version).await
+    }
+}
+
+#[async_trait]
+impl PolicyRows for SqliteStore {
+    async fn write_policy_row(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        stored: &StoredPolicy,
+    ) -> StoreResult<()> {
+        let document = serde_json::to_string(&stored.policy)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let mut sql = QueryBuilder::<Sqlite>::new("INSERT INTO tenant_llm_policies");
+        let (tenant, version) = (
+            stored.policy.tenant_id.as_str(),
+            version_param(stored.version)?,
+        );
+        let (at, actor) = (micros(stored.updated_at), &stored.updated_by);
+        crate::sql::push_policy_upsert(&mut sql, tenant, document, version, at, actor);
+        sql.build().execute(&mut **tx).await?;
+        Ok(())
     }
 }

@@ -1,19 +1,15 @@
 //! SQLite's statements for the shared write flows (`crate::versioned`).
 
 use async_trait::async_trait;
-use copilot_domain::config::{ConfigLevel, ConfigPatch, StoredPatch};
-use copilot_domain::membership::{Membership, MembershipInput};
-use copilot_domain::policy::TenantLlmPolicy;
-use copilot_domain::{TenantId, Timestamp, UserId};
-use sqlx::QueryBuilder;
+use copilot_domain::Timestamp;
 use sqlx::query::Query;
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{Row, Sqlite, Transaction};
 
-use super::config::{key as level_key, read_patch};
-use super::{SqliteStore, micros, to_u64, version_param};
+use super::config::key as level_key;
+use super::{SqliteStore, to_u64};
 use crate::versioned::RowStatements;
-use crate::{ChangeSubject, StoreError, StoreResult};
+use crate::{ChangeSubject, StoreResult};
 
 /// `?`, `?` of a statement over the row `subject` names, in the order
 /// `(tenant, user)`, `(tenant)` or `(conversation id, tenant)`.
@@ -83,59 +79,7 @@ impl RowStatements for SqliteStore {
         Ok(tx.commit().await?)
     }
 
-    /// The database write lock (`BEGIN IMMEDIATE`) already excludes every other writer.
-    async fn patch_for_update(
-        &self,
-        tx: &mut Self::Tx,
-        level: &ConfigLevel,
-    ) -> StoreResult<Option<StoredPatch>> {
-        read_patch(&mut **tx, level).await
-    }
-
-    async fn write_patch_row(
-        &self,
-        tx: &mut Self::Tx,
-        level: &ConfigLevel,
-        patch: ConfigPatch,
-        version: u64,
-        actor: &str,
-    ) -> StoreResult<StoredPatch> {
-        self.write_patch(tx, level, patch, version, actor).await
-    }
-
     fn now(&self) -> Timestamp {
         SqliteStore::now(self)
-    }
-
-    async fn write_policy_row(
-        &self,
-        tx: &mut Self::Tx,
-        policy: &TenantLlmPolicy,
-        version: u64,
-        at: Timestamp,
-        actor: &str,
-    ) -> StoreResult<()> {
-        let document =
-            serde_json::to_string(policy).map_err(|e| StoreError::Internal(e.to_string()))?;
-        let mut sql = QueryBuilder::<Sqlite>::new("INSERT INTO tenant_llm_policies");
-        let (tenant, version) = (policy.tenant_id.as_str(), version_param(version)?);
-        crate::sql::push_policy_upsert(&mut sql, tenant, document, version, micros(at), actor);
-        sql.build().execute(&mut **tx).await?;
-        Ok(())
-    }
-
-    async fn write_membership_row(
-        &self,
-        tx: &mut Self::Tx,
-        (tenant, user): (&TenantId, &UserId),
-        input: &MembershipInput,
-        version: u64,
-    ) -> StoreResult<Membership> {
-        let mut sql = QueryBuilder::<Sqlite>::new("INSERT INTO tenant_memberships");
-        let (key, at) = ((tenant.as_str(), user.as_str()), micros(self.now()));
-        crate::sql::push_membership_upsert(&mut sql, key, input, version_param(version)?, at);
-        sql.push(super::membership::COLUMNS);
-        let row = sql.build().fetch_one(&mut **tx).await?;
-        super::membership::decode(&row)
     }
 }
