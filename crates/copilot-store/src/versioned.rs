@@ -1,7 +1,8 @@
 //! The write flows the SQL backends share, written once. Each backend supplies only its
 //! statements ([`RowStatements`]: its dialect, its locking, where its versions come from); the
 //! order of steps and the rules (a missing row is `NotFound`, `If-Match` is checked against the
-//! locked row, the version is taken last) live here.
+//! locked row, the version and `updatedAt` are taken holding the lock, the stored row is built
+//! here) live here.
 
 use async_trait::async_trait;
 use copilot_domain::config::{ConfigLevel, ConfigPatch, StoredPatch};
