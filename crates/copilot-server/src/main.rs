@@ -231,6 +231,7 @@ async fn run_serve(settings: Settings) -> Result<()> {
     let (stores, cache) =
         CacheControl::build(stores, settings.cache.clone()).context("REDIS_URL")?;
     cache.follow_switch(std::time::Duration::from_millis(500));
+    telemetry::spawn_runtime_probe();
     let secret = if settings.jwt.secret.is_none() && settings.jwt.jwks_file.is_some() {
         None
     } else {

@@ -45,6 +45,30 @@ fn spawn_upkeep(handle: &PrometheusHandle) {
 
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How often the runtime probe asks to be woken, and how late a wake must be to be reported.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+const LATE_WAKE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Watches the runtime from inside: a task that sleeps `PROBE_EVERY` and measures how late it
+/// woke. A blocked or starved worker shows up here before it shows up as a timed-out request:
+/// `copilot_runtime_late_wakes_total` counts wakes later than 250 ms, each logged with its delay.
+pub fn spawn_runtime_probe() {
+    tokio::spawn(async {
+        loop {
+            let asked = tokio::time::Instant::now();
+            tokio::time::sleep(PROBE_EVERY).await;
+            let late = asked.elapsed().saturating_sub(PROBE_EVERY);
+            if late >= LATE_WAKE {
+                metrics::counter!("copilot_runtime_late_wakes_total").increment(1);
+                tracing::warn!(
+                    late_ms = late.as_millis() as u64,
+                    "the runtime woke a task late"
+                );
+            }
+        }
+    });
+}
+
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
