@@ -405,8 +405,8 @@ impl CacheControl {
     }
 
     /// Re-sends, every `drain_every`, the invalidations of recorded changes older than
-    /// `drain_settle`, then forgets them: through Redis (tombstone and bus) and the store's
-    /// change feed. Both are version-guarded, so a change sent twice does no harm; one whose
+    /// `drain_settle`, then forgets them: through Redis (tombstone and bus), or the store's
+    /// change feed where Redis is absent or did not take it. Both are version-guarded, so a change sent twice does no harm; one whose
     /// writer died before Redis or the feed took it is sent now (DESIGN.md 5.3). Changes stay
     /// recorded while Redis is unavailable.
     fn drain(self: &Arc<Self>, changes: Arc<dyn ChangeLog>, feed: Option<Arc<dyn ChangeFeed>>) {
@@ -427,18 +427,23 @@ impl CacheControl {
                 {
                     let mut done = Vec::with_capacity(batch.len());
                     for change in &batch {
-                        if let Some(feed) = &feed {
+                        let via_redis = control.resend(&change.subject, change.version).await;
+                        // The feed only where the bus did not carry it (no Redis, or Redis did
+                        // not take it): every change is drained, so announcing each one again
+                        // beside a working bus would double PostgreSQL's notifications.
+                        if let Some(feed) =
+                            feed.as_ref().filter(|_| control.l2.is_none() || !via_redis)
+                        {
                             let _ = tokio::time::timeout(
                                 DRAIN_DEADLINE,
                                 feed.announce(&change.subject, change.version),
                             )
                             .await;
                         }
-                        if control.resend(&change.subject, change.version).await {
-                            done.push(change.id);
-                        } else {
+                        if !via_redis {
                             break;
                         }
+                        done.push(change.id);
                     }
                     if !done.is_empty()
                         && matches!(

@@ -88,14 +88,20 @@ pub trait ChangeStream: Send {
 }
 
 impl Notice {
-    /// `c|kind|tenant|subject|version` or `h|token` (ids never contain `|`).
-    pub(crate) fn encode_change_prefix(subject: &ChangeSubject) -> String {
+    /// `c|kind|tenant|subject|version` or `h|token` (ids never contain `|`): what a listener
+    /// receives for a change of `subject` to `version`.
+    pub(crate) fn encode_change(subject: &ChangeSubject, version: u64) -> String {
         let (kind, tenant, subject) = subject.columns();
         format!(
-            "c|{kind}|{}|{}|",
+            "c|{kind}|{}|{}|{version}",
             tenant.unwrap_or_default(),
             subject.unwrap_or_default()
         )
+    }
+
+    /// `h|token`: a heartbeat.
+    pub(crate) fn encode_heartbeat(token: &str) -> String {
+        format!("h|{token}")
     }
 
     pub(crate) fn decode(payload: &str) -> Option<Self> {
@@ -184,7 +190,7 @@ mod tests {
             ChangeSubject::Conversation(t.clone(), c),
             ChangeSubject::Membership(t.clone(), u.clone()),
         ] {
-            let payload = format!("{}42", Notice::encode_change_prefix(&subject));
+            let payload = Notice::encode_change(&subject, 42);
             assert_eq!(
                 Notice::decode(&payload),
                 Some(Notice::Changed {
@@ -194,7 +200,7 @@ mod tests {
             );
         }
         assert_eq!(
-            Notice::decode("h|123-9"),
+            Notice::decode(&Notice::encode_heartbeat("123-9")),
             Some(Notice::Heartbeat("123-9".into()))
         );
         assert_eq!(Notice::decode("c|policy||x|1"), None, "no tenant");

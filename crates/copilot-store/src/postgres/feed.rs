@@ -1,6 +1,7 @@
 //! Changes pushed as they commit: every committed write is `NOTIFY`ed on [`CHANGES_CHANNEL`]
-//! (see `notifier.rs`), and each instance `LISTEN`s on a connection of its own. `LISTEN` needs a session, so behind a transaction-mode pooler the listener connects to
-//! the direct URL (`COPILOT_DIRECT_DATABASE_URL`); `NOTIFY` itself passes through a pooler.
+//! (see `notifier.rs`), and each instance `LISTEN`s on a connection of its own. `LISTEN` needs
+//! a session, so behind a transaction-mode pooler the listener connects to the direct URL
+//! (`COPILOT_DIRECT_DATABASE_URL`); `NOTIFY` itself passes through a pooler.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -69,12 +70,12 @@ impl ChangeFeed for PostgresChangeFeed {
     }
 
     async fn heartbeat(&self, token: &str) -> StoreResult<()> {
-        self.notifier.send(format!("h|{token}"));
+        self.notifier.send(Notice::encode_heartbeat(token));
         Ok(())
     }
 
     async fn announce(&self, subject: &ChangeSubject, version: u64) -> StoreResult<()> {
-        self.notifier.send(super::announcement(subject, version));
+        self.notifier.send(Notice::encode_change(subject, version));
         Ok(())
     }
 }

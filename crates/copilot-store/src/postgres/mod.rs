@@ -49,7 +49,7 @@ use sqlx::query::Query;
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 
 use crate::traits::StoreHealth;
-use crate::{Change, ChangeLog, ChangeSubject, StoreError, StoreResult};
+use crate::{Change, ChangeLog, ChangeSubject, Notice, StoreError, StoreResult};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -259,7 +259,7 @@ impl PostgresStore {
             next_version(&mut tx.tx, self.persistent()).await?
         };
         if self.notify_changes {
-            tx.announce.push(announcement(&subject, version));
+            tx.announce.push(Notice::encode_change(&subject, version));
         }
         Ok(version)
     }
@@ -283,7 +283,7 @@ impl PostgresStore {
     /// Announces a write that has committed outside a [`WriteTx`].
     fn announce_committed(&self, subject: &ChangeSubject, version: u64) {
         if self.notify_changes {
-            self.notifier.send(announcement(subject, version));
+            self.notifier.send(Notice::encode_change(subject, version));
         }
     }
 
@@ -403,14 +403,6 @@ impl DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut PgConnection {
         &mut self.tx
     }
-}
-
-/// What a listener receives for `subject` at `version`.
-fn announcement(subject: &ChangeSubject, version: u64) -> String {
-    format!(
-        "{}{version}",
-        crate::changes::Notice::encode_change_prefix(subject)
-    )
 }
 
 enum ReadConn {

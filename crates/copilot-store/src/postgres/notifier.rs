@@ -7,9 +7,10 @@
 //! committed, and this task sends what has gathered in one autocommitted statement, on a
 //! connection of its own (so a busy pool neither delays announcements nor loses a writer its
 //! connection). Only one session per instance then contends for the lock, a write never waits
-//! for it, and a listener still hears only committed writes. A crash between a commit and its announcement is covered
-//! by the change log (re-sent by the cache's drainer). Heartbeats go through the same queue, so
-//! a listener that hears its own heartbeat knows every announcement queued before it was sent.
+//! for it, and a listener still hears only committed writes. A crash between a commit and its
+//! announcement is covered by the change log (re-sent by the cache's drainer). Heartbeats go
+//! through the same queue, so a listener that hears its own heartbeat knows every announcement
+//! queued before it was sent.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
