@@ -16,6 +16,16 @@ PIDS=()
 source scripts/services.sh
 cleanup() {
   local status=$?
+  if [ "$status" -ne 0 ]; then
+    # What a failed run needs to be understood afterwards: a crashed PostgreSQL (a full disk
+    # makes it PANIC) fails every later test with the same connection error.
+    echo "--- failed (exit $status); free disk:" >&2
+    df -h "$WORK_DIR" >&2 || true
+    if [ -f "$WORK_DIR/pg/log" ]; then
+      echo "--- last lines of the PostgreSQL log:" >&2
+      tail -n 40 "$WORK_DIR/pg/log" >&2 || true
+    fi
+  fi
   stop_all
   rm -rf "$WORK_DIR"
   exit "$status"
