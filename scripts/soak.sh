@@ -101,6 +101,39 @@ watch_sessions() {
 }
 watch_sessions &
 WATCH_PID=$!
+# What the machine does to the services' threads, four times a second: time the vCPUs were
+# stolen by the host (/proc/stat), and each service thread's time runnable but not running
+# (/proc/<pid>/task/*/schedstat). A stall that shows here is the machine's, not the code's.
+cat >"$WORK_DIR/sched.py" <<'PY'
+import glob, sys, time
+out, pids = sys.argv[1], sys.argv[2:]
+def steal():
+    with open("/proc/stat") as f:
+        return int(f.readline().split()[8]) * 10  # USER_HZ ticks -> ms
+def waits():
+    w = {}
+    for pid in pids:
+        for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+            try:
+                with open(path) as f:
+                    w[path] = int(f.read().split()[1]) // 1_000_000  # ns -> ms
+            except OSError:
+                pass
+    return w
+last_steal, last_waits = steal(), waits()
+with open(out, "w") as log:
+    while True:
+        time.sleep(0.25)
+        now_steal, now_waits = steal(), waits()
+        stolen = now_steal - last_steal
+        waited = max([now_waits[k] - last_waits.get(k, now_waits[k]) for k in now_waits] or [0])
+        if stolen >= 100 or waited >= 150:
+            log.write(f"{time.time():.2f} stolen {stolen} ms, longest thread wait {waited} ms\n")
+            log.flush()
+        last_steal, last_waits = now_steal, now_waits
+PY
+python3 "$WORK_DIR/sched.py" "$WORK_DIR/sched" "$PID_A" "$PID_B" &
+SCHED_PID=$!
 START=$(date +%s)
 LOAD_PIDS=()
 echo "machine: $(nproc) cores; $(date -u +%F); $SOAK_SECONDS s, warm-up $WARMUP s"
@@ -144,7 +177,7 @@ while [ $(($(date +%s) - START)) -lt "$SOAK_SECONDS" ]; do
   fi
 done
 wait "${LOAD_PIDS[@]}" 2>/dev/null || true
-kill "$WATCH_PID" 2>/dev/null || true
+kill "$WATCH_PID" "$SCHED_PID" 2>/dev/null || true
 RSS_A1=$(rss "$PID_A") RSS_B1=$(rss "$PID_B")
 
 failed_reads=0
@@ -172,5 +205,7 @@ echo "failed reads: $failed_reads; failed writes outside the PostgreSQL outage (
 # Sessions seen busy in one transaction or statement for a second or more (ms in column 7).
 echo "sessions busy >= 1 s (time | pid | application | state | wait type | wait | ms | query):"
 awk -F ' [|] ' '$7 + 0 >= 1000' "$WORK_DIR/sessions" 2>/dev/null | head -40
+echo "quarter seconds with >= 100 ms of vCPU stolen or a service thread waiting >= 150 ms to run:"
+awk -v start="$START" '{$1 = sprintf("%.2fs", $1 - start); print "  " $0}' "$WORK_DIR/sched" | head -40
 echo "RSS A: $RSS_A0 -> $RSS_A1 KiB; B: $RSS_B0 -> $RSS_B1 KiB"
 python3 -c "print('ratio=%.3f' % max($RSS_A1 / $RSS_A0, $RSS_B1 / $RSS_B0))"

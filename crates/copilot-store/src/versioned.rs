@@ -1,8 +1,11 @@
-//! The write flows the SQL backends share, written once. Each backend supplies only its
-//! statements ([`RowStatements`]: its dialect, its locking, where its versions come from); the
-//! order of steps and the rules (a missing row is `NotFound`, `If-Match` is checked against the
-//! locked row, the version and `updatedAt` are taken holding the lock, the stored row is built
-//! here) live here.
+//! The SQL backends' policy, config and membership stores, written once (blanket impls over
+//! the backends' statements). Each backend supplies only its statements ([`RowStatements`]: its
+//! dialect, its locking, where its versions come from; [`ConfigRows`], [`PolicyRows`],
+//! [`MembershipRows`]: its reads and upserts); the order of steps and the rules (a missing row
+//! is `NotFound`, `If-Match` is checked against the locked row, the version and `updatedAt` are
+//! taken holding the lock, the stored row is built here) live here.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use copilot_domain::config::{ConfigLevel, ConfigPatch, StoredPatch};
@@ -11,6 +14,7 @@ use copilot_domain::policy::{StoredPolicy, TenantLlmPolicy};
 use copilot_domain::{TenantId, Timestamp, UserId};
 
 use crate::error::check_expected;
+use crate::traits::{ConfigStore, MembershipStore, PolicyStore};
 use crate::{ChangeSubject, StoreError, StoreResult};
 
 /// The statements of one backend over the row a [`ChangeSubject`] names (a policy, a config
@@ -44,6 +48,9 @@ pub(crate) trait RowStatements: Send + Sync {
 /// A backend's statements over config levels.
 #[async_trait]
 pub(crate) trait ConfigRows: RowStatements {
+    /// A config level's stored patch, read outside any write.
+    async fn fetch_patch(&self, level: &ConfigLevel) -> StoreResult<Option<StoredPatch>>;
+
     /// A config level's stored patch, locked for a read-modify-write (a level with no row yet
     /// is claimed, so concurrent first writers queue too); `None` when there is none.
     async fn patch_for_update(
@@ -56,16 +63,27 @@ pub(crate) trait ConfigRows: RowStatements {
     async fn write_patch_row(&self, tx: &mut Self::Tx, stored: &StoredPatch) -> StoreResult<()>;
 }
 
-/// A backend's statement writing a policy.
+/// A backend's statements over policies.
 #[async_trait]
 pub(crate) trait PolicyRows: RowStatements {
+    async fn fetch_policy(&self, tenant: &TenantId) -> StoreResult<Option<Arc<StoredPolicy>>>;
+
     /// Writes a tenant's policy as `stored` says.
     async fn write_policy_row(&self, tx: &mut Self::Tx, stored: &StoredPolicy) -> StoreResult<()>;
 }
 
-/// A backend's statement writing a membership.
+/// A backend's statements over memberships.
 #[async_trait]
 pub(crate) trait MembershipRows: RowStatements {
+    async fn fetch_membership(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+    ) -> StoreResult<Option<Membership>>;
+
+    /// Every membership of the tenant, ordered by user id (byte order).
+    async fn fetch_members(&self, tenant: &TenantId) -> StoreResult<Vec<Membership>>;
+
     /// Writes a membership at `version`; returns the stored row.
     async fn write_membership_row(
         &self,
@@ -116,46 +134,6 @@ pub(crate) async fn begin_versioned<S: RowStatements>(
     Ok((tx, version))
 }
 
-/// Replaces a config level's patch (creating the level if needed).
-pub(crate) async fn put_patch<S: ConfigRows>(
-    statements: &S,
-    level: &ConfigLevel,
-    patch: &ConfigPatch,
-    expected: Option<u64>,
-    actor: &str,
-) -> StoreResult<StoredPatch> {
-    let subject = ChangeSubject::Config(level.clone());
-    let (mut tx, version) = begin_versioned(statements, subject, expected).await?;
-    let stored = stored_patch(statements, level, patch.clone(), version, actor);
-    statements.write_patch_row(&mut tx, &stored).await?;
-    statements.commit(tx).await?;
-    Ok(stored)
-}
-
-/// Applies a JSON merge patch to a config level (creating it if needed), against the locked
-/// current patch.
-pub(crate) async fn merge_patch<S: ConfigRows>(
-    statements: &S,
-    level: &ConfigLevel,
-    merge_patch: &serde_json::Value,
-    expected: Option<u64>,
-    actor: &str,
-) -> StoreResult<StoredPatch> {
-    let subject = ChangeSubject::Config(level.clone());
-    let mut tx = statements.begin_for(&subject).await?;
-    let current = statements.patch_for_update(&mut tx, level).await?;
-    check_expected(current.as_ref().map(|p| p.version), expected)?;
-    let merged = current
-        .map(|p| p.patch)
-        .unwrap_or_default()
-        .merge(merge_patch)?;
-    let version = statements.stamp_row(&mut tx, subject).await?;
-    let stored = stored_patch(statements, level, merged, version, actor);
-    statements.write_patch_row(&mut tx, &stored).await?;
-    statements.commit(tx).await?;
-    Ok(stored)
-}
-
 /// A level's patch as written now, by `actor`, at `version` (the clock read holding the lock,
 /// so `updatedAt` follows the version).
 fn stored_patch<S: RowStatements>(
@@ -174,38 +152,119 @@ fn stored_patch<S: RowStatements>(
     }
 }
 
-/// Replaces a tenant's policy (creating it if needed).
-pub(crate) async fn put_policy<S: PolicyRows>(
-    statements: &S,
-    policy: &TenantLlmPolicy,
-    expected: Option<u64>,
-    actor: &str,
-) -> StoreResult<StoredPolicy> {
-    let subject = ChangeSubject::Policy(policy.tenant_id.clone());
-    let (mut tx, version) = begin_versioned(statements, subject, expected).await?;
-    let stored = StoredPolicy {
-        policy: policy.clone(),
-        version,
-        updated_at: statements.now(),
-        updated_by: actor.to_owned(),
-    };
-    statements.write_policy_row(&mut tx, &stored).await?;
-    statements.commit(tx).await?;
-    Ok(stored)
+/// The SQL backends' policy store: their statements in the shared flow.
+#[async_trait]
+impl<S: PolicyRows> PolicyStore for S {
+    async fn get_policy(&self, tenant: &TenantId) -> StoreResult<Option<Arc<StoredPolicy>>> {
+        self.fetch_policy(tenant).await
+    }
+
+    async fn put_policy(
+        &self,
+        policy: &TenantLlmPolicy,
+        expected_version: Option<u64>,
+        actor: &str,
+    ) -> StoreResult<StoredPolicy> {
+        let subject = ChangeSubject::Policy(policy.tenant_id.clone());
+        let (mut tx, version) = begin_versioned(self, subject, expected_version).await?;
+        let stored = StoredPolicy {
+            policy: policy.clone(),
+            version,
+            updated_at: self.now(),
+            updated_by: actor.to_owned(),
+        };
+        self.write_policy_row(&mut tx, &stored).await?;
+        self.commit(tx).await?;
+        Ok(stored)
+    }
+
+    async fn delete_policy(&self, tenant: &TenantId, expected: Option<u64>) -> StoreResult<u64> {
+        delete_versioned(self, ChangeSubject::Policy(tenant.clone()), expected).await
+    }
 }
 
-/// Puts a user's membership of a tenant (creating it if needed).
-pub(crate) async fn put_membership<S: MembershipRows>(
-    statements: &S,
-    tenant: &TenantId,
-    user: &UserId,
-    input: &MembershipInput,
-) -> StoreResult<Membership> {
-    let subject = ChangeSubject::Membership(tenant.clone(), user.clone());
-    let (mut tx, version) = begin_versioned(statements, subject, None).await?;
-    let stored = statements
-        .write_membership_row(&mut tx, (tenant, user), input, version)
-        .await?;
-    statements.commit(tx).await?;
-    Ok(stored)
+/// The SQL backends' config store: their statements in the shared flows.
+#[async_trait]
+impl<S: ConfigRows> ConfigStore for S {
+    async fn get_patch(&self, level: &ConfigLevel) -> StoreResult<Option<StoredPatch>> {
+        self.fetch_patch(level).await
+    }
+
+    async fn put_patch(
+        &self,
+        level: &ConfigLevel,
+        patch: &ConfigPatch,
+        expected_version: Option<u64>,
+        actor: &str,
+    ) -> StoreResult<StoredPatch> {
+        let subject = ChangeSubject::Config(level.clone());
+        let (mut tx, version) = begin_versioned(self, subject, expected_version).await?;
+        let stored = stored_patch(self, level, patch.clone(), version, actor);
+        self.write_patch_row(&mut tx, &stored).await?;
+        self.commit(tx).await?;
+        Ok(stored)
+    }
+
+    /// Against the locked current patch, so concurrent merges all land.
+    async fn merge_patch(
+        &self,
+        level: &ConfigLevel,
+        merge_patch: &serde_json::Value,
+        expected_version: Option<u64>,
+        actor: &str,
+    ) -> StoreResult<StoredPatch> {
+        let subject = ChangeSubject::Config(level.clone());
+        let mut tx = self.begin_for(&subject).await?;
+        let current = self.patch_for_update(&mut tx, level).await?;
+        check_expected(current.as_ref().map(|p| p.version), expected_version)?;
+        let merged = current
+            .map(|p| p.patch)
+            .unwrap_or_default()
+            .merge(merge_patch)?;
+        let version = self.stamp_row(&mut tx, subject).await?;
+        let stored = stored_patch(self, level, merged, version, actor);
+        self.write_patch_row(&mut tx, &stored).await?;
+        self.commit(tx).await?;
+        Ok(stored)
+    }
+
+    async fn delete_patch(&self, level: &ConfigLevel, expected: Option<u64>) -> StoreResult<u64> {
+        delete_versioned(self, ChangeSubject::Config(level.clone()), expected).await
+    }
+}
+
+/// The SQL backends' membership store: their statements in the shared flow.
+#[async_trait]
+impl<S: MembershipRows> MembershipStore for S {
+    async fn get_membership(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+    ) -> StoreResult<Option<Membership>> {
+        self.fetch_membership(tenant, user).await
+    }
+
+    async fn put_membership(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        input: &MembershipInput,
+    ) -> StoreResult<Membership> {
+        let subject = ChangeSubject::Membership(tenant.clone(), user.clone());
+        let (mut tx, version) = begin_versioned(self, subject, None).await?;
+        let stored = self
+            .write_membership_row(&mut tx, (tenant, user), input, version)
+            .await?;
+        self.commit(tx).await?;
+        Ok(stored)
+    }
+
+    async fn delete_membership(&self, tenant: &TenantId, user: &UserId) -> StoreResult<u64> {
+        let subject = ChangeSubject::Membership(tenant.clone(), user.clone());
+        delete_versioned(self, subject, None).await
+    }
+
+    async fn list_members(&self, tenant: &TenantId) -> StoreResult<Vec<Membership>> {
+        self.fetch_members(tenant).await
+    }
 }

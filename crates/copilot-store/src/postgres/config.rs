@@ -4,9 +4,8 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
 
 use super::{PostgresStore, WriteTx, to_i64, to_u64};
-use crate::traits::ConfigStore;
 use crate::versioned::ConfigRows;
-use crate::{ChangeSubject, StoreError, StoreResult};
+use crate::{StoreError, StoreResult};
 
 /// `(tenant_id, user_id)` of a level; NULL stands for "none" (NULLS NOT DISTINCT keeps it unique).
 fn key(level: &ConfigLevel) -> (Option<&str>, Option<&str>) {
@@ -86,6 +85,13 @@ impl PostgresStore {
 
 #[async_trait]
 impl ConfigRows for PostgresStore {
+    async fn fetch_patch(&self, level: &ConfigLevel) -> StoreResult<Option<StoredPatch>> {
+        let mut conn = self.read().await?;
+        let patch = self.read_patch(&mut conn, level, false).await?;
+        conn.finish().await?;
+        Ok(patch)
+    }
+
     async fn patch_for_update(
         &self,
         tx: &mut WriteTx,
@@ -129,44 +135,5 @@ impl ConfigRows for PostgresStore {
         .execute(&mut **tx)
         .await?;
         Ok(())
-    }
-}
-
-#[async_trait]
-impl ConfigStore for PostgresStore {
-    async fn get_patch(&self, level: &ConfigLevel) -> StoreResult<Option<StoredPatch>> {
-        let mut conn = self.read().await?;
-        let patch = self.read_patch(&mut conn, level, false).await?;
-        conn.finish().await?;
-        Ok(patch)
-    }
-
-    async fn put_patch(
-        &self,
-        level: &ConfigLevel,
-        patch: &ConfigPatch,
-        expected_version: Option<u64>,
-        actor: &str,
-    ) -> StoreResult<StoredPatch> {
-        crate::versioned::put_patch(self, level, patch, expected_version, actor).await
-    }
-
-    async fn merge_patch(
-        &self,
-        level: &ConfigLevel,
-        merge_patch: &serde_json::Value,
-        expected_version: Option<u64>,
-        actor: &str,
-    ) -> StoreResult<StoredPatch> {
-        crate::versioned::merge_patch(self, level, merge_patch, expected_version, actor).await
-    }
-
-    async fn delete_patch(
-        &self,
-        level: &ConfigLevel,
-        expected_version: Option<u64>,
-    ) -> StoreResult<u64> {
-        let subject = ChangeSubject::Config(level.clone());
-        crate::versioned::delete_versioned(self, subject, expected_version).await
     }
 }

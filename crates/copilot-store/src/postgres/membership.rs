@@ -6,9 +6,8 @@ use sqlx::postgres::PgRow;
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::{PostgresStore, WriteTx, to_i64, to_u64};
-use crate::traits::MembershipStore;
 use crate::versioned::MembershipRows;
-use crate::{ChangeSubject, StoreError, StoreResult};
+use crate::{StoreError, StoreResult};
 
 macro_rules! columns {
     () => {
@@ -35,8 +34,8 @@ pub(super) fn decode(row: &PgRow) -> StoreResult<Membership> {
 }
 
 #[async_trait]
-impl MembershipStore for PostgresStore {
-    async fn get_membership(
+impl MembershipRows for PostgresStore {
+    async fn fetch_membership(
         &self,
         tenant: &TenantId,
         user: &UserId,
@@ -56,21 +55,7 @@ impl MembershipStore for PostgresStore {
         row.as_ref().map(decode).transpose()
     }
 
-    async fn put_membership(
-        &self,
-        tenant: &TenantId,
-        user: &UserId,
-        input: &MembershipInput,
-    ) -> StoreResult<Membership> {
-        crate::versioned::put_membership(self, tenant, user, input).await
-    }
-
-    async fn delete_membership(&self, tenant: &TenantId, user: &UserId) -> StoreResult<u64> {
-        let subject = ChangeSubject::Membership(tenant.clone(), user.clone());
-        crate::versioned::delete_versioned(self, subject, None).await
-    }
-
-    async fn list_members(&self, tenant: &TenantId) -> StoreResult<Vec<Membership>> {
+    async fn fetch_members(&self, tenant: &TenantId) -> StoreResult<Vec<Membership>> {
         let mut conn = self.read().await?;
         let rows = sqlx::query(concat!(
             "SELECT ",
@@ -84,10 +69,7 @@ impl MembershipStore for PostgresStore {
         conn.finish().await?;
         rows.iter().map(decode).collect()
     }
-}
 
-#[async_trait]
-impl MembershipRows for PostgresStore {
     async fn write_membership_row(
         &self,
         tx: &mut WriteTx,

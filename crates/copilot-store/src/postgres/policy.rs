@@ -7,13 +7,12 @@ use sqlx::types::Json;
 use sqlx::{Postgres, QueryBuilder, Row};
 
 use super::{PostgresStore, WriteTx, to_i64, to_u64};
-use crate::traits::PolicyStore;
 use crate::versioned::PolicyRows;
-use crate::{ChangeSubject, StoreError, StoreResult};
+use crate::{StoreError, StoreResult};
 
 #[async_trait]
-impl PolicyStore for PostgresStore {
-    async fn get_policy(&self, tenant: &TenantId) -> StoreResult<Option<Arc<StoredPolicy>>> {
+impl PolicyRows for PostgresStore {
+    async fn fetch_policy(&self, tenant: &TenantId) -> StoreResult<Option<Arc<StoredPolicy>>> {
         let mut conn = self.read().await?;
         let row = sqlx::query(
             "SELECT document, version, updated_at, updated_by FROM copilot.tenant_llm_policies WHERE tenant_id = $1",
@@ -35,27 +34,6 @@ impl PolicyStore for PostgresStore {
         })))
     }
 
-    async fn put_policy(
-        &self,
-        policy: &TenantLlmPolicy,
-        expected_version: Option<u64>,
-        actor: &str,
-    ) -> StoreResult<StoredPolicy> {
-        crate::versioned::put_policy(self, policy, expected_version, actor).await
-    }
-
-    async fn delete_policy(
-        &self,
-        tenant: &TenantId,
-        expected_version: Option<u64>,
-    ) -> StoreResult<u64> {
-        let subject = ChangeSubject::Policy(tenant.clone());
-        crate::versioned::delete_versioned(self, subject, expected_version).await
-    }
-}
-
-#[async_trait]
-impl PolicyRows for PostgresStore {
     async fn write_policy_row(&self, tx: &mut WriteTx, stored: &StoredPolicy) -> StoreResult<()> {
         let mut sql = QueryBuilder::<Postgres>::new("INSERT INTO copilot.tenant_llm_policies");
         let (policy, version) = (&stored.policy, to_i64(stored.version)?);

@@ -4,9 +4,8 @@ use copilot_domain::config::{ConfigLevel, ConfigPatch, StoredPatch};
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{SqliteStore, micros, to_u64, version_param};
-use crate::traits::ConfigStore;
 use crate::versioned::ConfigRows;
-use crate::{ChangeSubject, StoreError, StoreResult};
+use crate::{StoreError, StoreResult};
 
 /// The row key of a level: '' means "no tenant" / "no user".
 pub(super) fn key(level: &ConfigLevel) -> (&str, &str) {
@@ -44,6 +43,10 @@ where
 
 #[async_trait]
 impl ConfigRows for SqliteStore {
+    async fn fetch_patch(&self, level: &ConfigLevel) -> StoreResult<Option<StoredPatch>> {
+        read_patch(&self.reader, level).await
+    }
+
     /// The database write lock (`BEGIN IMMEDIATE`) already excludes every other writer.
     async fn patch_for_update(
         &self,
@@ -76,41 +79,5 @@ impl ConfigRows for SqliteStore {
         .execute(&mut **tx)
         .await?;
         Ok(())
-    }
-}
-
-#[async_trait]
-impl ConfigStore for SqliteStore {
-    async fn get_patch(&self, level: &ConfigLevel) -> StoreResult<Option<StoredPatch>> {
-        read_patch(&self.reader, level).await
-    }
-
-    async fn put_patch(
-        &self,
-        level: &ConfigLevel,
-        patch: &ConfigPatch,
-        expected_version: Option<u64>,
-        actor: &str,
-    ) -> StoreResult<StoredPatch> {
-        crate::versioned::put_patch(self, level, patch, expected_version, actor).await
-    }
-
-    async fn merge_patch(
-        &self,
-        level: &ConfigLevel,
-        merge_patch: &serde_json::Value,
-        expected_version: Option<u64>,
-        actor: &str,
-    ) -> StoreResult<StoredPatch> {
-        crate::versioned::merge_patch(self, level, merge_patch, expected_version, actor).await
-    }
-
-    async fn delete_patch(
-        &self,
-        level: &ConfigLevel,
-        expected_version: Option<u64>,
-    ) -> StoreResult<u64> {
-        let subject = ChangeSubject::Config(level.clone());
-        crate::versioned::delete_versioned(self, subject, expected_version).await
     }
 }

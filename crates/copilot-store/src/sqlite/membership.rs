@@ -7,9 +7,8 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use super::{SqliteStore, micros, to_u64, version_param};
-use crate::traits::MembershipStore;
 use crate::versioned::MembershipRows;
-use crate::{ChangeSubject, StoreError, StoreResult};
+use crate::{StoreError, StoreResult};
 
 pub(super) const COLUMNS: &str =
     "tenant_id, user_id, role, status, version, created_at, updated_at";
@@ -31,8 +30,8 @@ pub(super) fn decode(row: &SqliteRow) -> StoreResult<Membership> {
 }
 
 #[async_trait]
-impl MembershipStore for SqliteStore {
-    async fn get_membership(
+impl MembershipRows for SqliteStore {
+    async fn fetch_membership(
         &self,
         tenant: &TenantId,
         user: &UserId,
@@ -47,21 +46,7 @@ impl MembershipStore for SqliteStore {
         row.as_ref().map(decode).transpose()
     }
 
-    async fn put_membership(
-        &self,
-        tenant: &TenantId,
-        user: &UserId,
-        input: &MembershipInput,
-    ) -> StoreResult<Membership> {
-        crate::versioned::put_membership(self, tenant, user, input).await
-    }
-
-    async fn delete_membership(&self, tenant: &TenantId, user: &UserId) -> StoreResult<u64> {
-        let subject = ChangeSubject::Membership(tenant.clone(), user.clone());
-        crate::versioned::delete_versioned(self, subject, None).await
-    }
-
-    async fn list_members(&self, tenant: &TenantId) -> StoreResult<Vec<Membership>> {
+    async fn fetch_members(&self, tenant: &TenantId) -> StoreResult<Vec<Membership>> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM tenant_memberships WHERE tenant_id = ? ORDER BY user_id"
         ))
@@ -70,10 +55,7 @@ impl MembershipStore for SqliteStore {
         .await?;
         rows.iter().map(decode).collect()
     }
-}
 
-#[async_trait]
-impl MembershipRows for SqliteStore {
     async fn write_membership_row(
         &self,
         tx: &mut Transaction<'static, Sqlite>,

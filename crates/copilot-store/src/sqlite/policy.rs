@@ -7,13 +7,12 @@ use copilot_domain::policy::{StoredPolicy, TenantLlmPolicy};
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use super::{SqliteStore, micros, to_u64, version_param};
-use crate::traits::PolicyStore;
 use crate::versioned::PolicyRows;
-use crate::{ChangeSubject, StoreError, StoreResult};
+use crate::{StoreError, StoreResult};
 
 #[async_trait]
-impl PolicyStore for SqliteStore {
-    async fn get_policy(&self, tenant: &TenantId) -> StoreResult<Option<Arc<StoredPolicy>>> {
+impl PolicyRows for SqliteStore {
+    async fn fetch_policy(&self, tenant: &TenantId) -> StoreResult<Option<Arc<StoredPolicy>>> {
         let row = sqlx::query(
             "SELECT document, version, updated_at, updated_by FROM tenant_llm_policies WHERE tenant_id = ?",
         )
@@ -32,27 +31,6 @@ impl PolicyStore for SqliteStore {
         })))
     }
 
-    async fn put_policy(
-        &self,
-        policy: &TenantLlmPolicy,
-        expected_version: Option<u64>,
-        actor: &str,
-    ) -> StoreResult<StoredPolicy> {
-        crate::versioned::put_policy(self, policy, expected_version, actor).await
-    }
-
-    async fn delete_policy(
-        &self,
-        tenant: &TenantId,
-        expected_version: Option<u64>,
-    ) -> StoreResult<u64> {
-        let subject = ChangeSubject::Policy(tenant.clone());
-        crate::versioned::delete_versioned(self, subject, expected_version).await
-    }
-}
-
-#[async_trait]
-impl PolicyRows for SqliteStore {
     async fn write_policy_row(
         &self,
         tx: &mut Transaction<'static, Sqlite>,
