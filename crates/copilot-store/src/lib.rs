@@ -3,6 +3,7 @@
 //! pass the same conformance suite (`conformance` feature).
 
 mod changes;
+mod conversation_rows;
 mod error;
 pub mod memory;
 pub mod postgres;

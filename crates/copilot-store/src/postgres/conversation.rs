@@ -1,20 +1,18 @@
 use async_trait::async_trait;
 use copilot_domain::clock::from_micros;
 use copilot_domain::conversation::{
-    Conversation, ConversationPage, ConversationQuery, ConversationUpdate, Message, MessagePage,
-    MessageQuery, MessageRole, MessageWrite, NewConversation, NewMessage, ShareAudience,
-    TenantAccess,
+    Conversation, ConversationQuery, ConversationUpdate, Message, MessageQuery, MessageRole,
+    MessageWrite, NewConversation, NewMessage, ShareAudience, TenantAccess,
 };
 use copilot_domain::{ConversationId, MessageId, TenantId, UserId};
 use serde_json::{Map, Value};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
-use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
+use sqlx::{Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::{PostgresStore, to_i64, to_u64};
-use crate::error::check_expected;
-use crate::traits::ConversationStore;
+use super::{PostgresStore, WriteTx, to_i64, to_u64};
+use crate::conversation_rows::{ConversationRows, MessageAt};
 use crate::{ChangeSubject, StoreError, StoreResult};
 
 macro_rules! conversation_columns {
@@ -133,49 +131,6 @@ fn decode_message_named(row: &PgRow, names: &MessageColumnNames) -> StoreResult<
     })
 }
 
-impl PostgresStore {
-    /// Locks the conversation row for this write transaction: `(version, archived, last_seq)`.
-    async fn lock_conversation(
-        &self,
-        conn: &mut PgConnection,
-        tenant: &TenantId,
-        id: &ConversationId,
-    ) -> StoreResult<(u64, bool, i64)> {
-        let row = sqlx::query(
-            "SELECT version, archived_at IS NOT NULL AS archived, last_seq FROM copilot.conversations
-             WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
-        )
-        .persistent(self.persistent())
-        .bind(id.as_uuid())
-        .bind(tenant.as_str())
-        .fetch_optional(conn)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-        Ok((
-            to_u64(row.try_get("version")?, "version")?,
-            row.try_get("archived")?,
-            row.try_get("last_seq")?,
-        ))
-    }
-
-    async fn fetch_conversation(
-        &self,
-        conn: &mut PgConnection,
-        id: &ConversationId,
-    ) -> StoreResult<Conversation> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            conversation_columns!(),
-            " FROM copilot.conversations WHERE id = $1"
-        ))
-        .persistent(self.persistent())
-        .bind(id.as_uuid())
-        .fetch_one(conn)
-        .await?;
-        decode_conversation(&row)
-    }
-}
-
 /// The list query (`prefix` is empty, or `EXPLAIN ` for plan checks): the access rule and the
 /// keyset condition inside, ordered as the `conversations_list` index.
 fn list_query<'a>(prefix: &str, query: &'a ConversationQuery) -> QueryBuilder<'a, Postgres> {
@@ -213,42 +168,10 @@ impl PostgresStore {
 }
 
 #[async_trait]
-impl ConversationStore for PostgresStore {
-    async fn create_conversation(&self, new: &NewConversation) -> StoreResult<Conversation> {
-        let now = self.now();
-        let id = ConversationId::new_v7(now);
-        let mut tx = self.begin().await?;
-        let version = self
-            .stamp(
-                &mut tx,
-                ChangeSubject::Conversation(new.tenant_id.clone(), id),
-            )
-            .await?;
-        let row = sqlx::query(concat!(
-            "INSERT INTO copilot.conversations (id, tenant_id, user_id, title, persona_id, jurisdictions,
-                 share_audience, tenant_access, created_at, updated_at, version)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10) RETURNING ",
-            conversation_columns!()
-        ))
-        .persistent(self.persistent())
-        .bind(id.as_uuid())
-        .bind(new.tenant_id.as_str())
-        .bind(new.user_id.as_ref().map(UserId::as_str))
-        .bind(new.title.as_deref())
-        .bind(new.persona_id.as_deref())
-        .bind(&new.jurisdictions)
-        .bind(new.share_audience.as_str())
-        .bind(new.tenant_access.as_str())
-        .bind(now)
-        .bind(to_i64(version)?)
-        .fetch_one(&mut *tx)
-        .await?;
-        let conversation = decode_conversation(&row)?;
-        tx.commit().await?;
-        Ok(conversation)
-    }
+impl ConversationRows for PostgresStore {
+    type Snapshot = WriteTx;
 
-    async fn get_conversation(
+    async fn fetch_conversation(
         &self,
         tenant: &TenantId,
         id: &ConversationId,
@@ -268,7 +191,10 @@ impl ConversationStore for PostgresStore {
         row.as_ref().map(decode_conversation).transpose()
     }
 
-    async fn list_conversations(&self, query: &ConversationQuery) -> StoreResult<ConversationPage> {
+    async fn fetch_conversations(
+        &self,
+        query: &ConversationQuery,
+    ) -> StoreResult<Vec<Conversation>> {
         let mut sql = list_query("", query);
         let mut conn = self.read().await?;
         let rows = sql
@@ -277,53 +203,93 @@ impl ConversationStore for PostgresStore {
             .fetch_all(&mut *conn)
             .await?;
         conn.finish().await?;
-        let rows = rows
-            .iter()
-            .map(decode_conversation)
-            .collect::<StoreResult<Vec<_>>>()?;
-        Ok(ConversationPage::from_rows(rows, query))
+        rows.iter().map(decode_conversation).collect()
     }
 
-    async fn update_conversation(
+    async fn fetch_message(&self, at: MessageAt<'_>) -> StoreResult<Option<Message>> {
+        let mut conn = self.read().await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM copilot.conversation_messages WHERE id = $1 AND conversation_id = $2 AND tenant_id = $3"
+        ))
+        .persistent(self.persistent())
+        .bind(at.message.as_uuid())
+        .bind(at.conversation.as_uuid())
+        .bind(at.tenant.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+        conn.finish().await?;
+        row.as_ref().map(decode_message).transpose()
+    }
+
+    async fn insert_conversation(
         &self,
+        tx: &mut WriteTx,
+        new: &NewConversation,
+        (id, version): (ConversationId, u64),
+    ) -> StoreResult<Conversation> {
+        let row = sqlx::query(concat!(
+            "INSERT INTO copilot.conversations (id, tenant_id, user_id, title, persona_id, jurisdictions,
+                 share_audience, tenant_access, created_at, updated_at, version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10) RETURNING ",
+            conversation_columns!()
+        ))
+        .persistent(self.persistent())
+        .bind(id.as_uuid())
+        .bind(new.tenant_id.as_str())
+        .bind(new.user_id.as_ref().map(UserId::as_str))
+        .bind(new.title.as_deref())
+        .bind(new.persona_id.as_deref())
+        .bind(&new.jurisdictions)
+        .bind(new.share_audience.as_str())
+        .bind(new.tenant_access.as_str())
+        .bind(self.now())
+        .bind(to_i64(version)?)
+        .fetch_one(&mut **tx)
+        .await?;
+        decode_conversation(&row)
+    }
+
+    async fn conversation_for_update(
+        &self,
+        tx: &mut WriteTx,
         tenant: &TenantId,
         id: &ConversationId,
+    ) -> StoreResult<Option<Conversation>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            conversation_columns!(),
+            " FROM copilot.conversations WHERE id = $1 AND tenant_id = $2 FOR UPDATE"
+        ))
+        .persistent(self.persistent())
+        .bind(id.as_uuid())
+        .bind(tenant.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+        row.as_ref().map(decode_conversation).transpose()
+    }
+
+    async fn write_conversation_update(
+        &self,
+        tx: &mut WriteTx,
+        (id, version): (&ConversationId, u64),
         update: &ConversationUpdate,
-        expected_version: Option<u64>,
     ) -> StoreResult<Conversation> {
-        let mut tx = self.begin().await?;
-        let (current, _, _) = self.lock_conversation(&mut tx, tenant, id).await?;
-        let now = self.now();
-        check_expected(Some(current), expected_version)?;
-        let version = self
-            .stamp(&mut tx, ChangeSubject::Conversation(tenant.clone(), *id))
-            .await?;
         let mut sql =
             QueryBuilder::<Postgres>::new("UPDATE copilot.conversations SET updated_at = ");
-        crate::sql::push_conversation_update(&mut sql, update, now, to_i64(version)?);
+        crate::sql::push_conversation_update(&mut sql, update, self.now(), to_i64(version)?);
         sql.push(" WHERE id = ").push_bind(*id.as_uuid());
         sql.push(concat!(" RETURNING ", conversation_columns!()));
         let row = sql
             .build()
             .persistent(self.persistent())
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut **tx)
             .await?;
-        let conversation = decode_conversation(&row)?;
-        tx.commit().await?;
-        Ok(conversation)
+        decode_conversation(&row)
     }
 
-    async fn delete_conversation(
-        &self,
-        tenant: &TenantId,
-        id: &ConversationId,
-        expected_version: Option<u64>,
-    ) -> StoreResult<u64> {
-        let subject = ChangeSubject::Conversation(tenant.clone(), *id);
-        crate::versioned::delete_versioned(self, subject, expected_version).await
-    }
-
-    async fn append_message(
+    async fn append(
         &self,
         tenant: &TenantId,
         conversation: &ConversationId,
@@ -397,150 +363,31 @@ impl ConversationStore for PostgresStore {
         Ok(written)
     }
 
-    async fn get_message(
+    async fn message_in(
         &self,
-        tenant: &TenantId,
-        conversation: &ConversationId,
-        message: &MessageId,
+        tx: &mut WriteTx,
+        at: MessageAt<'_>,
     ) -> StoreResult<Option<Message>> {
-        let mut conn = self.read().await?;
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            message_columns!(),
-            " FROM copilot.conversation_messages WHERE id = $1 AND conversation_id = $2 AND tenant_id = $3"
-        ))
-        .persistent(self.persistent())
-        .bind(message.as_uuid())
-        .bind(conversation.as_uuid())
-        .bind(tenant.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
-        conn.finish().await?;
-        row.as_ref().map(decode_message).transpose()
-    }
-
-    async fn list_messages(
-        &self,
-        tenant: &TenantId,
-        conversation: &ConversationId,
-        query: &MessageQuery,
-    ) -> StoreResult<MessagePage> {
-        // REPEATABLE READ: the page and "older messages exist" come from one snapshot.
-        let mut tx = self.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .persistent(self.persistent())
-            .execute(&mut *tx)
-            .await?;
-        let exists: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM copilot.conversations WHERE id = $1 AND tenant_id = $2",
-        )
-        .persistent(self.persistent())
-        .bind(conversation.as_uuid())
-        .bind(tenant.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound);
-        }
-        let limit = i64::from(query.limit);
-        let rows = match query.after {
-            Some(after) => {
-                sqlx::query(concat!(
-                    "SELECT ",
-                    message_columns!(),
-                    " FROM copilot.conversation_messages WHERE conversation_id = $1 AND seq > $2
-                      AND ($3 OR deleted_at IS NULL) ORDER BY seq ASC LIMIT $4"
-                ))
-                .persistent(self.persistent())
-                .bind(conversation.as_uuid())
-                .bind(to_i64(after)?)
-                .bind(query.include_deleted)
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await?
-            }
-            None => {
-                sqlx::query(concat!(
-                    "SELECT ",
-                    message_columns!(),
-                    " FROM copilot.conversation_messages WHERE conversation_id = $1 AND seq < $2
-                      AND ($3 OR deleted_at IS NULL) ORDER BY seq DESC LIMIT $4"
-                ))
-                .persistent(self.persistent())
-                .bind(conversation.as_uuid())
-                .bind(query.before.map_or(Ok(i64::MAX), to_i64)?)
-                .bind(query.include_deleted)
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await?
-            }
-        };
-        let mut items = rows
-            .iter()
-            .map(decode_message)
-            .collect::<StoreResult<Vec<_>>>()?;
-        items.sort_by_key(|m| m.seq);
-        let next_before = match items.first() {
-            Some(first) => {
-                let older: Option<i32> = sqlx::query_scalar(
-                    "SELECT 1 FROM copilot.conversation_messages WHERE conversation_id = $1 AND seq < $2
-                     AND ($3 OR deleted_at IS NULL) LIMIT 1",
-                )
-                .persistent(self.persistent())
-                .bind(conversation.as_uuid())
-                .bind(to_i64(first.seq)?)
-                .bind(query.include_deleted)
-                .fetch_optional(&mut *tx)
-                .await?;
-                older.map(|_| first.seq)
-            }
-            None => None,
-        };
-        tx.commit().await?;
-        Ok(MessagePage { items, next_before })
-    }
-
-    async fn soft_delete_message(
-        &self,
-        tenant: &TenantId,
-        conversation: &ConversationId,
-        message: &MessageId,
-        deleted_by: &str,
-    ) -> StoreResult<MessageWrite> {
-        let mut tx = self.begin().await?;
-        let (_, archived, _) = self
-            .lock_conversation(&mut tx, tenant, conversation)
-            .await?;
-        let now = self.now();
-        if archived {
-            return Err(StoreError::ConversationArchived);
-        }
         let row = sqlx::query(concat!(
             "SELECT ",
             message_columns!(),
             " FROM copilot.conversation_messages WHERE id = $1 AND conversation_id = $2"
         ))
         .persistent(self.persistent())
-        .bind(message.as_uuid())
-        .bind(conversation.as_uuid())
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-        let existing = decode_message(&row)?;
-        if existing.is_deleted() {
-            let current = self.fetch_conversation(&mut tx, conversation).await?;
-            tx.commit().await?;
-            return Ok(MessageWrite {
-                message: existing,
-                conversation: current,
-            });
-        }
-        let version = self
-            .stamp(
-                &mut tx,
-                ChangeSubject::Conversation(tenant.clone(), *conversation),
-            )
-            .await?;
+        .bind(at.message.as_uuid())
+        .bind(at.conversation.as_uuid())
+        .fetch_optional(&mut **tx)
+        .await?;
+        row.as_ref().map(decode_message).transpose()
+    }
+
+    async fn erase_message(
+        &self,
+        tx: &mut WriteTx,
+        at: MessageAt<'_>,
+        (deleted_by, version): (&str, u64),
+    ) -> StoreResult<MessageWrite> {
+        let now = self.now();
         let row = sqlx::query(concat!(
             "UPDATE copilot.conversation_messages SET content = NULL, metadata = '{}', deleted_at = $1,
                  deleted_by = $2 WHERE id = $3 RETURNING ",
@@ -549,10 +396,10 @@ impl ConversationStore for PostgresStore {
         .persistent(self.persistent())
         .bind(now)
         .bind(deleted_by)
-        .bind(message.as_uuid())
-        .fetch_one(&mut *tx)
+        .bind(at.message.as_uuid())
+        .fetch_one(&mut **tx)
         .await?;
-        let deleted = decode_message(&row)?;
+        let message = decode_message(&row)?;
         let row = sqlx::query(concat!(
             "UPDATE copilot.conversations SET message_count = greatest(message_count - 1, 0), updated_at = $1,
                  version = $2 WHERE id = $3 RETURNING ",
@@ -561,14 +408,101 @@ impl ConversationStore for PostgresStore {
         .persistent(self.persistent())
         .bind(now)
         .bind(to_i64(version)?)
-        .bind(conversation.as_uuid())
-        .fetch_one(&mut *tx)
+        .bind(at.conversation.as_uuid())
+        .fetch_one(&mut **tx)
         .await?;
-        let updated = decode_conversation(&row)?;
-        tx.commit().await?;
+        let conversation = decode_conversation(&row)?;
         Ok(MessageWrite {
-            message: deleted,
-            conversation: updated,
+            message,
+            conversation,
         })
+    }
+
+    /// `REPEATABLE READ, READ ONLY`: every statement of the page sees one snapshot.
+    async fn begin_snapshot(&self) -> StoreResult<WriteTx> {
+        let mut tx = self.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .persistent(self.persistent())
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
+    async fn conversation_exists(
+        &self,
+        snapshot: &mut WriteTx,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> StoreResult<bool> {
+        let found: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM copilot.conversations WHERE id = $1 AND tenant_id = $2",
+        )
+        .persistent(self.persistent())
+        .bind(id.as_uuid())
+        .bind(tenant.as_str())
+        .fetch_optional(&mut **snapshot)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    async fn message_rows(
+        &self,
+        snapshot: &mut WriteTx,
+        conversation: &ConversationId,
+        query: &MessageQuery,
+    ) -> StoreResult<Vec<Message>> {
+        // Two fixed statements (not one built per call), so each stays a cached prepared one.
+        let (sql, bound) = match query.after {
+            Some(after) => (
+                concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM copilot.conversation_messages WHERE conversation_id = $1 AND seq > $2
+                      AND ($3 OR deleted_at IS NULL) ORDER BY seq ASC LIMIT $4"
+                ),
+                to_i64(after)?,
+            ),
+            None => (
+                concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM copilot.conversation_messages WHERE conversation_id = $1 AND seq < $2
+                      AND ($3 OR deleted_at IS NULL) ORDER BY seq DESC LIMIT $4"
+                ),
+                query.before.map_or(Ok(i64::MAX), to_i64)?,
+            ),
+        };
+        let rows = sqlx::query(sql)
+            .persistent(self.persistent())
+            .bind(conversation.as_uuid())
+            .bind(bound)
+            .bind(query.include_deleted)
+            .bind(i64::from(query.limit))
+            .fetch_all(&mut **snapshot)
+            .await?;
+        rows.iter().map(decode_message).collect()
+    }
+
+    async fn has_older(
+        &self,
+        snapshot: &mut WriteTx,
+        conversation: &ConversationId,
+        (seq, include_deleted): (u64, bool),
+    ) -> StoreResult<bool> {
+        let older: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM copilot.conversation_messages WHERE conversation_id = $1 AND seq < $2
+             AND ($3 OR deleted_at IS NULL) LIMIT 1",
+        )
+        .persistent(self.persistent())
+        .bind(conversation.as_uuid())
+        .bind(to_i64(seq)?)
+        .bind(include_deleted)
+        .fetch_optional(&mut **snapshot)
+        .await?;
+        Ok(older.is_some())
+    }
+
+    async fn end_snapshot(&self, snapshot: WriteTx) -> StoreResult<()> {
+        snapshot.commit().await
     }
 }

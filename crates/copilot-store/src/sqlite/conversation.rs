@@ -1,18 +1,16 @@
 use async_trait::async_trait;
 use copilot_domain::clock::from_micros;
 use copilot_domain::conversation::{
-    Conversation, ConversationPage, ConversationQuery, ConversationUpdate, Message, MessagePage,
-    MessageQuery, MessageRole, MessageWrite, NewConversation, NewMessage, ShareAudience,
-    TenantAccess,
+    Conversation, ConversationQuery, ConversationUpdate, Message, MessageQuery, MessageRole,
+    MessageWrite, NewConversation, NewMessage, ShareAudience, TenantAccess,
 };
 use copilot_domain::{ConversationId, MessageId, TenantId, UserId};
 use serde_json::Map;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 
 use super::{SqliteStore, micros, opt_time, to_u64, version_param};
-use crate::error::check_expected;
-use crate::traits::ConversationStore;
+use crate::conversation_rows::{ConversationRows, MessageAt};
 use crate::{ChangeSubject, StoreError, StoreResult};
 
 const CONVERSATION_COLUMNS: &str = "id, tenant_id, user_id, title, persona_id, jurisdictions, share_audience, \
@@ -102,31 +100,81 @@ async fn current_state(
     ))
 }
 
-async fn fetch_conversation(
-    conn: &mut SqliteConnection,
-    id: &ConversationId,
-) -> StoreResult<Conversation> {
-    let row = sqlx::query(&format!(
-        "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?"
-    ))
-    .bind(id.to_string())
-    .fetch_one(conn)
-    .await?;
-    decode_conversation(&row)
+/// The columns of a message row read through the `m` alias.
+fn message_columns_of_m() -> String {
+    format!("m.{}", MESSAGE_COLUMNS.replace(", ", ", m."))
+}
+
+/// ` AND deleted_at IS NULL` unless deleted messages are wanted.
+fn visible(include_deleted: bool) -> &'static str {
+    if include_deleted {
+        ""
+    } else {
+        " AND deleted_at IS NULL"
+    }
 }
 
 #[async_trait]
-impl ConversationStore for SqliteStore {
-    async fn create_conversation(&self, new: &NewConversation) -> StoreResult<Conversation> {
-        let now = self.now();
-        let id = ConversationId::new_v7(now);
-        let mut tx = self.begin_write().await?;
-        let version = self
-            .stamp(
-                &mut tx,
-                ChangeSubject::Conversation(new.tenant_id.clone(), id),
-            )
-            .await?;
+impl ConversationRows for SqliteStore {
+    type Snapshot = Transaction<'static, Sqlite>;
+
+    async fn fetch_conversation(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> StoreResult<Option<Conversation>> {
+        let row = sqlx::query(&format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ? AND tenant_id = ?"
+        ))
+        .bind(id.to_string())
+        .bind(tenant.as_str())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(decode_conversation).transpose()
+    }
+
+    async fn fetch_conversations(
+        &self,
+        query: &ConversationQuery,
+    ) -> StoreResult<Vec<Conversation>> {
+        let mut sql = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = "
+        ));
+        crate::sql::push_list_filters(&mut sql, query);
+        if let Some(cursor) = &query.after {
+            sql.push(" AND (last_activity_at, id) < (")
+                .push_bind(cursor.last_activity_micros)
+                .push(", ")
+                .push_bind(cursor.id.to_string())
+                .push(")");
+        }
+        sql.push(" ORDER BY last_activity_at DESC, id DESC LIMIT ")
+            .push_bind(i64::from(query.limit) + 1);
+        let rows = sql.build().fetch_all(&self.reader).await?;
+        rows.iter().map(decode_conversation).collect()
+    }
+
+    async fn fetch_message(&self, at: MessageAt<'_>) -> StoreResult<Option<Message>> {
+        let row = sqlx::query(&format!(
+            "SELECT {} FROM conversation_messages m JOIN conversations c ON c.id = m.conversation_id
+             WHERE m.id = ? AND m.conversation_id = ? AND c.tenant_id = ?",
+            message_columns_of_m()
+        ))
+        .bind(at.message.to_string())
+        .bind(at.conversation.to_string())
+        .bind(at.tenant.as_str())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(decode_message).transpose()
+    }
+
+    async fn insert_conversation(
+        &self,
+        tx: &mut Self::Tx,
+        new: &NewConversation,
+        (id, version): (ConversationId, u64),
+    ) -> StoreResult<Conversation> {
+        let now = micros(self.now());
         let row = sqlx::query(&format!(
             "INSERT INTO conversations (id, tenant_id, user_id, title, persona_id, jurisdictions, share_audience,
                  tenant_access, archived_at, created_at, updated_at, last_message_at, last_activity_at,
@@ -142,19 +190,19 @@ impl ConversationStore for SqliteStore {
         .bind(json_text(&new.jurisdictions)?)
         .bind(new.share_audience.as_str())
         .bind(new.tenant_access.as_str())
-        .bind(micros(now))
-        .bind(micros(now))
-        .bind(micros(now))
+        .bind(now)
+        .bind(now)
+        .bind(now)
         .bind(version_param(version)?)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await?;
-        let conversation = decode_conversation(&row)?;
-        tx.commit().await?;
-        Ok(conversation)
+        decode_conversation(&row)
     }
 
-    async fn get_conversation(
+    /// The database write lock (`BEGIN IMMEDIATE`) already excludes every other writer.
+    async fn conversation_for_update(
         &self,
+        tx: &mut Self::Tx,
         tenant: &TenantId,
         id: &ConversationId,
     ) -> StoreResult<Option<Conversation>> {
@@ -163,67 +211,27 @@ impl ConversationStore for SqliteStore {
         ))
         .bind(id.to_string())
         .bind(tenant.as_str())
-        .fetch_optional(&self.reader)
+        .fetch_optional(&mut **tx)
         .await?;
         row.as_ref().map(decode_conversation).transpose()
     }
 
-    async fn list_conversations(&self, query: &ConversationQuery) -> StoreResult<ConversationPage> {
-        let mut sql = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = "
-        ));
-        crate::sql::push_list_filters(&mut sql, query);
-        if let Some(cursor) = &query.after {
-            sql.push(" AND (last_activity_at, id) < (")
-                .push_bind(cursor.last_activity_micros)
-                .push(", ")
-                .push_bind(cursor.id.to_string())
-                .push(")");
-        }
-        sql.push(" ORDER BY last_activity_at DESC, id DESC LIMIT ")
-            .push_bind(i64::from(query.limit) + 1);
-        let rows = sql.build().fetch_all(&self.reader).await?;
-        let rows = rows
-            .iter()
-            .map(decode_conversation)
-            .collect::<StoreResult<Vec<_>>>()?;
-        Ok(ConversationPage::from_rows(rows, query))
-    }
-
-    async fn update_conversation(
+    async fn write_conversation_update(
         &self,
-        tenant: &TenantId,
-        id: &ConversationId,
+        tx: &mut Self::Tx,
+        (id, version): (&ConversationId, u64),
         update: &ConversationUpdate,
-        expected_version: Option<u64>,
     ) -> StoreResult<Conversation> {
-        let mut tx = self.begin_write().await?;
         let now = micros(self.now());
-        let (current, _, _) = current_state(&mut tx, tenant, id).await?;
-        check_expected(Some(current), expected_version)?;
-        let version = self
-            .stamp(&mut tx, ChangeSubject::Conversation(tenant.clone(), *id))
-            .await?;
         let mut sql = QueryBuilder::<Sqlite>::new("UPDATE conversations SET updated_at = ");
         crate::sql::push_conversation_update(&mut sql, update, now, version_param(version)?);
         sql.push(" WHERE id = ").push_bind(id.to_string());
-        sql.build().execute(&mut *tx).await?;
-        let conversation = fetch_conversation(&mut tx, id).await?;
-        tx.commit().await?;
-        Ok(conversation)
+        sql.push(format!(" RETURNING {CONVERSATION_COLUMNS}"));
+        let row = sql.build().fetch_one(&mut **tx).await?;
+        decode_conversation(&row)
     }
 
-    async fn delete_conversation(
-        &self,
-        tenant: &TenantId,
-        id: &ConversationId,
-        expected_version: Option<u64>,
-    ) -> StoreResult<u64> {
-        let subject = ChangeSubject::Conversation(tenant.clone(), *id);
-        crate::versioned::delete_versioned(self, subject, expected_version).await
-    }
-
-    async fn append_message(
+    async fn append(
         &self,
         tenant: &TenantId,
         conversation: &ConversationId,
@@ -281,129 +289,28 @@ impl ConversationStore for SqliteStore {
         })
     }
 
-    async fn get_message(
+    async fn message_in(
         &self,
-        tenant: &TenantId,
-        conversation: &ConversationId,
-        message: &MessageId,
+        tx: &mut Self::Tx,
+        at: MessageAt<'_>,
     ) -> StoreResult<Option<Message>> {
         let row = sqlx::query(&format!(
-            "SELECT m.{} FROM conversation_messages m JOIN conversations c ON c.id = m.conversation_id
-             WHERE m.id = ? AND m.conversation_id = ? AND c.tenant_id = ?",
-            MESSAGE_COLUMNS.replace(", ", ", m.")
+            "SELECT {MESSAGE_COLUMNS} FROM conversation_messages WHERE id = ? AND conversation_id = ?"
         ))
-        .bind(message.to_string())
-        .bind(conversation.to_string())
-        .bind(tenant.as_str())
-        .fetch_optional(&self.reader)
+        .bind(at.message.to_string())
+        .bind(at.conversation.to_string())
+        .fetch_optional(&mut **tx)
         .await?;
         row.as_ref().map(decode_message).transpose()
     }
 
-    async fn list_messages(
+    async fn erase_message(
         &self,
-        tenant: &TenantId,
-        conversation: &ConversationId,
-        query: &MessageQuery,
-    ) -> StoreResult<MessagePage> {
-        // One read transaction: the page and "older messages exist" come from one snapshot.
-        let mut tx = self.reader.begin().await?;
-        let exists: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM conversations WHERE id = ? AND tenant_id = ?")
-                .bind(conversation.to_string())
-                .bind(tenant.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound);
-        }
-        let visible = if query.include_deleted {
-            ""
-        } else {
-            " AND deleted_at IS NULL"
-        };
-        let limit = i64::from(query.limit);
-        let mut items = match query.after {
-            Some(after) => {
-                sqlx::query(&format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM conversation_messages
-                     WHERE conversation_id = ? AND seq > ?{visible} ORDER BY seq ASC LIMIT ?"
-                ))
-                .bind(conversation.to_string())
-                .bind(version_param(after)?)
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await?
-            }
-            None => {
-                sqlx::query(&format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM conversation_messages
-                     WHERE conversation_id = ? AND seq < ?{visible} ORDER BY seq DESC LIMIT ?"
-                ))
-                .bind(conversation.to_string())
-                .bind(query.before.map_or(Ok(i64::MAX), version_param)?)
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await?
-            }
-        }
-        .iter()
-        .map(decode_message)
-        .collect::<StoreResult<Vec<_>>>()?;
-        items.sort_by_key(|m| m.seq);
-        let next_before = match items.first() {
-            Some(first) => {
-                let older: Option<i64> = sqlx::query_scalar(&format!(
-                    "SELECT 1 FROM conversation_messages WHERE conversation_id = ? AND seq < ?{visible} LIMIT 1"
-                ))
-                .bind(conversation.to_string())
-                .bind(version_param(first.seq)?)
-                .fetch_optional(&mut *tx)
-                .await?;
-                older.map(|_| first.seq)
-            }
-            None => None,
-        };
-        tx.commit().await?;
-        Ok(MessagePage { items, next_before })
-    }
-
-    async fn soft_delete_message(
-        &self,
-        tenant: &TenantId,
-        conversation: &ConversationId,
-        message: &MessageId,
-        deleted_by: &str,
+        tx: &mut Self::Tx,
+        at: MessageAt<'_>,
+        (deleted_by, version): (&str, u64),
     ) -> StoreResult<MessageWrite> {
-        let mut tx = self.begin_write().await?;
         let now = micros(self.now());
-        let (_, archived, _) = current_state(&mut tx, tenant, conversation).await?;
-        if archived {
-            return Err(StoreError::ConversationArchived);
-        }
-        let row = sqlx::query(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM conversation_messages WHERE id = ? AND conversation_id = ?"
-        ))
-        .bind(message.to_string())
-        .bind(conversation.to_string())
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-        let existing = decode_message(&row)?;
-        if existing.is_deleted() {
-            let current = fetch_conversation(&mut tx, conversation).await?;
-            tx.commit().await?;
-            return Ok(MessageWrite {
-                message: existing,
-                conversation: current,
-            });
-        }
-        let version = self
-            .stamp(
-                &mut tx,
-                ChangeSubject::Conversation(tenant.clone(), *conversation),
-            )
-            .await?;
         let row = sqlx::query(&format!(
             "UPDATE conversation_messages SET content = NULL, metadata = ?, deleted_at = ?, deleted_by = ?
              WHERE id = ? RETURNING {MESSAGE_COLUMNS}"
@@ -411,24 +318,90 @@ impl ConversationStore for SqliteStore {
         .bind(json_text(&Map::new())?)
         .bind(now)
         .bind(deleted_by)
-        .bind(message.to_string())
-        .fetch_one(&mut *tx)
+        .bind(at.message.to_string())
+        .fetch_one(&mut **tx)
         .await?;
-        let deleted = decode_message(&row)?;
+        let message = decode_message(&row)?;
         let row = sqlx::query(&format!(
             "UPDATE conversations SET message_count = max(message_count - 1, 0), updated_at = ?, version = ?
              WHERE id = ? RETURNING {CONVERSATION_COLUMNS}"
         ))
         .bind(now)
         .bind(version_param(version)?)
-        .bind(conversation.to_string())
-        .fetch_one(&mut *tx)
+        .bind(at.conversation.to_string())
+        .fetch_one(&mut **tx)
         .await?;
-        let updated = decode_conversation(&row)?;
-        tx.commit().await?;
+        let conversation = decode_conversation(&row)?;
         Ok(MessageWrite {
-            message: deleted,
-            conversation: updated,
+            message,
+            conversation,
         })
+    }
+
+    async fn begin_snapshot(&self) -> StoreResult<Self::Snapshot> {
+        Ok(self.reader.begin().await?)
+    }
+
+    async fn conversation_exists(
+        &self,
+        snapshot: &mut Self::Snapshot,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> StoreResult<bool> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM conversations WHERE id = ? AND tenant_id = ?")
+                .bind(id.to_string())
+                .bind(tenant.as_str())
+                .fetch_optional(&mut **snapshot)
+                .await?;
+        Ok(found.is_some())
+    }
+
+    async fn message_rows(
+        &self,
+        snapshot: &mut Self::Snapshot,
+        conversation: &ConversationId,
+        query: &MessageQuery,
+    ) -> StoreResult<Vec<Message>> {
+        let (condition, order, bound) = match query.after {
+            Some(after) => ("seq > ?", "ASC", version_param(after)?),
+            None => (
+                "seq < ?",
+                "DESC",
+                query.before.map_or(Ok(i64::MAX), version_param)?,
+            ),
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM conversation_messages
+             WHERE conversation_id = ? AND {condition}{} ORDER BY seq {order} LIMIT ?",
+            visible(query.include_deleted)
+        ))
+        .bind(conversation.to_string())
+        .bind(bound)
+        .bind(i64::from(query.limit))
+        .fetch_all(&mut **snapshot)
+        .await?;
+        rows.iter().map(decode_message).collect()
+    }
+
+    async fn has_older(
+        &self,
+        snapshot: &mut Self::Snapshot,
+        conversation: &ConversationId,
+        (seq, include_deleted): (u64, bool),
+    ) -> StoreResult<bool> {
+        let older: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT 1 FROM conversation_messages WHERE conversation_id = ? AND seq < ?{} LIMIT 1",
+            visible(include_deleted)
+        ))
+        .bind(conversation.to_string())
+        .bind(version_param(seq)?)
+        .fetch_optional(&mut **snapshot)
+        .await?;
+        Ok(older.is_some())
+    }
+
+    async fn end_snapshot(&self, snapshot: Self::Snapshot) -> StoreResult<()> {
+        Ok(snapshot.commit().await?)
     }
 }
