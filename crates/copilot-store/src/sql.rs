@@ -1,11 +1,15 @@
 //! SQL both backends build the same way; each supplies only its dialect's values (how a time and
 //! a version are bound).
 
+use copilot_domain::access::TenantRole;
 use copilot_domain::conversation::{
     ConversationQuery, ConversationStatus, ConversationUpdate, ListViewer,
 };
-use copilot_domain::membership::MembershipInput;
+use copilot_domain::membership::{Membership, MembershipInput, MembershipStatus};
+use copilot_domain::{TenantId, Timestamp, UserId};
 use sqlx::{Database, Encode, QueryBuilder, Type};
+
+use crate::{StoreError, StoreResult};
 
 /// The `SET` list of a conversation update after `updated_at = `: the time, the version, and the
 /// fields the update names (`archived: true` keeps an earlier archive time).
@@ -128,4 +132,34 @@ pub(crate) fn push_membership_upsert<'args, DB, Version, Time>(
          status = excluded.status, version = excluded.version, updated_at = excluded.updated_at \
          RETURNING ",
     );
+}
+
+/// A membership row as either backend returns it; `Time` is how the backend stores a time.
+#[derive(sqlx::FromRow)]
+pub(crate) struct MembershipRow<Time> {
+    tenant_id: String,
+    user_id: String,
+    role: String,
+    status: String,
+    version: i64,
+    created_at: Time,
+    updated_at: Time,
+}
+
+impl<Time> MembershipRow<Time> {
+    /// The membership, with each stored time read by `time`.
+    pub(crate) fn decode(self, time: impl Fn(Time) -> Timestamp) -> StoreResult<Membership> {
+        Ok(Membership {
+            tenant_id: TenantId::parse(&self.tenant_id)
+                .map_err(|e| StoreError::corrupt("tenant_id", e))?,
+            user_id: UserId::parse(&self.user_id).map_err(|e| StoreError::corrupt("user_id", e))?,
+            role: TenantRole::parse(&self.role)
+                .ok_or_else(|| StoreError::corrupt("role", &self.role))?,
+            status: MembershipStatus::parse(&self.status)
+                .ok_or_else(|| StoreError::corrupt("status", &self.status))?,
+            version: u64::try_from(self.version).map_err(|e| StoreError::corrupt("version", e))?,
+            created_at: time(self.created_at),
+            updated_at: time(self.updated_at),
+        })
+    }
 }

@@ -1,13 +1,14 @@
 use async_trait::async_trait;
-use copilot_domain::access::TenantRole;
-use copilot_domain::membership::{Membership, MembershipInput, MembershipStatus};
+use copilot_domain::Timestamp;
+use copilot_domain::membership::{Membership, MembershipInput};
 use copilot_domain::{TenantId, UserId};
 use sqlx::postgres::PgRow;
-use sqlx::{Postgres, QueryBuilder, Row};
+use sqlx::{FromRow, Postgres, QueryBuilder};
 
-use super::{PostgresStore, WriteTx, to_i64, to_u64};
+use super::{PostgresStore, WriteTx, to_i64};
+use crate::StoreResult;
+use crate::sql::MembershipRow;
 use crate::versioned::MembershipRows;
-use crate::{StoreError, StoreResult};
 
 macro_rules! columns {
     () => {
@@ -18,19 +19,7 @@ macro_rules! columns {
 pub(super) const COLUMNS: &str = columns!();
 
 pub(super) fn decode(row: &PgRow) -> StoreResult<Membership> {
-    let text = |col: &str| -> StoreResult<String> { Ok(row.try_get::<String, _>(col)?) };
-    Ok(Membership {
-        tenant_id: TenantId::parse(&text("tenant_id")?)
-            .map_err(|e| StoreError::corrupt("tenant_id", e))?,
-        user_id: UserId::parse(&text("user_id")?).map_err(|e| StoreError::corrupt("user_id", e))?,
-        role: TenantRole::parse(&text("role")?)
-            .ok_or_else(|| StoreError::corrupt("role", "unknown"))?,
-        status: MembershipStatus::parse(&text("status")?)
-            .ok_or_else(|| StoreError::corrupt("status", "unknown"))?,
-        version: to_u64(row.try_get("version")?, "version")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
+    MembershipRow::<Timestamp>::from_row(row)?.decode(|at| at)
 }
 
 #[async_trait]

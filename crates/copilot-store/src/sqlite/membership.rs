@@ -1,32 +1,20 @@
 use async_trait::async_trait;
-use copilot_domain::access::TenantRole;
 use copilot_domain::clock::from_micros;
-use copilot_domain::membership::{Membership, MembershipInput, MembershipStatus};
+use copilot_domain::membership::{Membership, MembershipInput};
 use copilot_domain::{TenantId, UserId};
 use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{FromRow, QueryBuilder, Sqlite, Transaction};
 
-use super::{SqliteStore, micros, to_u64, version_param};
+use super::{SqliteStore, micros, version_param};
+use crate::StoreResult;
+use crate::sql::MembershipRow;
 use crate::versioned::MembershipRows;
-use crate::{StoreError, StoreResult};
 
 pub(super) const COLUMNS: &str =
     "tenant_id, user_id, role, status, version, created_at, updated_at";
 
 pub(super) fn decode(row: &SqliteRow) -> StoreResult<Membership> {
-    let text = |col: &str| -> StoreResult<String> { Ok(row.try_get::<String, _>(col)?) };
-    Ok(Membership {
-        tenant_id: TenantId::parse(&text("tenant_id")?)
-            .map_err(|e| StoreError::corrupt("tenant_id", e))?,
-        user_id: UserId::parse(&text("user_id")?).map_err(|e| StoreError::corrupt("user_id", e))?,
-        role: TenantRole::parse(&text("role")?)
-            .ok_or_else(|| StoreError::corrupt("role", "unknown"))?,
-        status: MembershipStatus::parse(&text("status")?)
-            .ok_or_else(|| StoreError::corrupt("status", "unknown"))?,
-        version: to_u64(row.try_get("version")?, "version")?,
-        created_at: from_micros(row.try_get("created_at")?),
-        updated_at: from_micros(row.try_get("updated_at")?),
-    })
+    MembershipRow::<i64>::from_row(row)?.decode(from_micros)
 }
 
 #[async_trait]
