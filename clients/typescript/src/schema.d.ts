@@ -505,6 +505,7 @@ export interface components {
             version: number;
         };
         /**
+         * @description The body of `POST .../conversations`.
          * @example {
          *       "shareAudience": "tenant",
          *       "title": "First steps",
@@ -532,6 +533,7 @@ export interface components {
         /** @enum {string} */
         ConversationStatus: "active" | "archived" | "all";
         /**
+         * @description The body of `PATCH .../conversations/{id}`: all changes apply in one atomic update.
          * @example {
          *       "archived": false,
          *       "title": "Renamed"
@@ -645,6 +647,7 @@ export interface components {
             version: number;
         };
         /**
+         * @description The body of `PUT .../members/{u}`.
          * @example {
          *       "role": "member",
          *       "status": "active"
@@ -675,6 +678,7 @@ export interface components {
             seq: number;
         };
         /**
+         * @description The body of `POST .../messages`.
          * @example {
          *       "content": "Hello!",
          *       "metadata": {

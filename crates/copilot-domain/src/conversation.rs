@@ -128,13 +128,24 @@ pub struct NewConversation {
 
 /// The body of `POST .../conversations`.
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema),
+    serde(rename_all = "camelCase", deny_unknown_fields),
+    schema(as = ConversationCreateInput,
+        example = json!({"userId": "alice", "title": "First steps", "shareAudience": "tenant"})))]
 pub struct CreateConversationRequest {
-    /// `None`: not given; `Some(None)`: explicitly `null` (a system conversation).
+    /// Services only: the owner, or null for a system conversation. Members may give their own.
+    // `None`: not given; `Some(None)`: explicitly `null`.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub user_id: Option<Option<UserId>>,
+    #[cfg_attr(feature = "openapi", schema(max_length = 200))]
     pub title: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub persona_id: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<String>>, max_items = 50))]
     pub jurisdictions: Vec<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<ShareAudience>))]
     pub share_audience: ShareAudience,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<TenantAccess>))]
     pub tenant_access: TenantAccess,
 }
 
@@ -210,8 +221,13 @@ fn parse_title(map: &Map<String, Value>, errors: &mut Errors) -> Option<String> 
 
 /// The body of `PATCH .../conversations/{id}`: all changes apply in one atomic update.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema),
+    serde(rename_all = "camelCase", deny_unknown_fields),
+    schema(as = ConversationUpdateInput, example = json!({"title": "Renamed", "archived": false})))]
 pub struct ConversationUpdate {
-    /// `Some(None)` clears the title.
+    /// null clears the title.
+    // `Some(None)`: clear it.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, max_length = 200))]
     pub title: Option<Option<String>>,
     pub share_audience: Option<ShareAudience>,
     pub tenant_access: Option<TenantAccess>,
@@ -271,11 +287,17 @@ impl Message {
     }
 }
 
-/// The body of `POST .../messages`, validated.
+/// The body of `POST .../messages`.
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), serde(deny_unknown_fields),
+    schema(as = MessageCreateInput,
+        example = json!({"role": "user", "content": "Hello!", "metadata": {"client": "web"}})))]
 pub struct MessageInput {
     pub role: MessageRole,
+    /// At most COPILOT_MAX_MESSAGE_BYTES (256 KiB by default).
     pub content: String,
+    /// A JSON object of at most 64 KiB.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub metadata: Map<String, Value>,
 }
 

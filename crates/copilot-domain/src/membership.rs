@@ -55,6 +55,8 @@ impl Membership {
 
 /// The body of `PUT .../members/{u}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), serde(deny_unknown_fields),
+    schema(as = MembershipPutInput, example = json!({"role": "member", "status": "active"})))]
 pub struct MembershipInput {
     pub role: TenantRole,
     pub status: MembershipStatus,

@@ -9,10 +9,8 @@ use copilot_domain::conversation::{
     CreateConversationRequest, Message, MessageInput, MessagePage, MessageQuery, NewConversation,
     NewMessage,
 };
-use copilot_domain::conversation::{MessageRole, ShareAudience, TenantAccess};
 use copilot_domain::cursor::ListCursor;
 use serde::Deserialize;
-use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
@@ -37,7 +35,7 @@ fn parse_number<T: std::str::FromStr>(name: &str, value: Option<&str>) -> ApiRes
 /// user, or `null` for a system conversation).
 #[utoipa::path(operation_id = "createConversation", post, path = "/v1/tenants/{t}/conversations", tag = "conversations",
     params(TenantPath),
-    request_body = ConversationCreateInput,
+    request_body = CreateConversationRequest,
     responses((status = 201, description = "The new conversation", body = Conversation,
         headers(("ETag" = String, description = "\"<version>\"")))))]
 pub async fn create(
@@ -139,7 +137,7 @@ pub async fn get(
 /// Changes title, sharing and archive state in one atomic update.
 #[utoipa::path(operation_id = "updateConversation", patch, path = "/v1/tenants/{t}/conversations/{id}", tag = "conversations",
     params(ConversationPath, IfMatchHeader),
-    request_body = ConversationUpdateInput,
+    request_body = ConversationUpdate,
     responses((status = 200, description = "The updated conversation", body = Conversation,
         headers(("ETag" = String, description = "\"<version>\"")))))]
 pub async fn update(
@@ -212,7 +210,7 @@ pub async fn delete(
 /// Appends a message with the next `seq`. `assistant` and `system` messages: services only.
 #[utoipa::path(operation_id = "appendMessage", post, path = "/v1/tenants/{t}/conversations/{id}/messages", tag = "messages",
     params(ConversationPath),
-    request_body = MessageCreateInput,
+    request_body = MessageInput,
     responses((status = 201, description = "The stored message", body = Message)))]
 pub async fn append(
     State(state): State<AppState>,
@@ -349,47 +347,4 @@ pub async fn delete_message(
         .await;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schema(example = json!({"userId": "alice", "title": "First steps", "shareAudience": "tenant"}))]
-pub struct ConversationCreateInput {
-    /// Services only: the owner, or null for a system conversation. Members may give their own.
-    user_id: Option<String>,
-    #[schema(max_length = 200)]
-    title: Option<String>,
-    #[schema(min_length = 1, max_length = 200)]
-    persona_id: Option<String>,
-    #[schema(max_items = 50)]
-    jurisdictions: Option<Vec<String>>,
-    share_audience: Option<ShareAudience>,
-    tenant_access: Option<TenantAccess>,
-}
-
-#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schema(example = json!({"title": "Renamed", "archived": false}))]
-pub struct ConversationUpdateInput {
-    /// null clears the title.
-    #[schema(max_length = 200)]
-    title: Option<String>,
-    share_audience: Option<ShareAudience>,
-    tenant_access: Option<TenantAccess>,
-    archived: Option<bool>,
-}
-
-#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"role": "user", "content": "Hello!", "metadata": {"client": "web"}}))]
-pub struct MessageCreateInput {
-    role: MessageRole,
-    /// At most COPILOT_MAX_MESSAGE_BYTES (256 KiB by default).
-    content: String,
-    /// A JSON object of at most 64 KiB.
-    #[schema(value_type = Option<Object>)]
-    metadata: Option<serde_json::Value>,
 }

@@ -1,11 +1,8 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use copilot_domain::access::TenantRole;
 use copilot_domain::access::authorize_tenant_admin;
-use copilot_domain::membership::MembershipStatus;
 use copilot_domain::membership::{Membership, MembershipInput};
-use serde::Deserialize;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -40,7 +37,7 @@ pub async fn list(
 /// Creates or changes a membership (tenant admins and services).
 #[utoipa::path(operation_id = "putMember", put, path = "/v1/tenants/{t}/members/{u}", tag = "members",
     params(TenantUserPath),
-    request_body = MembershipPutInput,
+    request_body = MembershipInput,
     responses((status = 200, description = "The membership", body = Membership)))]
 pub async fn put(
     State(state): State<AppState>,
@@ -86,13 +83,4 @@ pub async fn delete(
         .await?;
     crate::routes::events::publish_member_change(state.cache.events(), &tenant, &user, false).await;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"role": "member", "status": "active"}))]
-pub struct MembershipPutInput {
-    role: TenantRole,
-    status: MembershipStatus,
 }
