@@ -101,18 +101,29 @@ watch_sessions() {
 }
 watch_sessions &
 WATCH_PID=$!
-# What the machine does to the services' threads, four times a second: time the vCPUs were
-# stolen by the host (/proc/stat), and each service thread's time runnable but not running
-# (/proc/<pid>/task/*/schedstat). A stall that shows here is the machine's, not the code's.
+# What the machine does to the services' and PostgreSQL's threads, four times a second: time
+# the vCPUs were stolen by the host (/proc/stat), and the longest time any of those threads was
+# runnable but not running (/proc/<pid>/task/*/schedstat). A stall that shows here is the
+# machine's, not the code's.
 cat >"$WORK_DIR/sched.py" <<'PY'
 import glob, sys, time
 out, pids = sys.argv[1], sys.argv[2:]
 def steal():
     with open("/proc/stat") as f:
         return int(f.readline().split()[8]) * 10  # USER_HZ ticks -> ms
+def postgres_pids():
+    found = []
+    for comm in glob.glob("/proc/[0-9]*/comm"):
+        try:
+            with open(comm) as f:
+                if f.read().strip() == "postgres":
+                    found.append(comm.split("/")[2])
+        except OSError:
+            pass
+    return found
 def waits():
     w = {}
-    for pid in pids:
+    for pid in pids + postgres_pids():
         for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
             try:
                 with open(path) as f:
@@ -126,9 +137,12 @@ with open(out, "w") as log:
         time.sleep(0.25)
         now_steal, now_waits = steal(), waits()
         stolen = now_steal - last_steal
-        waited = max([now_waits[k] - last_waits.get(k, now_waits[k]) for k in now_waits] or [0])
+        deltas = {k: now_waits[k] - last_waits.get(k, now_waits[k]) for k in now_waits}
+        who = max(deltas, key=deltas.get, default="-")
+        waited = deltas.get(who, 0)
+        who = "service" if who.startswith(tuple(f"/proc/{p}/" for p in pids)) else "postgres"
         if stolen >= 100 or waited >= 150:
-            log.write(f"{time.time():.2f} stolen {stolen} ms, longest thread wait {waited} ms\n")
+            log.write(f"{time.time():.2f} stolen {stolen} ms, longest thread wait {waited} ms ({who})\n")
             log.flush()
         last_steal, last_waits = now_steal, now_waits
 PY
@@ -205,7 +219,7 @@ echo "failed reads: $failed_reads; failed writes outside the PostgreSQL outage (
 # Sessions seen busy in one transaction or statement for a second or more (ms in column 7).
 echo "sessions busy >= 1 s (time | pid | application | state | wait type | wait | ms | query):"
 awk -F ' [|] ' '$7 + 0 >= 1000' "$WORK_DIR/sessions" 2>/dev/null | head -40
-echo "quarter seconds with >= 100 ms of vCPU stolen or a service thread waiting >= 150 ms to run:"
+echo "quarter seconds with >= 100 ms of vCPU stolen or a thread waiting >= 150 ms to run:"
 awk -v start="$START" '{$1 = sprintf("%.2fs", $1 - start); print "  " $0}' "$WORK_DIR/sched" | head -40
 echo "RSS A: $RSS_A0 -> $RSS_A1 KiB; B: $RSS_B0 -> $RSS_B1 KiB"
 python3 -c "print('ratio=%.3f' % max($RSS_A1 / $RSS_A0, $RSS_B1 / $RSS_B0))"
