@@ -588,7 +588,7 @@ export interface components {
             id?: string | null;
         };
         /**
-         * @description A custom event. Its schema; `parse_custom_event` parses it with one error per field.
+         * @description A custom event.
          * @example {
          *       "data": {
          *         "delta": "Hel"
@@ -790,6 +790,7 @@ export interface components {
             temperature?: number | null;
         };
         /**
+         * @description The body of `POST .../llm-route`.
          * @example {
          *       "task": "summarize",
          *       "userId": "alice"

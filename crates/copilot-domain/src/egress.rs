@@ -36,6 +36,19 @@ impl EgressMode {
     }
 }
 
+/// An egress mode as accepted on input (`report-only` is the legacy name of `audit`).
+// The spellings `EgressMode::parse` and `EgressMode`'s `Deserialize` accept, for request schemas.
+#[cfg(feature = "openapi")]
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EgressModeInput {
+    Off,
+    Audit,
+    #[serde(rename = "report-only")]
+    ReportOnly,
+    Enforce,
+}
+
 impl std::fmt::Display for EgressMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -34,12 +34,23 @@ impl Default for RouterDefaults {
 
 /// The body of `POST .../llm-route`.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema),
+    serde(rename_all = "camelCase", deny_unknown_fields),
+    schema(as = RouteRequestInput, example = json!({"task": "summarize", "userId": "alice"})))]
 pub struct RouteRequest {
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 100))]
     pub task: Option<String>,
+    /// Defaults to the caller; another user's: tenant admins and services.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub user_id: Option<UserId>,
+    /// Replaces the model, never the provider.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub model: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::egress::EgressModeInput>))]
     pub egress_mode_override: Option<EgressMode>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 2))]
     pub temperature: Option<f64>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000000))]
     pub max_tokens: Option<u32>,
 }
 

@@ -43,7 +43,7 @@ use crate::routes;
         routes::admin::get_cache, routes::admin::put_cache,
     ),
     components(schemas(
-        Problem, FieldError, EgressMode, routes::policy::EgressModeInput, StoredPolicy, LlmTaskPolicy, UserEgressPolicy, Route,
+        Problem, FieldError, EgressMode, copilot_domain::egress::EgressModeInput, StoredPolicy, LlmTaskPolicy, UserEgressPolicy, Route,
         RouteSource, EgressDecision, ConfigPatch, routes::config::ConfigPatchInput, ConfigValues, ConfigSources, ConfigSource, LevelVersions,
         EffectiveConfig, StoredPatchView, MergeCompressionStrategy, PathCompressionStrategy, Conversation,
         ConversationPage, ConversationStatus, Message, MessagePage, MessageRole, ShareAudience, TenantAccess, Membership,

@@ -41,23 +41,7 @@ pub async fn put_cache(
     JsonBody(body, _): JsonBody,
 ) -> ApiResult<Response> {
     service_only(&principal)?;
-    let enabled = match body.as_object() {
-        Some(map) if map.len() == 1 => match map.get("enabled") {
-            Some(Value::Bool(b)) => *b,
-            _ => {
-                return Err(ApiError::Validation(vec![copilot_domain::FieldError::new(
-                    "enabled",
-                    "must be a boolean",
-                )]));
-            }
-        },
-        _ => {
-            return Err(ApiError::Validation(vec![copilot_domain::FieldError::new(
-                "$",
-                "must be {\"enabled\": bool}",
-            )]));
-        }
-    };
+    let CacheSwitchInput { enabled } = CacheSwitchInput::from_json(&body)?;
     if !state.cache.set_enabled(enabled).await {
         tracing::warn!(
             enabled,
@@ -70,13 +54,27 @@ pub async fn put_cache(
     Ok(axum::Json(state.cache.state()).into_response())
 }
 
-#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
 /// `PUT /v1/admin/cache`.
-#[derive(Deserialize, ToSchema)]
+#[derive(ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"enabled": true}))]
 pub struct CacheSwitchInput {
     enabled: bool,
+}
+
+impl CacheSwitchInput {
+    fn from_json(body: &Value) -> ApiResult<Self> {
+        let invalid = |field: &str, message: &str| {
+            ApiError::Validation(vec![copilot_domain::FieldError::new(field, message)])
+        };
+        match body.as_object() {
+            Some(map) if map.len() == 1 => match map.get("enabled") {
+                Some(Value::Bool(enabled)) => Ok(Self { enabled: *enabled }),
+                _ => Err(invalid("enabled", "must be a boolean")),
+            },
+            _ => Err(invalid("$", "must be {\"enabled\": bool}")),
+        }
+    }
 }
 
 #[allow(dead_code)] // Exists for its schema; the body is parsed by hand.

@@ -91,9 +91,8 @@ pub async fn list_events(
     Ok(sse(stream))
 }
 
-/// A custom event. Its schema; `parse_custom_event` parses it with one error per field.
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
+/// A custom event.
+#[derive(ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"type": "typing", "data": {"delta": "Hel"}}))]
 pub struct EventPostInput {
@@ -103,8 +102,9 @@ pub struct EventPostInput {
     #[serde(rename = "type")]
     kind: String,
     /// Any JSON value, at most 64 KiB (e.g. `{"delta": "Hel"}`).
+    // Held as the JSON text it is sent on as.
     #[schema(value_type = Option<Value>)]
-    data: Option<Value>,
+    data: String,
 }
 
 /// `202` to a posted event.
@@ -128,7 +128,7 @@ pub async fn post_event(
     JsonBody(body, _): JsonBody,
 ) -> ApiResult<Response> {
     let (tenant, id) = (tenant_id(&t)?, conversation_id(&id)?);
-    let (kind, data) = parse_custom_event(&body)?;
+    let EventPostInput { kind, data } = EventPostInput::from_json(&body)?;
     state
         .readable_conversation(&principal, &tenant, &id)
         .await?;
@@ -149,45 +149,51 @@ pub async fn post_event(
         .into_response())
 }
 
-fn parse_custom_event(body: &Value) -> ApiResult<(String, String)> {
-    let field = |field: &str, message: &str| {
-        ApiError::Validation(vec![FieldError {
-            field: field.to_owned(),
-            message: message.to_owned(),
-        }])
-    };
-    let object = body
-        .as_object()
-        .ok_or_else(|| field("body", "must be a JSON object"))?;
-    if let Some(unknown) = object.keys().find(|k| *k != "type" && *k != "data") {
-        return Err(field(unknown, "unknown field"));
+impl EventPostInput {
+    /// One error per field; `data` at most `MAX_EVENT_DATA_BYTES` as JSON text.
+    fn from_json(body: &Value) -> ApiResult<Self> {
+        let field = |field: &str, message: &str| {
+            ApiError::Validation(vec![FieldError {
+                field: field.to_owned(),
+                message: message.to_owned(),
+            }])
+        };
+        let object = body
+            .as_object()
+            .ok_or_else(|| field("body", "must be a JSON object"))?;
+        if let Some(unknown) = object.keys().find(|k| *k != "type" && *k != "data") {
+            return Err(field(unknown, "unknown field"));
+        }
+        let kind = object
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| field("type", "required, a string"))?;
+        let well_formed = (1..=64).contains(&kind.len())
+            && kind
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+        if !well_formed {
+            return Err(field("type", "1-64 characters of [A-Za-z0-9._:-]"));
+        }
+        let reserved = kind == copilot_cache::events::RESYNC
+            || ["message.", "conversation.", "member."]
+                .iter()
+                .any(|p| kind.starts_with(p));
+        if reserved {
+            return Err(field("type", "this event type is reserved for the service"));
+        }
+        let data = serde_json::to_string(object.get("data").unwrap_or(&Value::Null))
+            .map_err(|_| ApiError::Internal)?;
+        if data.len() > MAX_EVENT_DATA_BYTES {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "data exceeds {MAX_EVENT_DATA_BYTES} bytes"
+            )));
+        }
+        Ok(Self {
+            kind: kind.to_owned(),
+            data,
+        })
     }
-    let kind = object
-        .get("type")
-        .and_then(Value::as_str)
-        .ok_or_else(|| field("type", "required, a string"))?;
-    let well_formed = (1..=64).contains(&kind.len())
-        && kind
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    if !well_formed {
-        return Err(field("type", "1-64 characters of [A-Za-z0-9._:-]"));
-    }
-    let reserved = kind == copilot_cache::events::RESYNC
-        || ["message.", "conversation.", "member."]
-            .iter()
-            .any(|p| kind.starts_with(p));
-    if reserved {
-        return Err(field("type", "this event type is reserved for the service"));
-    }
-    let data = serde_json::to_string(object.get("data").unwrap_or(&Value::Null))
-        .map_err(|_| ApiError::Internal)?;
-    if data.len() > MAX_EVENT_DATA_BYTES {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "data exceeds {MAX_EVENT_DATA_BYTES} bytes"
-        )));
-    }
-    Ok((kind.to_owned(), data))
 }
 
 /// The subscription of a stream, plus the tenant's access topic for users (a suspension ends

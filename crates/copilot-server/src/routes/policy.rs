@@ -3,10 +3,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use copilot_domain::TenantId;
 use copilot_domain::access::{authorize_tenant, authorize_tenant_admin};
+use copilot_domain::egress::EgressModeInput;
 use copilot_domain::policy::{LlmTaskPolicy, UserEgressPolicy};
 use copilot_domain::policy::{MAX_POLICY_BYTES, StoredPolicy, TenantLlmPolicy};
 use copilot_domain::route::{Route, RouteRequest, resolve_route};
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
@@ -114,7 +114,7 @@ async fn current_version(state: &AppState, tenant: &TenantId) -> ApiResult<Optio
 /// Resolves the route (provider, model, egress) one call must use (DESIGN.md 3.3).
 #[utoipa::path(operation_id = "resolveRoute", post, path = "/v1/tenants/{t}/llm-route", tag = "policy",
     params(TenantPath),
-    request_body = RouteRequestInput,
+    request_body = RouteRequest,
     responses((status = 200, description = "The route", body = Route)))]
 pub async fn resolve(
     State(state): State<AppState>,
@@ -139,21 +139,9 @@ pub async fn resolve(
 }
 
 #[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
-/// An egress mode as accepted on input (`report-only` is the legacy name of `audit`).
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum EgressModeInput {
-    Off,
-    Audit,
-    #[serde(rename = "report-only")]
-    ReportOnly,
-    Enforce,
-}
-
-#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
 /// A tenant LLM policy to store. `version`, `updatedAt` and `updatedBy` may be sent back and
 /// are ignored; any other unknown field is refused.
-#[derive(Deserialize, ToSchema)]
+#[derive(ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schema(example = json!({"defaultModel": "gpt-4o-mini", "defaultProvider": "openai", "tasks": [{"task": "summarize", "model": "claude-haiku", "provider": "anthropic", "temperature": 0.2}], "egressMode": "audit"}))]
 pub struct PolicyInput {
@@ -173,23 +161,4 @@ pub struct PolicyInput {
     version: Option<u64>,
     updated_at: Option<String>,
     updated_by: Option<String>,
-}
-
-#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schema(example = json!({"task": "summarize", "userId": "alice"}))]
-pub struct RouteRequestInput {
-    #[schema(min_length = 1, max_length = 100)]
-    task: Option<String>,
-    /// Defaults to the caller; another user's: tenant admins and services.
-    user_id: Option<String>,
-    /// Replaces the model, never the provider.
-    #[schema(min_length = 1, max_length = 200)]
-    model: Option<String>,
-    egress_mode_override: Option<EgressModeInput>,
-    #[schema(minimum = 0, maximum = 2)]
-    temperature: Option<f64>,
-    #[schema(minimum = 1, maximum = 1000000)]
-    max_tokens: Option<u32>,
 }
