@@ -83,13 +83,29 @@ fn unit_interval(v: &f64) -> Result<(), String> {
 /// Declares the config fields once; generates the sparse patch, the full values, the sources,
 /// parsing with one error per field, and the field-by-field merge.
 macro_rules! config_fields {
-    ($( $name:ident : $ty:ty = $json:literal, default $default:expr, check $check:expr; )+) => {
+    ($( $name:ident : $ty:ty = $json:literal, default $default:expr, check $check:expr
+        $(, schema($($schema:tt)*))?; )+) => {
         /// One level's stored fields: absent means "inherit from the level below".
         #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
         #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(rename_all = "camelCase")]
         pub struct ConfigPatch {
             $( #[serde(default, skip_serializing_if = "Option::is_none")] pub $name: Option<$ty>, )+
+        }
+
+        /// A config level's fields: absent inherits from the level below; in a merge patch, `null`
+        /// clears a field. `version`, `updatedAt` and `updatedBy` are read-only and ignored.
+        // The request schema of a level's PUT and PATCH; `ConfigPatch::from_json` parses it.
+        #[cfg(feature = "openapi")]
+        #[derive(utoipa::ToSchema)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        #[schema(example = json!({"mergeMaxMessages": 80, "pathMaxMessages": 500, "autoCompactEnabled": true}))]
+        #[allow(dead_code)]
+        pub struct ConfigPatchInput {
+            $( $( #[schema($($schema)*)] )? $name: Option<$ty>, )+
+            version: Option<u64>,
+            updated_at: Option<String>,
+            updated_by: Option<String>,
         }
 
         /// Every field, resolved.
@@ -178,15 +194,20 @@ macro_rules! config_fields {
 config_fields! {
     merge_compression_strategy: MergeCompressionStrategy = "mergeCompressionStrategy",
         default MergeCompressionStrategy::Moderate, check no_check;
-    merge_max_messages: u32 = "mergeMaxMessages", default 100, check in_range_u32(1, 100_000);
+    merge_max_messages: u32 = "mergeMaxMessages", default 100, check in_range_u32(1, 100_000),
+        schema(minimum = 1, maximum = 100000);
     merge_preserve_pinned: bool = "mergePreservePinned", default true, check no_check;
     path_compression_strategy: PathCompressionStrategy = "pathCompressionStrategy",
         default PathCompressionStrategy::SlidingWindow, check no_check;
-    path_max_messages: u32 = "pathMaxMessages", default 200, check in_range_u32(1, 100_000);
-    path_sliding_window_size: u32 = "pathSlidingWindowSize", default 50, check in_range_u32(1, 10_000);
-    path_compression_threshold: f64 = "pathCompressionThreshold", default 0.85, check unit_interval;
+    path_max_messages: u32 = "pathMaxMessages", default 200, check in_range_u32(1, 100_000),
+        schema(minimum = 1, maximum = 100000);
+    path_sliding_window_size: u32 = "pathSlidingWindowSize", default 50, check in_range_u32(1, 10_000),
+        schema(minimum = 1, maximum = 10000);
+    path_compression_threshold: f64 = "pathCompressionThreshold", default 0.85, check unit_interval,
+        schema(minimum = 0, maximum = 1);
     auto_compact_enabled: bool = "autoCompactEnabled", default true, check no_check;
-    compaction_interval_minutes: u32 = "compactionIntervalMinutes", default 60, check in_range_u32(1, 10_080);
+    compaction_interval_minutes: u32 = "compactionIntervalMinutes", default 60,
+        check in_range_u32(1, 10_080), schema(minimum = 1, maximum = 10080);
 }
 
 /// Fields a client may send back from a GET of a level; read-only, ignored on input.

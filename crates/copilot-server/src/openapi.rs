@@ -44,7 +44,7 @@ use crate::routes;
     ),
     components(schemas(
         Problem, FieldError, EgressMode, copilot_domain::egress::EgressModeInput, StoredPolicy, LlmTaskPolicy, UserEgressPolicy, Route,
-        RouteSource, EgressDecision, ConfigPatch, routes::config::ConfigPatchInput, ConfigValues, ConfigSources, ConfigSource, LevelVersions,
+        RouteSource, EgressDecision, ConfigPatch, copilot_domain::config::ConfigPatchInput, ConfigValues, ConfigSources, ConfigSource, LevelVersions,
         EffectiveConfig, StoredPatchView, MergeCompressionStrategy, PathCompressionStrategy, Conversation,
         ConversationPage, ConversationStatus, Message, MessagePage, MessageRole, ShareAudience, TenantAccess, Membership,
         MembershipStatus, TenantRole, routes::admin::CacheSwitchInput, routes::admin::CacheReportDoc,

@@ -77,7 +77,7 @@ impl CacheSwitchInput {
     }
 }
 
-#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
+#[allow(dead_code)] // Describes the JSON the cache tier reports (copilot-cache has no schema types).
 /// One cache in `GET /v1/admin/cache`.
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -88,7 +88,7 @@ pub struct CacheReportDoc {
     hit_ratio: f64,
 }
 
-#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
+#[allow(dead_code)] // Describes the JSON the cache tier reports (copilot-cache has no schema types).
 /// `GET /v1/admin/cache`: the global switch, Redis (`ok`, `degraded`, `disabled`), the breaker
 /// (`closed`, `open`, `half-open`) and every cache (`policy`, `config`, `conversation`, `auth`,
 /// `rateLimiter`, `events`).
@@ -102,7 +102,7 @@ pub struct CacheStateDoc {
     caches: BTreeMap<String, CacheReportDoc>,
 }
 
-#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
+#[allow(dead_code)] // Describes the JSON the cache tier reports (copilot-cache has no schema types).
 /// `kind`: `single` (one server or a managed endpoint), `cluster` or `sentinel`; `tls`:
 /// whether the connection is encrypted; `nodes`: `host:port` of the node given (`single`), the
 /// primaries serving slots (`cluster`), or the sentinels (`sentinel`); `primary`: behind

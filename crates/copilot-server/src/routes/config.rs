@@ -2,11 +2,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use copilot_domain::access::{authorize_config_read, authorize_config_write};
-use copilot_domain::config::{ConfigLevel, ConfigPatch, EffectiveConfig, StoredPatchView};
-use copilot_domain::config::{MergeCompressionStrategy, PathCompressionStrategy};
+use copilot_domain::config::{
+    ConfigLevel, ConfigPatch, ConfigPatchInput, EffectiveConfig, StoredPatchView,
+};
 use copilot_domain::{Principal, UserId};
 use serde::Deserialize;
-use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
@@ -245,30 +245,4 @@ level_handlers! {
     put: put_user, "putUserConfig", " Replaces a user level's patch (that user, tenant admins, services).",
     patch: patch_user, "patchUserConfig", " JSON merge patch on a user level (that user, tenant admins, services).",
     delete: delete_user, "deleteUserConfig", " Removes a user level's patch (that user, tenant admins, services).",
-}
-
-#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
-/// A config level's fields: absent inherits from the level below; in a merge patch, `null`
-/// clears a field. `version`, `updatedAt` and `updatedBy` are read-only and ignored.
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schema(example = json!({"mergeMaxMessages": 80, "pathMaxMessages": 500, "autoCompactEnabled": true}))]
-pub struct ConfigPatchInput {
-    merge_compression_strategy: Option<MergeCompressionStrategy>,
-    #[schema(minimum = 1, maximum = 100000)]
-    merge_max_messages: Option<u32>,
-    merge_preserve_pinned: Option<bool>,
-    path_compression_strategy: Option<PathCompressionStrategy>,
-    #[schema(minimum = 1, maximum = 100000)]
-    path_max_messages: Option<u32>,
-    #[schema(minimum = 1, maximum = 10000)]
-    path_sliding_window_size: Option<u32>,
-    #[schema(minimum = 0, maximum = 1)]
-    path_compression_threshold: Option<f64>,
-    auto_compact_enabled: Option<bool>,
-    #[schema(minimum = 1, maximum = 10080)]
-    compaction_interval_minutes: Option<u32>,
-    version: Option<u64>,
-    updated_at: Option<String>,
-    updated_by: Option<String>,
 }

@@ -3,12 +3,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use copilot_domain::TenantId;
 use copilot_domain::access::{authorize_tenant, authorize_tenant_admin};
-use copilot_domain::egress::EgressModeInput;
-use copilot_domain::policy::{LlmTaskPolicy, UserEgressPolicy};
-use copilot_domain::policy::{MAX_POLICY_BYTES, StoredPolicy, TenantLlmPolicy};
+use copilot_domain::policy::{MAX_POLICY_BYTES, PolicyInput, StoredPolicy, TenantLlmPolicy};
 use copilot_domain::route::{Route, RouteRequest, resolve_route};
-use std::collections::BTreeMap;
-use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
@@ -136,29 +132,4 @@ pub async fn resolve(
         &tenant,
     )?;
     Ok(axum::Json(route).into_response())
-}
-
-#[allow(dead_code)] // Exists for its schema; the body is parsed by hand.
-/// A tenant LLM policy to store. `version`, `updatedAt` and `updatedBy` may be sent back and
-/// are ignored; any other unknown field is refused.
-#[derive(ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schema(example = json!({"defaultModel": "gpt-4o-mini", "defaultProvider": "openai", "tasks": [{"task": "summarize", "model": "claude-haiku", "provider": "anthropic", "temperature": 0.2}], "egressMode": "audit"}))]
-pub struct PolicyInput {
-    /// Must equal the tenant in the path when given.
-    tenant_id: Option<String>,
-    #[schema(min_length = 1, max_length = 200)]
-    default_model: String,
-    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
-    default_provider: String,
-    /// Default true; false means only the local provider may be used.
-    allow_remote_egress: Option<bool>,
-    #[schema(max_items = 256)]
-    tasks: Option<Vec<LlmTaskPolicy>>,
-    egress_mode: Option<EgressModeInput>,
-    allow_off_mode: Option<bool>,
-    user_policies: Option<BTreeMap<String, UserEgressPolicy>>,
-    version: Option<u64>,
-    updated_at: Option<String>,
-    updated_by: Option<String>,
 }
