@@ -103,8 +103,8 @@ watch_sessions &
 WATCH_PID=$!
 # What the machine does to the services' and PostgreSQL's threads, four times a second: time
 # the vCPUs were stolen by the host (/proc/stat), and the longest time any of those threads was
-# runnable but not running (/proc/<pid>/task/*/schedstat). A stall that shows here is the
-# machine's, not the code's.
+# runnable but not running (/proc/<pid>/task/*/schedstat), the machine's io and memory stall
+# time (PSI) and those processes' major page faults. A stall that shows here is the machine's.
 cat >"$WORK_DIR/sched.py" <<'PY'
 import glob, sys, time
 out, pids = sys.argv[1], sys.argv[2:]
@@ -131,7 +131,25 @@ def waits():
             except OSError:
                 pass
     return w
+def pressure(kind):
+    # Microseconds some task stalled on `kind` (io, memory) since boot (PSI).
+    try:
+        with open(f"/proc/pressure/{kind}") as f:
+            return int(f.readline().split("total=")[1]) // 1000  # us -> ms
+    except (OSError, IndexError, ValueError):
+        return 0
+def major_faults():
+    # Page faults that had to read from disk, over the services and PostgreSQL.
+    n = 0
+    for pid in pids + postgres_pids():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                n += int(f.read().rsplit(")", 1)[1].split()[9])
+        except (OSError, IndexError, ValueError):
+            pass
+    return n
 last_steal, last_waits = steal(), waits()
+last_io, last_mem, last_faults = pressure("io"), pressure("memory"), major_faults()
 with open(out, "w") as log:
     while True:
         time.sleep(0.25)
@@ -141,10 +159,14 @@ with open(out, "w") as log:
         who = max(deltas, key=deltas.get, default="-")
         waited = deltas.get(who, 0)
         who = "service" if who.startswith(tuple(f"/proc/{p}/" for p in pids)) else "postgres"
-        if stolen >= 100 or waited >= 150:
-            log.write(f"{time.time():.2f} stolen {stolen} ms, longest thread wait {waited} ms ({who})\n")
+        now_io, now_mem, now_faults = pressure("io"), pressure("memory"), major_faults()
+        io, mem, faults = now_io - last_io, now_mem - last_mem, now_faults - last_faults
+        if stolen >= 100 or waited >= 150 or io >= 50 or mem >= 50 or faults > 0:
+            log.write(f"{time.time():.2f} stolen {stolen} ms, longest thread wait {waited} ms ({who}), "
+                      f"io stall {io} ms, memory stall {mem} ms, major faults {faults}\n")
             log.flush()
         last_steal, last_waits = now_steal, now_waits
+        last_io, last_mem, last_faults = now_io, now_mem, now_faults
 PY
 python3 "$WORK_DIR/sched.py" "$WORK_DIR/sched" "$PID_A" "$PID_B" &
 SCHED_PID=$!
@@ -219,7 +241,7 @@ echo "failed reads: $failed_reads; failed writes outside the PostgreSQL outage (
 # Sessions seen busy in one transaction or statement for a second or more (ms in column 7).
 echo "sessions busy >= 1 s (time | pid | application | state | wait type | wait | ms | query):"
 awk -F ' [|] ' '$7 + 0 >= 1000' "$WORK_DIR/sessions" 2>/dev/null | head -40
-echo "quarter seconds with >= 100 ms of vCPU stolen or a thread waiting >= 150 ms to run:"
+echo "quarter seconds with >= 100 ms of vCPU stolen, a thread waiting >= 150 ms to run, >= 50 ms of io or memory stall (PSI) or a major fault:"
 awk -v start="$START" '{$1 = sprintf("%.2fs", $1 - start); print "  " $0}' "$WORK_DIR/sched" | head -40
 echo "RSS A: $RSS_A0 -> $RSS_A1 KiB; B: $RSS_B0 -> $RSS_B1 KiB"
 python3 -c "print('ratio=%.3f' % max($RSS_A1 / $RSS_A0, $RSS_B1 / $RSS_B0))"
