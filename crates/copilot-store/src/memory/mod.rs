@@ -1,28 +1,34 @@
 //! The in-memory backend: for tests and for library users who want no database. All state sits
-//! behind one `std::sync::Mutex` that is never held across an `.await`.
+//! behind one `std::sync::Mutex` that is never held across an `.await`. Policies, config levels
+//! and memberships go through the same write flows as the SQL backends (`rows.rs`).
+
+mod rows;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use copilot_domain::config::{ConfigLevel, ConfigPatch, StoredPatch};
+use copilot_domain::config::{ConfigLevel, StoredPatch};
 use copilot_domain::conversation::{
     Conversation, ConversationPage, ConversationQuery, ConversationUpdate, Message, MessagePage,
     MessageQuery, MessageWrite, NewConversation, NewMessage,
 };
-use copilot_domain::membership::{Membership, MembershipInput};
-use copilot_domain::policy::{StoredPolicy, TenantLlmPolicy};
+use copilot_domain::membership::Membership;
+use copilot_domain::policy::StoredPolicy;
 use copilot_domain::{Clock, ConversationId, MessageId, SystemClock, TenantId, UserId};
 use serde_json::Map;
 
 use crate::changes::{Change, ChangeLog, ChangeSubject};
 use crate::error::check_expected;
-use crate::traits::{ConfigStore, ConversationStore, MembershipStore, PolicyStore, StoreHealth};
+use crate::traits::{ConversationStore, StoreHealth};
 use crate::{StoreError, StoreResult};
 
 pub struct MemoryStore {
     state: Mutex<State>,
     clock: Arc<dyn Clock>,
+    /// Held by a policy, config or membership write from its start to its commit (`rows.rs`),
+    /// so writers of those rows go one after the other, as in the SQL backends.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Default)]
@@ -53,15 +59,7 @@ impl State {
     /// A fresh version for a write to `subject`, recorded in the change log when asked to.
     fn stamp(&mut self, subject: ChangeSubject, at: copilot_domain::Timestamp) -> u64 {
         let version = self.next_version();
-        if self.record_changes {
-            self.last_change += 1;
-            self.changes.push(Change {
-                id: self.last_change,
-                subject,
-                version,
-                at,
-            });
-        }
+        self.record_change(subject, version, at);
         version
     }
 
@@ -88,6 +86,7 @@ impl MemoryStore {
         Self {
             state: Mutex::new(State::default()),
             clock,
+            writer: Arc::default(),
         }
     }
 
@@ -101,122 +100,6 @@ impl MemoryStore {
         // A panic while holding the lock cannot leave a half-applied write: every method
         // validates before it mutates, so the state stays usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-#[async_trait]
-impl PolicyStore for MemoryStore {
-    async fn get_policy(&self, tenant: &TenantId) -> StoreResult<Option<Arc<StoredPolicy>>> {
-        Ok(self.lock().policies.get(tenant).cloned().map(Arc::new))
-    }
-
-    async fn put_policy(
-        &self,
-        policy: &TenantLlmPolicy,
-        expected_version: Option<u64>,
-        actor: &str,
-    ) -> StoreResult<StoredPolicy> {
-        let mut state = self.lock();
-        let current = state.policies.get(&policy.tenant_id).map(|p| p.version);
-        check_expected(current, expected_version)?;
-        let stored = StoredPolicy {
-            policy: policy.clone(),
-            version: state.stamp(
-                ChangeSubject::Policy(policy.tenant_id.clone()),
-                self.clock.now(),
-            ),
-            updated_at: self.clock.now(),
-            updated_by: actor.to_owned(),
-        };
-        state
-            .policies
-            .insert(policy.tenant_id.clone(), stored.clone());
-        Ok(stored)
-    }
-
-    async fn delete_policy(
-        &self,
-        tenant: &TenantId,
-        expected_version: Option<u64>,
-    ) -> StoreResult<u64> {
-        let mut state = self.lock();
-        let current = state
-            .policies
-            .get(tenant)
-            .map(|p| p.version)
-            .ok_or(StoreError::NotFound)?;
-        check_expected(Some(current), expected_version)?;
-        state.policies.remove(tenant);
-        Ok(state.stamp(ChangeSubject::Policy(tenant.clone()), self.clock.now()))
-    }
-}
-
-#[async_trait]
-impl ConfigStore for MemoryStore {
-    async fn get_patch(&self, level: &ConfigLevel) -> StoreResult<Option<StoredPatch>> {
-        Ok(self.lock().configs.get(level).cloned())
-    }
-
-    async fn put_patch(
-        &self,
-        level: &ConfigLevel,
-        patch: &ConfigPatch,
-        expected_version: Option<u64>,
-        actor: &str,
-    ) -> StoreResult<StoredPatch> {
-        let mut state = self.lock();
-        let current = state.configs.get(level).map(|p| p.version);
-        check_expected(current, expected_version)?;
-        let stored = StoredPatch {
-            level: level.clone(),
-            patch: patch.clone(),
-            version: state.stamp(ChangeSubject::Config(level.clone()), self.clock.now()),
-            updated_at: self.clock.now(),
-            updated_by: actor.to_owned(),
-        };
-        state.configs.insert(level.clone(), stored.clone());
-        Ok(stored)
-    }
-
-    async fn merge_patch(
-        &self,
-        level: &ConfigLevel,
-        merge_patch: &serde_json::Value,
-        expected_version: Option<u64>,
-        actor: &str,
-    ) -> StoreResult<StoredPatch> {
-        let mut state = self.lock();
-        let current = state.configs.get(level);
-        check_expected(current.map(|p| p.version), expected_version)?;
-        let merged = current
-            .map(|p| p.patch.clone())
-            .unwrap_or_default()
-            .merge(merge_patch)?;
-        let stored = StoredPatch {
-            level: level.clone(),
-            patch: merged,
-            version: state.stamp(ChangeSubject::Config(level.clone()), self.clock.now()),
-            updated_at: self.clock.now(),
-            updated_by: actor.to_owned(),
-        };
-        state.configs.insert(level.clone(), stored.clone());
-        Ok(stored)
-    }
-
-    async fn delete_patch(
-        &self,
-        level: &ConfigLevel,
-        expected_version: Option<u64>,
-    ) -> StoreResult<u64> {
-        let mut state = self.lock();
-        let current = state
-            .configs
-            .get(level)
-            .map(|p| p.version)
-            .ok_or(StoreError::NotFound)?;
-        check_expected(Some(current), expected_version)?;
-        state.configs.remove(level);
-        Ok(state.stamp(ChangeSubject::Config(level.clone()), self.clock.now()))
     }
 }
 
@@ -477,69 +360,6 @@ impl ConversationStore for MemoryStore {
             message,
             conversation: c.clone(),
         })
-    }
-}
-
-#[async_trait]
-impl MembershipStore for MemoryStore {
-    async fn get_membership(
-        &self,
-        tenant: &TenantId,
-        user: &UserId,
-    ) -> StoreResult<Option<Membership>> {
-        Ok(self
-            .lock()
-            .members
-            .get(&(tenant.clone(), user.clone()))
-            .cloned())
-    }
-
-    async fn put_membership(
-        &self,
-        tenant: &TenantId,
-        user: &UserId,
-        input: &MembershipInput,
-    ) -> StoreResult<Membership> {
-        let mut state = self.lock();
-        let now = self.clock.now();
-        let key = (tenant.clone(), user.clone());
-        let created_at = state.members.get(&key).map_or(now, |m| m.created_at);
-        let membership = Membership {
-            tenant_id: tenant.clone(),
-            user_id: user.clone(),
-            role: input.role,
-            status: input.status,
-            version: state.stamp(
-                ChangeSubject::Membership(tenant.clone(), user.clone()),
-                self.clock.now(),
-            ),
-            created_at,
-            updated_at: now,
-        };
-        state.members.insert(key, membership.clone());
-        Ok(membership)
-    }
-
-    async fn delete_membership(&self, tenant: &TenantId, user: &UserId) -> StoreResult<u64> {
-        let mut state = self.lock();
-        state
-            .members
-            .remove(&(tenant.clone(), user.clone()))
-            .ok_or(StoreError::NotFound)?;
-        Ok(state.stamp(
-            ChangeSubject::Membership(tenant.clone(), user.clone()),
-            self.clock.now(),
-        ))
-    }
-
-    async fn list_members(&self, tenant: &TenantId) -> StoreResult<Vec<Membership>> {
-        Ok(self
-            .lock()
-            .members
-            .values()
-            .filter(|m| &m.tenant_id == tenant)
-            .cloned()
-            .collect())
     }
 }
 
