@@ -230,18 +230,20 @@ outside=0
 for w in a b; do
   tail -1 "$WORK_DIR/writes-$w" | sed "s/^/writes on $w: /"
   # Failures by second of the run and status.
-  awk -v start="$START" '$1 ~ /^[0-9.]+$/ {print int($1 - start) "s " $2}' "$WORK_DIR/writes-$w" | sort | uniq -c | sort -k2 -n | head -20
+  awk -v start="$START" '$1 ~ /^[0-9.]+$/ {print int($1 - start) "s " $2}' "$WORK_DIR/writes-$w" | sort | uniq -c | sort -k2 -n | head -20 || true
   # What the failures outside the outage said.
   awk -v down="$PG_DOWN_AT" -v up="$PG_UP_AT" -v start="$START" \
-    '$1 ~ /^[0-9.]+$/ && ($1 < down || $1 > up + 5) {$1 = int($1 - start) "s"; print "  outside:", $0}' "$WORK_DIR/writes-$w" | head -10
+    '$1 ~ /^[0-9.]+$/ && ($1 < down || $1 > up + 5) {$1 = int($1 - start) "s"; print "  outside:", $0}' "$WORK_DIR/writes-$w" | head -10 || true
   outside=$((outside + $(awk -v down="$PG_DOWN_AT" -v up="$PG_UP_AT" \
     '$1 ~ /^[0-9.]+$/ && ($1 < down || $1 > up + 5) {n++} END {print n + 0}' "$WORK_DIR/writes-$w")))
 done
 echo "failed reads: $failed_reads; failed writes outside the PostgreSQL outage (+5 s): $outside"
 # Sessions seen busy in one transaction or statement for a second or more (ms in column 7).
 echo "sessions busy >= 1 s (time | pid | application | state | wait type | wait | ms | query):"
-awk -F ' [|] ' '$7 + 0 >= 1000' "$WORK_DIR/sessions" 2>/dev/null | head -40
+# (`|| true`: with pipefail, `head` closing early would end the script before its last lines.)
+awk -F ' [|] ' '$7 + 0 >= 1000' "$WORK_DIR/sessions" 2>/dev/null | head -40 || true
 echo "quarter seconds with >= 100 ms of vCPU stolen, a thread waiting >= 150 ms to run, >= 50 ms of io or memory stall (PSI) or a major fault:"
-awk -v start="$START" '{$1 = sprintf("%.2fs", $1 - start); print "  " $0}' "$WORK_DIR/sched" | head -40
+echo "  ($(wc -l <"$WORK_DIR/sched") such quarter seconds; the 20 with the longest thread wait:)"
+sort -k8 -nr "$WORK_DIR/sched" | head -20 | awk -v start="$START" '{$1 = sprintf("%.2fs", $1 - start); print "  " $0}' || true
 echo "RSS A: $RSS_A0 -> $RSS_A1 KiB; B: $RSS_B0 -> $RSS_B1 KiB"
 python3 -c "print('ratio=%.3f' % max($RSS_A1 / $RSS_A0, $RSS_B1 / $RSS_B0))"
