@@ -1,7 +1,9 @@
 //! The in-memory backend: for tests and for library users who want no database. All state sits
-//! behind one `std::sync::Mutex` that is never held across an `.await`. Policies, config levels
-//! and memberships go through the same write flows as the SQL backends (`rows.rs`).
+//! behind one `std::sync::Mutex` that is never held across an `.await`. Every store goes through
+//! the same flows as the SQL backends; this backend supplies only its statements (`rows.rs`,
+//! `conversations.rs`).
 
+mod conversations;
 mod rows;
 
 use std::collections::{BTreeMap, HashMap};
@@ -9,19 +11,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use copilot_domain::config::{ConfigLevel, StoredPatch};
-use copilot_domain::conversation::{
-    Conversation, ConversationPage, ConversationQuery, ConversationUpdate, Message, MessagePage,
-    MessageQuery, MessageWrite, NewConversation, NewMessage,
-};
+use copilot_domain::conversation::{Conversation, Message};
 use copilot_domain::membership::Membership;
 use copilot_domain::policy::StoredPolicy;
-use copilot_domain::{Clock, ConversationId, MessageId, SystemClock, TenantId, UserId};
-use serde_json::Map;
+use copilot_domain::{Clock, ConversationId, SystemClock, TenantId, UserId};
 
+use crate::StoreResult;
 use crate::changes::{Change, ChangeLog, ChangeSubject};
-use crate::error::check_expected;
-use crate::traits::{ConversationStore, StoreHealth};
-use crate::{StoreError, StoreResult};
+use crate::traits::StoreHealth;
 
 pub struct MemoryStore {
     state: Mutex<State>,
@@ -62,17 +59,6 @@ impl State {
         self.record_change(subject, version, at);
         version
     }
-
-    fn conversation_mut(
-        &mut self,
-        tenant: &TenantId,
-        id: &ConversationId,
-    ) -> StoreResult<&mut ConversationRow> {
-        match self.conversations.get_mut(id) {
-            Some(row) if &row.conversation.tenant_id == tenant => Ok(row),
-            _ => Err(StoreError::NotFound),
-        }
-    }
 }
 
 impl Default for MemoryStore {
@@ -100,266 +86,6 @@ impl MemoryStore {
         // A panic while holding the lock cannot leave a half-applied write: every method
         // validates before it mutates, so the state stays usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-#[async_trait]
-impl ConversationStore for MemoryStore {
-    async fn create_conversation(&self, new: &NewConversation) -> StoreResult<Conversation> {
-        let mut state = self.lock();
-        let now = self.clock.now();
-        let id = ConversationId::new_v7(now);
-        let version = state.stamp(ChangeSubject::Conversation(new.tenant_id.clone(), id), now);
-        let conversation = Conversation {
-            id,
-            tenant_id: new.tenant_id.clone(),
-            user_id: new.user_id.clone(),
-            title: new.title.clone(),
-            persona_id: new.persona_id.clone(),
-            jurisdictions: new.jurisdictions.clone(),
-            share_audience: new.share_audience,
-            tenant_access: new.tenant_access,
-            archived_at: None,
-            created_at: now,
-            updated_at: now,
-            last_message_at: None,
-            message_count: 0,
-            version,
-        };
-        state.conversations.insert(
-            conversation.id,
-            ConversationRow {
-                conversation: conversation.clone(),
-                messages: Vec::new(),
-            },
-        );
-        Ok(conversation)
-    }
-
-    async fn get_conversation(
-        &self,
-        tenant: &TenantId,
-        id: &ConversationId,
-    ) -> StoreResult<Option<Conversation>> {
-        let state = self.lock();
-        Ok(state
-            .conversations
-            .get(id)
-            .map(|r| &r.conversation)
-            .filter(|c| &c.tenant_id == tenant)
-            .cloned())
-    }
-
-    async fn list_conversations(&self, query: &ConversationQuery) -> StoreResult<ConversationPage> {
-        let state = self.lock();
-        let mut rows: Vec<&Conversation> = state
-            .conversations
-            .values()
-            .map(|r| &r.conversation)
-            .filter(|c| {
-                c.tenant_id == query.tenant_id
-                    && query.viewer.can_see(c)
-                    && c.matches_status(query.status)
-                    && query.is_after_cursor(c)
-            })
-            .collect();
-        rows.sort_by_key(|c| std::cmp::Reverse((c.last_activity_at(), c.id)));
-        let rows = rows
-            .into_iter()
-            .take(query.limit as usize + 1)
-            .cloned()
-            .collect();
-        Ok(ConversationPage::from_rows(rows, query))
-    }
-
-    async fn update_conversation(
-        &self,
-        tenant: &TenantId,
-        id: &ConversationId,
-        update: &ConversationUpdate,
-        expected_version: Option<u64>,
-    ) -> StoreResult<Conversation> {
-        let mut state = self.lock();
-        let now = self.clock.now();
-        let current = state.conversation_mut(tenant, id)?.conversation.version;
-        check_expected(Some(current), expected_version)?;
-        let version = state.stamp(
-            ChangeSubject::Conversation(tenant.clone(), *id),
-            self.clock.now(),
-        );
-        let c = &mut state.conversation_mut(tenant, id)?.conversation;
-        if let Some(title) = &update.title {
-            c.title = title.clone();
-        }
-        if let Some(audience) = update.share_audience {
-            c.share_audience = audience;
-        }
-        if let Some(access) = update.tenant_access {
-            c.tenant_access = access;
-        }
-        match update.archived {
-            Some(true) if c.archived_at.is_none() => c.archived_at = Some(now),
-            Some(false) => c.archived_at = None,
-            _ => {}
-        }
-        c.updated_at = now;
-        c.version = version;
-        Ok(c.clone())
-    }
-
-    async fn delete_conversation(
-        &self,
-        tenant: &TenantId,
-        id: &ConversationId,
-        expected_version: Option<u64>,
-    ) -> StoreResult<u64> {
-        let mut state = self.lock();
-        let current = state.conversation_mut(tenant, id)?.conversation.version;
-        check_expected(Some(current), expected_version)?;
-        state.conversations.remove(id);
-        Ok(state.stamp(
-            ChangeSubject::Conversation(tenant.clone(), *id),
-            self.clock.now(),
-        ))
-    }
-
-    async fn append_message(
-        &self,
-        tenant: &TenantId,
-        conversation: &ConversationId,
-        message: &NewMessage,
-    ) -> StoreResult<MessageWrite> {
-        let mut state = self.lock();
-        // The clock under the lock: createdAt follows seq.
-        let now = self.clock.now();
-        if state
-            .conversation_mut(tenant, conversation)?
-            .conversation
-            .is_archived()
-        {
-            return Err(StoreError::ConversationArchived);
-        }
-        let version = state.stamp(
-            ChangeSubject::Conversation(tenant.clone(), *conversation),
-            self.clock.now(),
-        );
-        let row = state.conversation_mut(tenant, conversation)?;
-        let stored = Message {
-            id: MessageId::new_v7(now),
-            conversation_id: *conversation,
-            seq: row.messages.len() as u64 + 1,
-            role: message.role,
-            content: Some(message.content.clone()),
-            metadata: message.metadata.clone(),
-            author_id: message.author_id.clone(),
-            created_at: now,
-            deleted_at: None,
-            deleted_by: None,
-        };
-        row.messages.push(stored.clone());
-        let c = &mut row.conversation;
-        c.last_message_at = Some(now);
-        c.updated_at = now;
-        c.message_count += 1;
-        c.version = version;
-        Ok(MessageWrite {
-            message: stored,
-            conversation: c.clone(),
-        })
-    }
-
-    async fn get_message(
-        &self,
-        tenant: &TenantId,
-        conversation: &ConversationId,
-        message: &MessageId,
-    ) -> StoreResult<Option<Message>> {
-        let mut state = self.lock();
-        let row = match state.conversation_mut(tenant, conversation) {
-            Ok(row) => row,
-            Err(StoreError::NotFound) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        Ok(row.messages.iter().find(|m| &m.id == message).cloned())
-    }
-
-    async fn list_messages(
-        &self,
-        tenant: &TenantId,
-        conversation: &ConversationId,
-        query: &MessageQuery,
-    ) -> StoreResult<MessagePage> {
-        let mut state = self.lock();
-        let row = state.conversation_mut(tenant, conversation)?;
-        let visible: Vec<&Message> = row
-            .messages
-            .iter()
-            .filter(|m| query.include_deleted || !m.is_deleted())
-            .collect();
-        let items: Vec<Message> = match query.after {
-            Some(after) => visible
-                .iter()
-                .filter(|m| m.seq > after)
-                .take(query.limit as usize)
-                .map(|m| (*m).clone())
-                .collect(),
-            None => {
-                let before = query.before.unwrap_or(u64::MAX);
-                let older: Vec<&&Message> = visible.iter().filter(|m| m.seq < before).collect();
-                let skip = older.len().saturating_sub(query.limit as usize);
-                older.into_iter().skip(skip).map(|m| (*m).clone()).collect()
-            }
-        };
-        let next_before = items
-            .first()
-            .map(|first| first.seq)
-            .filter(|&first| visible.iter().any(|m| m.seq < first));
-        Ok(MessagePage { items, next_before })
-    }
-
-    async fn soft_delete_message(
-        &self,
-        tenant: &TenantId,
-        conversation: &ConversationId,
-        message: &MessageId,
-        deleted_by: &str,
-    ) -> StoreResult<MessageWrite> {
-        let mut state = self.lock();
-        let now = self.clock.now();
-        let row = state.conversation_mut(tenant, conversation)?;
-        if row.conversation.is_archived() {
-            return Err(StoreError::ConversationArchived);
-        }
-        let index = row
-            .messages
-            .iter()
-            .position(|m| &m.id == message)
-            .ok_or(StoreError::NotFound)?;
-        if row.messages[index].is_deleted() {
-            return Ok(MessageWrite {
-                message: row.messages[index].clone(),
-                conversation: row.conversation.clone(),
-            });
-        }
-        let version = state.stamp(
-            ChangeSubject::Conversation(tenant.clone(), *conversation),
-            self.clock.now(),
-        );
-        let row = state.conversation_mut(tenant, conversation)?;
-        let m = &mut row.messages[index];
-        m.content = None;
-        m.metadata = Map::new();
-        m.deleted_at = Some(now);
-        m.deleted_by = Some(deleted_by.to_owned());
-        let message = m.clone();
-        let c = &mut row.conversation;
-        c.message_count = c.message_count.saturating_sub(1);
-        c.updated_at = now;
-        c.version = version;
-        Ok(MessageWrite {
-            message,
-            conversation: c.clone(),
-        })
     }
 }
 

@@ -28,7 +28,7 @@ pub(crate) struct MemoryTx {
 }
 
 impl MemoryTx {
-    fn then(&mut self, write: impl FnOnce(&mut State) + Send + 'static) {
+    pub(super) fn then(&mut self, write: impl FnOnce(&mut State) + Send + 'static) {
         self.writes.push(Box::new(write));
     }
 }
