@@ -75,6 +75,11 @@ start_redis() {
 }
 
 # --- build (one build shared by every test binary and the fuzz run) --------------------------
+# A fresh build needs about 3 GB and PostgreSQL some more; a full disk crashes PostgreSQL.
+free_kb=$(df -Pk . | awk 'NR == 2 {print $4}')
+if [ "${free_kb:-0}" -lt $((5 * 1024 * 1024)) ]; then
+  echo "warning: only $((free_kb / 1024)) MiB free here; the build and PostgreSQL need about 5 GB" >&2
+fi
 log "build"
 cargo build --workspace --all-targets
 
