@@ -121,9 +121,9 @@ def postgres_pids():
         except OSError:
             pass
     return found
-def waits():
+def waits(watched):
     w = {}
-    for pid in pids + postgres_pids():
+    for pid in watched:
         for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
             try:
                 with open(path) as f:
@@ -138,28 +138,30 @@ def pressure(kind):
             return int(f.readline().split("total=")[1]) // 1000  # us -> ms
     except (OSError, IndexError, ValueError):
         return 0
-def major_faults():
+def major_faults(watched):
     # Page faults that had to read from disk, over the services and PostgreSQL.
     n = 0
-    for pid in pids + postgres_pids():
+    for pid in watched:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 n += int(f.read().rsplit(")", 1)[1].split()[9])
         except (OSError, IndexError, ValueError):
             pass
     return n
-last_steal, last_waits = steal(), waits()
-last_io, last_mem, last_faults = pressure("io"), pressure("memory"), major_faults()
+watched = pids + postgres_pids()
+last_steal, last_waits = steal(), waits(watched)
+last_io, last_mem, last_faults = pressure("io"), pressure("memory"), major_faults(watched)
 with open(out, "w") as log:
     while True:
         time.sleep(0.25)
-        now_steal, now_waits = steal(), waits()
+        watched = pids + postgres_pids()  # PostgreSQL starts a process per connection
+        now_steal, now_waits = steal(), waits(watched)
         stolen = now_steal - last_steal
         deltas = {k: now_waits[k] - last_waits.get(k, now_waits[k]) for k in now_waits}
         who = max(deltas, key=deltas.get, default="-")
         waited = deltas.get(who, 0)
         who = "service" if who.startswith(tuple(f"/proc/{p}/" for p in pids)) else "postgres"
-        now_io, now_mem, now_faults = pressure("io"), pressure("memory"), major_faults()
+        now_io, now_mem, now_faults = pressure("io"), pressure("memory"), major_faults(watched)
         io, mem, faults = now_io - last_io, now_mem - last_mem, now_faults - last_faults
         if stolen >= 100 or waited >= 150 or io >= 50 or mem >= 50 or faults > 0:
             log.write(f"{time.time():.2f} stolen {stolen} ms, longest thread wait {waited} ms ({who}), "

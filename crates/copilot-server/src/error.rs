@@ -69,6 +69,11 @@ pub struct Problem {
 }
 
 impl ApiError {
+    /// A 422 naming one bad field.
+    pub fn field(field: &str, message: &str) -> Self {
+        Self::Validation(vec![FieldError::new(field, message)])
+    }
+
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),

@@ -1,5 +1,5 @@
-//! The SQL backends' conversation store, written once (a blanket impl over the backends'
-//! statements, as `versioned.rs` does for policies, config levels and memberships). Each backend
+//! The conversation store of every backend in this crate, written once (a blanket impl over the
+//! backends' statements, as `versioned.rs` does for policies, config levels and memberships). Each backend
 //! supplies its statements ([`ConversationRows`]); the steps and the rules live here: a write
 //! locks the conversation first, `If-Match` is checked against the locked row, an archived
 //! conversation takes no message change, deleting a deleted message changes nothing, and a

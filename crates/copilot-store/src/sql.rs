@@ -134,6 +134,11 @@ pub(crate) fn push_membership_upsert<'args, DB, Version, Time>(
     );
 }
 
+/// A stored count or version (SQL integers are signed): a negative one is corrupt data.
+pub(crate) fn to_u64(value: i64, what: &str) -> StoreResult<u64> {
+    u64::try_from(value).map_err(|_| StoreError::corrupt(what, value))
+}
+
 /// A membership row as either backend returns it; `Time` is how the backend stores a time.
 #[derive(sqlx::FromRow)]
 pub(crate) struct MembershipRow<Time> {
@@ -157,7 +162,7 @@ impl<Time> MembershipRow<Time> {
                 .ok_or_else(|| StoreError::corrupt("role", &self.role))?,
             status: MembershipStatus::parse(&self.status)
                 .ok_or_else(|| StoreError::corrupt("status", &self.status))?,
-            version: u64::try_from(self.version).map_err(|e| StoreError::corrupt("version", e))?,
+            version: to_u64(self.version, "version")?,
             created_at: time(self.created_at),
             updated_at: time(self.updated_at),
         })

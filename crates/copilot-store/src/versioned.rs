@@ -1,5 +1,5 @@
-//! The SQL backends' policy, config and membership stores, written once (blanket impls over
-//! the backends' statements). Each backend supplies only its statements ([`RowStatements`]: its
+//! The policy, config and membership stores of every backend in this crate, written once
+//! (blanket impls over the backends' statements). Each backend supplies only its statements ([`RowStatements`]: its
 //! dialect, its locking, where its versions come from; [`ConfigRows`], [`PolicyRows`],
 //! [`MembershipRows`]: its reads and upserts); the order of steps and the rules (a missing row
 //! is `NotFound`, `If-Match` is checked against the locked row, the version and `updatedAt` are
@@ -152,7 +152,7 @@ fn stored_patch<S: RowStatements>(
     }
 }
 
-/// The SQL backends' policy store: their statements in the shared flow.
+/// The backends' policy store: their statements in the shared flow.
 #[async_trait]
 impl<S: PolicyRows> PolicyStore for S {
     async fn get_policy(&self, tenant: &TenantId) -> StoreResult<Option<Arc<StoredPolicy>>> {
@@ -183,7 +183,7 @@ impl<S: PolicyRows> PolicyStore for S {
     }
 }
 
-/// The SQL backends' config store: their statements in the shared flows.
+/// The backends' config store: their statements in the shared flows.
 #[async_trait]
 impl<S: ConfigRows> ConfigStore for S {
     async fn get_patch(&self, level: &ConfigLevel) -> StoreResult<Option<StoredPatch>> {
@@ -233,7 +233,7 @@ impl<S: ConfigRows> ConfigStore for S {
     }
 }
 
-/// The SQL backends' membership store: their statements in the shared flow.
+/// The backends' membership store: their statements in the shared flow.
 #[async_trait]
 impl<S: MembershipRows> MembershipStore for S {
     async fn get_membership(

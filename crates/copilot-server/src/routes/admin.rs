@@ -64,9 +64,7 @@ pub struct CacheSwitchInput {
 
 impl CacheSwitchInput {
     fn from_json(body: &Value) -> ApiResult<Self> {
-        let invalid = |field: &str, message: &str| {
-            ApiError::Validation(vec![copilot_domain::FieldError::new(field, message)])
-        };
+        let invalid = ApiError::field;
         match body.as_object() {
             Some(map) if map.len() == 1 => match map.get("enabled") {
                 Some(Value::Bool(enabled)) => Ok(Self { enabled: *enabled }),

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use copilot_cache::events::{Event, EventBody, EventHub, EventId, Subscription, Topic};
 use copilot_domain::access::{can_read, list_viewer};
 use copilot_domain::conversation::{Conversation, ListViewer, Message};
-use copilot_domain::{ConversationId, FieldError, Principal, TenantId, UserId};
+use copilot_domain::{ConversationId, Principal, TenantId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -152,12 +152,7 @@ pub async fn post_event(
 impl EventPostInput {
     /// One error per field; `data` at most `MAX_EVENT_DATA_BYTES` as JSON text.
     fn from_json(body: &Value) -> ApiResult<Self> {
-        let field = |field: &str, message: &str| {
-            ApiError::Validation(vec![FieldError {
-                field: field.to_owned(),
-                message: message.to_owned(),
-            }])
-        };
+        let field = ApiError::field;
         let object = body
             .as_object()
             .ok_or_else(|| field("body", "must be a JSON object"))?;

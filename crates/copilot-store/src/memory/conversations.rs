@@ -20,7 +20,12 @@ use crate::conversation_rows::{ConversationRows, MessageAt};
 use crate::{StoreError, StoreResult};
 
 impl State {
-    fn conversation(&self, tenant: &TenantId, id: &ConversationId) -> Option<&ConversationRow> {
+    /// The conversation `id` if it belongs to `tenant`.
+    pub(super) fn conversation(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Option<&ConversationRow> {
         let row = self.conversations.get(id)?;
         (&row.conversation.tenant_id == tenant).then_some(row)
     }

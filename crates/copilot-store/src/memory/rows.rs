@@ -44,9 +44,7 @@ impl State {
                 .get(&(tenant.clone(), user.clone()))
                 .map(|m| m.version),
             ChangeSubject::Conversation(tenant, id) => self
-                .conversations
-                .get(id)
-                .filter(|row| &row.conversation.tenant_id == tenant)
+                .conversation(tenant, id)
                 .map(|row| row.conversation.version),
         }
     }

@@ -48,6 +48,7 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions};
 use sqlx::query::Query;
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 
+use crate::sql::to_u64;
 use crate::traits::StoreHealth;
 use crate::{Change, ChangeLog, ChangeSubject, Notice, StoreError, StoreResult};
 
@@ -445,10 +446,6 @@ async fn next_version(conn: &mut PgConnection, persistent: bool) -> StoreResult<
         .fetch_one(conn)
         .await?;
     to_u64(value, "version")
-}
-
-fn to_u64(value: i64, what: &str) -> StoreResult<u64> {
-    u64::try_from(value).map_err(|_| StoreError::corrupt(what, value))
 }
 
 fn to_i64(value: u64) -> StoreResult<i64> {

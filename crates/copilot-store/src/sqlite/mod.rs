@@ -21,6 +21,7 @@ use copilot_domain::{Clock, SystemClock, Timestamp};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 
+use crate::sql::to_u64;
 use crate::traits::StoreHealth;
 use crate::{Change, ChangeLog, ChangeSubject, StoreError, StoreResult};
 
@@ -242,10 +243,6 @@ async fn next_version(conn: &mut SqliteConnection) -> StoreResult<u64> {
     .fetch_one(conn)
     .await?;
     to_u64(value, "version")
-}
-
-fn to_u64(value: i64, what: &str) -> StoreResult<u64> {
-    u64::try_from(value).map_err(|_| StoreError::corrupt(what, value))
 }
 
 fn micros(t: Timestamp) -> i64 {
