@@ -103,12 +103,12 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The global level's stored patch (anyone authenticated). */
+        /** The stored patch of the global level (anyone authenticated). */
         get: operations["getGlobalConfig"];
-        /** Replaces the global level's patch (services). */
+        /** Replaces the patch of the global level (services). */
         put: operations["putGlobalConfig"];
         post?: never;
-        /** Removes the global level's patch (services). */
+        /** Removes the patch of the global level (services). */
         delete: operations["deleteGlobalConfig"];
         options?: never;
         head?: never;
@@ -123,16 +123,16 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The tenant level's stored patch (tenant members). */
+        /** The stored patch of the tenant level (tenant members). */
         get: operations["getTenantConfig"];
-        /** Replaces the tenant level's patch (tenant admins and services). */
+        /** Replaces the patch of the tenant level (tenant admins and services). */
         put: operations["putTenantConfig"];
         post?: never;
-        /** Removes the tenant level's patch (tenant admins and services). */
+        /** Removes the patch of the tenant level (tenant admins and services). */
         delete: operations["deleteTenantConfig"];
         options?: never;
         head?: never;
-        /** JSON merge patch on the tenant level (tenant admins and services). */
+        /** JSON merge patch (RFC 7396) on the tenant level (tenant admins and services). */
         patch: operations["patchTenantConfig"];
         trace?: never;
     };
@@ -352,16 +352,16 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A user level's stored patch (that user, tenant admins, services). */
+        /** The stored patch of a user level (that user, tenant admins, services). */
         get: operations["getUserConfig"];
-        /** Replaces a user level's patch (that user, tenant admins, services). */
+        /** Replaces the patch of a user level (that user, tenant admins, services). */
         put: operations["putUserConfig"];
         post?: never;
-        /** Removes a user level's patch (that user, tenant admins, services). */
+        /** Removes the patch of a user level (that user, tenant admins, services). */
         delete: operations["deleteUserConfig"];
         options?: never;
         head?: never;
-        /** JSON merge patch on a user level (that user, tenant admins, services). */
+        /** JSON merge patch (RFC 7396) on a user level (that user, tenant admins, services). */
         patch: operations["patchUserConfig"];
         trace?: never;
     };

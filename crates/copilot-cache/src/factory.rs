@@ -484,9 +484,8 @@ impl CacheControl {
     async fn resend(&self, subject: &ChangeSubject, version: u64) -> bool {
         let Some(l2) = &self.l2 else { return true };
         let (cache, key) = crate::keys::for_change(&self.settings.prefix, subject);
-        let encoded = crate::entry::Entry::<()>::Tombstone { version }.encode();
         if l2
-            .tombstone(&key, version, &encoded, self.settings.tombstone_ttl())
+            .tombstone(&key, version, self.settings.tombstone_ttl())
             .await
             .is_none()
         {

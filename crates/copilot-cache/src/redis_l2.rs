@@ -8,6 +8,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 
 use crate::breaker::{BreakerState, CircuitBreaker};
+use crate::entry::Entry;
 
 /// Stores `ARGV[2]` unless the key holds a newer version, or the same version that is not a
 /// tombstone (a row replaces the tombstone of the write that produced it).
@@ -373,14 +374,9 @@ impl RedisL2 {
     }
 
     /// Writes a tombstone carrying the write's version (never lowering the key's version).
-    pub async fn tombstone(
-        &self,
-        key: &str,
-        version: u64,
-        encoded: &str,
-        ttl: Duration,
-    ) -> Option<bool> {
-        self.guarded("tombstone", &self.tombstone, key, version, encoded, ttl)
+    pub async fn tombstone(&self, key: &str, version: u64, ttl: Duration) -> Option<bool> {
+        let encoded = Entry::<()>::Tombstone { version }.encode();
+        self.guarded("tombstone", &self.tombstone, key, version, &encoded, ttl)
             .await
     }
 

@@ -79,9 +79,8 @@ where
     /// The tombstone and the bus message of one write; on failure, the retry task takes over.
     async fn send_tombstone(&self, key: &str, version: u64) {
         let Some(l2) = &self.l2 else { return };
-        let encoded = Entry::<T>::Tombstone { version }.encode();
         let tombstoned = l2
-            .tombstone(key, version, &encoded, self.settings.tombstone_ttl)
+            .tombstone(key, version, self.settings.tombstone_ttl)
             .await
             .is_some();
         let published = match &self.bus {
@@ -117,8 +116,7 @@ where
                     return;
                 }
                 for (key, version) in batch {
-                    let encoded = Entry::<()>::Tombstone { version }.encode();
-                    let tombstoned = l2.tombstone(&key, version, &encoded, ttl).await.is_some();
+                    let tombstoned = l2.tombstone(&key, version, ttl).await.is_some();
                     let published = match &bus {
                         Some(bus) => tombstoned && bus.publish(name, &key, version).await,
                         None => tombstoned,

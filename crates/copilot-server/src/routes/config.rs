@@ -10,9 +10,7 @@ use serde::Deserialize;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
-use crate::extract::{
-    IfMatch, JsonBody, PathParams, Precondition, Query, tenant_id, user_id, with_etag,
-};
+use crate::extract::{IfMatch, JsonBody, Precondition, Query, user_id, with_etag};
 use crate::routes::params::{IfMatchHeader, TenantPath, TenantUserPath};
 use crate::state::AppState;
 
@@ -32,10 +30,9 @@ pub struct EffectiveParams {
 pub async fn effective(
     State(state): State<AppState>,
     Auth(principal): Auth,
-    PathParams(t): PathParams<String>,
+    TenantPath { tenant }: TenantPath,
     Query(params): Query<EffectiveParams>,
 ) -> ApiResult<Response> {
-    let tenant = tenant_id(&t)?;
     let user: Option<UserId> = match &params.user_id {
         Some(u) => Some(user_id(u)?),
         None => principal.user_id().cloned(),
@@ -137,30 +134,21 @@ async fn delete_level(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-fn tenant_level(t: &str) -> ApiResult<ConfigLevel> {
-    Ok(ConfigLevel::Tenant(tenant_id(t)?))
-}
-
-fn user_level(t: &str, u: &str) -> ApiResult<ConfigLevel> {
-    Ok(ConfigLevel::User(tenant_id(t)?, user_id(u)?))
-}
-
 /// A handler that writes a whole or merged patch to one config level (see `level_handlers!`).
 macro_rules! level_write_handler {
     (
-        $name:ident, $method:ident, $id:literal, $doc:literal, $path:literal, [$($param:ty),*],
-        ($($arg:ident: $arg_ty:ty),*) => $level:expr, $write:ident, { $($body:tt)* }
+        $name:ident, $method:ident, $id:expr, $summary:expr, $path:literal,
+        ($($arg_ty:ident { $($field:ident),* })?) => $level:expr, $write:ident, { $($body:tt)* }
     ) => {
-        #[doc = $doc]
-        #[utoipa::path(operation_id = $id, $method, path = $path, tag = "config",
-            params($($param,)* IfMatchHeader),
+        #[utoipa::path(operation_id = $id, summary = $summary, $method, path = $path, tag = "config",
+            params($($arg_ty,)? IfMatchHeader),
             $($body)*,
             responses((status = 200, description = "The stored patch", body = StoredPatchView,
                 headers(("ETag" = String, description = "\"<version>\"")))))]
         pub async fn $name(
             State(state): State<AppState>,
             Auth(principal): Auth,
-            $(PathParams($arg): PathParams<$arg_ty>,)*
+            $($arg_ty { $($field),* }: $arg_ty,)?
             IfMatch(expected): IfMatch,
             JsonBody(body, _): JsonBody,
         ) -> ApiResult<Response> {
@@ -170,46 +158,47 @@ macro_rules! level_write_handler {
 }
 
 /// The four handlers of one config level: utoipa wants one annotated function per path, so
-/// each level gets its own, each one line into the shared logic above. `$level` builds the
-/// level from the path parameters `$arg`.
+/// each level gets its own, each one line into the shared logic above. `$level` is built from
+/// the typed path `$arg_ty`'s fields; operation ids and summaries from the level's `$Name` and `$level_name`
+/// and who may read and write it.
 macro_rules! level_handlers {
     (
-        path: $path:literal,
-        params: [$($param:ty),*],
-        level: ($($arg:ident: $arg_ty:ty),*) => $level:expr,
-        get: $get:ident, $get_id:literal, $get_doc:literal,
-        put: $put:ident, $put_id:literal, $put_doc:literal,
-        patch: $patch:ident, $patch_id:literal, $patch_doc:literal,
-        delete: $delete:ident, $delete_id:literal, $delete_doc:literal $(,)?
+        $path:literal, ($($arg_ty:ident { $($field:ident),* })?) => $level:expr,
+        $Name:literal, $level_name:literal, readers: $readers:literal, writers: $writers:literal,
+        [$get:ident, $put:ident, $patch:ident, $delete:ident] $(,)?
     ) => {
-        #[doc = $get_doc]
-        #[utoipa::path(operation_id = $get_id, get, path = $path, tag = "config",
-            params($($param),*),
+        #[utoipa::path(operation_id = concat!("get", $Name, "Config"),
+            summary = concat!("The stored patch of ", $level_name, " (", $readers, ")."),
+            get, path = $path, tag = "config",
+            params($($arg_ty)?),
             responses((status = 200, description = "Stored fields, version, updatedAt, updatedBy", body = StoredPatchView,
                 headers(("ETag" = String, description = "\"<version>\""))),
                 (status = 304, description = "Not modified: `If-None-Match` named the current `ETag`")))]
         pub async fn $get(
             State(state): State<AppState>,
             Auth(principal): Auth,
-            $(PathParams($arg): PathParams<$arg_ty>,)*
+            $($arg_ty { $($field),* }: $arg_ty,)?
         ) -> ApiResult<Response> {
             get_level(&state, &principal, $level).await
         }
 
-        level_write_handler!($put, put, $put_id, $put_doc, $path, [$($param),*],
-            ($($arg: $arg_ty),*) => $level, put_level, { request_body = ConfigPatchInput });
-        level_write_handler!($patch, patch, $patch_id, $patch_doc, $path, [$($param),*],
-            ($($arg: $arg_ty),*) => $level, patch_level,
+        level_write_handler!($put, put, concat!("put", $Name, "Config"),
+            concat!("Replaces the patch of ", $level_name, " (", $writers, ")."), $path,
+            ($($arg_ty { $($field),* })?) => $level, put_level, { request_body = ConfigPatchInput });
+        level_write_handler!($patch, patch, concat!("patch", $Name, "Config"),
+            concat!("JSON merge patch (RFC 7396) on ", $level_name, " (", $writers, ")."), $path,
+            ($($arg_ty { $($field),* })?) => $level, patch_level,
             { request_body(content = ConfigPatchInput, content_type = "application/merge-patch+json") });
 
-        #[doc = $delete_doc]
-        #[utoipa::path(operation_id = $delete_id, delete, path = $path, tag = "config",
-            params($($param,)* IfMatchHeader),
+        #[utoipa::path(operation_id = concat!("delete", $Name, "Config"),
+            summary = concat!("Removes the patch of ", $level_name, " (", $writers, ")."),
+            delete, path = $path, tag = "config",
+            params($($arg_ty,)? IfMatchHeader),
             responses((status = 204, description = "Deleted")))]
         pub async fn $delete(
             State(state): State<AppState>,
             Auth(principal): Auth,
-            $(PathParams($arg): PathParams<$arg_ty>,)*
+            $($arg_ty { $($field),* }: $arg_ty,)?
             IfMatch(expected): IfMatch,
         ) -> ApiResult<Response> {
             delete_level(&state, &principal, $level, expected).await
@@ -217,32 +206,17 @@ macro_rules! level_handlers {
     };
 }
 
-level_handlers! {
-    path: "/v1/config/global",
-    params: [],
-    level: () => ConfigLevel::Global,
-    get: get_global, "getGlobalConfig", " The global level's stored patch (anyone authenticated).",
-    put: put_global, "putGlobalConfig", " Replaces the global level's patch (services).",
-    patch: patch_global, "patchGlobalConfig", " JSON merge patch (RFC 7396) on the global level (services).",
-    delete: delete_global, "deleteGlobalConfig", " Removes the global level's patch (services).",
-}
+level_handlers!("/v1/config/global", () => ConfigLevel::Global,
+    "Global", "the global level", readers: "anyone authenticated", writers: "services",
+    [get_global, put_global, patch_global, delete_global]);
 
-level_handlers! {
-    path: "/v1/tenants/{t}/config",
-    params: [TenantPath],
-    level: (t: String) => tenant_level(&t)?,
-    get: get_tenant, "getTenantConfig", " The tenant level's stored patch (tenant members).",
-    put: put_tenant, "putTenantConfig", " Replaces the tenant level's patch (tenant admins and services).",
-    patch: patch_tenant, "patchTenantConfig", " JSON merge patch on the tenant level (tenant admins and services).",
-    delete: delete_tenant, "deleteTenantConfig", " Removes the tenant level's patch (tenant admins and services).",
-}
+level_handlers!("/v1/tenants/{t}/config",
+    (TenantPath { tenant }) => ConfigLevel::Tenant(tenant),
+    "Tenant", "the tenant level", readers: "tenant members", writers: "tenant admins and services",
+    [get_tenant, put_tenant, patch_tenant, delete_tenant]);
 
-level_handlers! {
-    path: "/v1/tenants/{t}/users/{u}/config",
-    params: [TenantUserPath],
-    level: (tu: (String, String)) => user_level(&tu.0, &tu.1)?,
-    get: get_user, "getUserConfig", " A user level's stored patch (that user, tenant admins, services).",
-    put: put_user, "putUserConfig", " Replaces a user level's patch (that user, tenant admins, services).",
-    patch: patch_user, "patchUserConfig", " JSON merge patch on a user level (that user, tenant admins, services).",
-    delete: delete_user, "deleteUserConfig", " Removes a user level's patch (that user, tenant admins, services).",
-}
+level_handlers!("/v1/tenants/{t}/users/{u}/config",
+    (TenantUserPath { tenant, user }) => ConfigLevel::User(tenant, user),
+    "User", "a user level", readers: "that user, tenant admins, services",
+    writers: "that user, tenant admins, services",
+    [get_user, put_user, patch_user, delete_user]);

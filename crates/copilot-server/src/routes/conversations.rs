@@ -14,9 +14,7 @@ use serde::Deserialize;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
-use crate::extract::{
-    IfMatch, JsonBody, PathParams, Query, conversation_id, message_id, tenant_id, with_etag,
-};
+use crate::extract::{IfMatch, JsonBody, Query, with_etag};
 use crate::routes::events::{Change, publish};
 use crate::routes::params::{ConversationPath, IfMatchHeader, MessagePath, TenantPath};
 use crate::state::AppState;
@@ -41,10 +39,9 @@ fn parse_number<T: std::str::FromStr>(name: &str, value: Option<&str>) -> ApiRes
 pub async fn create(
     State(state): State<AppState>,
     Auth(principal): Auth,
-    PathParams(t): PathParams<String>,
+    TenantPath { tenant }: TenantPath,
     JsonBody(body, _): JsonBody,
 ) -> ApiResult<Response> {
-    let tenant = tenant_id(&t)?;
     copilot_domain::access::authorize_tenant(&principal, &tenant)?;
     let request = CreateConversationRequest::from_json(&body)?;
     let owner = authorize_create(&principal, &tenant, &request)?;
@@ -84,10 +81,9 @@ pub struct ListParams {
 pub async fn list(
     State(state): State<AppState>,
     Auth(principal): Auth,
-    PathParams(t): PathParams<String>,
+    TenantPath { tenant }: TenantPath,
     Query(params): Query<ListParams>,
 ) -> ApiResult<Response> {
-    let tenant = tenant_id(&t)?;
     let viewer = list_viewer(&principal, &tenant)?;
     let status = match params.status.as_deref() {
         None => ConversationStatus::Active,
@@ -121,9 +117,8 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     Auth(principal): Auth,
-    PathParams((t, id)): PathParams<(String, String)>,
+    ConversationPath { tenant, id }: ConversationPath,
 ) -> ApiResult<Response> {
-    let (tenant, id) = (tenant_id(&t)?, conversation_id(&id)?);
     let conversation = state
         .readable_conversation(&principal, &tenant, &id)
         .await?;
@@ -143,11 +138,10 @@ pub async fn get(
 pub async fn update(
     State(state): State<AppState>,
     Auth(principal): Auth,
-    PathParams((t, id)): PathParams<(String, String)>,
+    ConversationPath { tenant, id }: ConversationPath,
     IfMatch(expected): IfMatch,
     JsonBody(body, _): JsonBody,
 ) -> ApiResult<Response> {
-    let (tenant, id) = (tenant_id(&t)?, conversation_id(&id)?);
     let update = ConversationUpdate::from_json(&body)?;
     let conversation = state
         .readable_conversation(&principal, &tenant, &id)
@@ -183,10 +177,9 @@ pub async fn update(
 pub async fn delete(
     State(state): State<AppState>,
     Auth(principal): Auth,
-    PathParams((t, id)): PathParams<(String, String)>,
+    ConversationPath { tenant, id }: ConversationPath,
     IfMatch(expected): IfMatch,
 ) -> ApiResult<Response> {
-    let (tenant, id) = (tenant_id(&t)?, conversation_id(&id)?);
     let conversation = state
         .readable_conversation(&principal, &tenant, &id)
         .await?;
@@ -215,10 +208,9 @@ pub async fn delete(
 pub async fn append(
     State(state): State<AppState>,
     Auth(principal): Auth,
-    PathParams((t, id)): PathParams<(String, String)>,
+    ConversationPath { tenant, id }: ConversationPath,
     JsonBody(body, _): JsonBody,
 ) -> ApiResult<Response> {
-    let (tenant, id) = (tenant_id(&t)?, conversation_id(&id)?);
     let input = MessageInput::from_json(&body, state.service.max_message_bytes)?;
     let conversation = state
         .readable_conversation(&principal, &tenant, &id)
@@ -239,15 +231,8 @@ pub async fn append(
                 .append_message(&tenant, &id, &message),
         )
         .await?;
-    publish(
-        state.cache.events(),
-        Change::MessageAppended {
-            message: &written.message,
-            before: &conversation,
-            after: &written.conversation,
-        },
-    )
-    .await;
+    let appended = Change::MessageAppended(&written, &conversation);
+    publish(state.cache.events(), appended).await;
     Ok((StatusCode::CREATED, axum::Json(written.message)).into_response())
 }
 
@@ -271,10 +256,9 @@ pub struct MessageParams {
 pub async fn messages(
     State(state): State<AppState>,
     Auth(principal): Auth,
-    PathParams((t, id)): PathParams<(String, String)>,
+    ConversationPath { tenant, id }: ConversationPath,
     Query(params): Query<MessageParams>,
 ) -> ApiResult<Response> {
-    let (tenant, id) = (tenant_id(&t)?, conversation_id(&id)?);
     let include_deleted = match params.include_deleted.as_deref() {
         None | Some("false") => false,
         Some("true") => true,
@@ -312,9 +296,8 @@ pub async fn messages(
 pub async fn delete_message(
     State(state): State<AppState>,
     Auth(principal): Auth,
-    PathParams((t, id, mid)): PathParams<(String, String, String)>,
+    MessagePath { tenant, id, mid }: MessagePath,
 ) -> ApiResult<Response> {
-    let (tenant, id, mid) = (tenant_id(&t)?, conversation_id(&id)?, message_id(&mid)?);
     let conversation = state
         .readable_conversation(&principal, &tenant, &id)
         .await?;
@@ -336,15 +319,8 @@ pub async fn delete_message(
         )
         .await?;
     if !message.is_deleted() {
-        publish(
-            state.cache.events(),
-            Change::MessageDeleted {
-                message: &written.message,
-                before: &conversation,
-                after: &written.conversation,
-            },
-        )
-        .await;
+        let deleted = Change::MessageDeleted(&written, &conversation);
+        publish(state.cache.events(), deleted).await;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -16,7 +16,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use copilot_cache::events::{Event, EventBody, EventHub, EventId, Subscription, Topic};
 use copilot_domain::access::{can_read, list_viewer};
-use copilot_domain::conversation::{Conversation, ListViewer, Message};
+use copilot_domain::conversation::{Conversation, ListViewer, MessageWrite};
 use copilot_domain::{ConversationId, Principal, TenantId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -24,7 +24,7 @@ use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
-use crate::extract::{JsonBody, PathParams, conversation_id, tenant_id};
+use crate::extract::JsonBody;
 use crate::routes::params::{ConversationPath, LastEventIdHeader, TenantPath};
 use crate::state::AppState;
 
@@ -42,10 +42,9 @@ const MAX_EVENT_DATA_BYTES: usize = 64 * 1024;
 pub async fn conversation_events(
     State(state): State<AppState>,
     Auth(principal): Auth,
-    PathParams((t, id)): PathParams<(String, String)>,
+    ConversationPath { tenant, id }: ConversationPath,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let (tenant, id) = (tenant_id(&t)?, conversation_id(&id)?);
     let conversation = state
         .readable_conversation(&principal, &tenant, &id)
         .await?;
@@ -75,10 +74,9 @@ pub async fn conversation_events(
 pub async fn list_events(
     State(state): State<AppState>,
     Auth(principal): Auth,
-    PathParams(t): PathParams<String>,
+    TenantPath { tenant }: TenantPath,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let tenant = tenant_id(&t)?;
     let viewer = list_viewer(&principal, &tenant)?;
     let subscription = subscribe(&state, &principal, Topic::List(tenant), &headers).await;
     let stream = Stream {
@@ -124,10 +122,9 @@ pub struct EventAccepted {
 pub async fn post_event(
     State(state): State<AppState>,
     Auth(principal): Auth,
-    PathParams((t, id)): PathParams<(String, String)>,
+    ConversationPath { tenant, id }: ConversationPath,
     JsonBody(body, _): JsonBody,
 ) -> ApiResult<Response> {
-    let (tenant, id) = (tenant_id(&t)?, conversation_id(&id)?);
     let EventPostInput { kind, data } = EventPostInput::from_json(&body)?;
     state
         .readable_conversation(&principal, &tenant, &id)
@@ -380,16 +377,9 @@ pub(crate) enum Change<'a> {
         after: &'a Conversation,
     },
     Deleted(&'a Conversation),
-    MessageAppended {
-        message: &'a Message,
-        before: &'a Conversation,
-        after: &'a Conversation,
-    },
-    MessageDeleted {
-        message: &'a Message,
-        before: &'a Conversation,
-        after: &'a Conversation,
-    },
+    /// The write carries the message and the conversation after it; `before` is as it was.
+    MessageAppended(&'a MessageWrite, &'a Conversation),
+    MessageDeleted(&'a MessageWrite, &'a Conversation),
 }
 
 /// Publishes what `change` means for the conversation's stream and for the tenant's list.
@@ -402,6 +392,12 @@ pub(crate) async fn publish(hub: &EventHub, change: Change<'_>) {
             before: before.cloned().map(Box::new),
             after: after.cloned().map(Box::new),
         }
+    };
+    // A message write changes the conversation too (count, lastMessageAt): its list entry moves.
+    let message_list_event = |write: &MessageWrite, before: &Conversation| {
+        let after = &write.conversation;
+        let event = list_event(CONVERSATION_UPDATED, Some(before), Some(after));
+        (after.tenant_id.clone(), after.id, event)
     };
     let mut conversation_events: Vec<EventBody> = Vec::new();
     let (tenant, id, list) = match change {
@@ -437,32 +433,14 @@ pub(crate) async fn publish(hub: &EventHub, change: Change<'_>) {
                 list_event(CONVERSATION_DELETED, Some(c), None),
             )
         }
-        Change::MessageAppended {
-            message,
-            before,
-            after,
-        } => {
-            conversation_events.push(EventBody::new(MESSAGE_APPENDED, to_json(message)));
-            (
-                after.tenant_id.clone(),
-                after.id,
-                list_event(CONVERSATION_UPDATED, Some(before), Some(after)),
-            )
+        Change::MessageAppended(write, before) => {
+            conversation_events.push(EventBody::new(MESSAGE_APPENDED, to_json(&write.message)));
+            message_list_event(write, before)
         }
-        Change::MessageDeleted {
-            message,
-            before,
-            after,
-        } => {
-            conversation_events.push(EventBody::new(
-                MESSAGE_DELETED,
-                json!({ "messageId": message.id, "seq": message.seq }).to_string(),
-            ));
-            (
-                after.tenant_id.clone(),
-                after.id,
-                list_event(CONVERSATION_UPDATED, Some(before), Some(after)),
-            )
+        Change::MessageDeleted(write, before) => {
+            let deleted = json!({ "messageId": write.message.id, "seq": write.message.seq });
+            conversation_events.push(EventBody::new(MESSAGE_DELETED, deleted.to_string()));
+            message_list_event(write, before)
         }
     };
     let hub = hub.clone();

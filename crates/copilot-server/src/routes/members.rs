@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use crate::error::ApiResult;
 use crate::extract::Auth;
-use crate::extract::{JsonBody, PathParams, tenant_id, user_id};
+use crate::extract::JsonBody;
 use crate::routes::params::{TenantPath, TenantUserPath};
 use crate::state::AppState;
 
@@ -24,9 +24,8 @@ pub struct MemberList {
 pub async fn list(
     State(state): State<AppState>,
     Auth(principal): Auth,
-    PathParams(t): PathParams<String>,
+    TenantPath { tenant }: TenantPath,
 ) -> ApiResult<Response> {
-    let tenant = tenant_id(&t)?;
     authorize_tenant_admin(&principal, &tenant)?;
     let items = state
         .store("list_members", state.stores.members.list_members(&tenant))
@@ -42,10 +41,9 @@ pub async fn list(
 pub async fn put(
     State(state): State<AppState>,
     Auth(principal): Auth,
-    PathParams((t, u)): PathParams<(String, String)>,
+    TenantUserPath { tenant, user }: TenantUserPath,
     JsonBody(body, _): JsonBody,
 ) -> ApiResult<Response> {
-    let (tenant, user) = (tenant_id(&t)?, user_id(&u)?);
     authorize_tenant_admin(&principal, &tenant)?;
     let input = MembershipInput::from_json(&body)?;
     let membership = state
@@ -71,9 +69,8 @@ pub async fn put(
 pub async fn delete(
     State(state): State<AppState>,
     Auth(principal): Auth,
-    PathParams((t, u)): PathParams<(String, String)>,
+    TenantUserPath { tenant, user }: TenantUserPath,
 ) -> ApiResult<Response> {
-    let (tenant, user) = (tenant_id(&t)?, user_id(&u)?);
     authorize_tenant_admin(&principal, &tenant)?;
     state
         .store(

@@ -1,55 +1,124 @@
-//! The path parameters the routes share, documented once for the OpenAPI document.
+//! The path parameters and headers the routes share: each path type both documents its
+//! parameters and parses them.
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use copilot_domain::{ConversationId, MessageId, TenantId, UserId};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use utoipa::IntoParams;
 
-#[allow(dead_code)] // Exists for its parameters' documentation.
-#[derive(Deserialize, IntoParams)]
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{PathParams, conversation_id, message_id, tenant_id, user_id};
+
+/// The path of a tenant's resource: `{t}` parsed (400 `invalid_id`).
+#[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct TenantPath {
     /// Tenant id
-    #[param(pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
-    t: String,
+    #[param(rename = "t", value_type = String, pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
+    pub tenant: TenantId,
 }
 
-#[allow(dead_code)] // Exists for its parameters' documentation.
-#[derive(Deserialize, IntoParams)]
+/// The path of a user's resource in a tenant: `{t}` and `{u}`.
+#[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct TenantUserPath {
     /// Tenant id
-    #[param(pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
-    t: String,
+    #[param(rename = "t", value_type = String, pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
+    pub tenant: TenantId,
     /// User id
-    #[param(pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
-    u: String,
+    #[param(rename = "u", value_type = String, pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
+    pub user: UserId,
 }
 
-#[allow(dead_code)] // Exists for its parameters' documentation.
-#[derive(Deserialize, IntoParams)]
+/// The path of a conversation: `{t}` and `{id}`.
+#[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct ConversationPath {
     /// Tenant id
-    #[param(pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
-    t: String,
+    #[param(rename = "t", value_type = String, pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
+    pub tenant: TenantId,
     /// Conversation id (UUIDv7)
     #[param(value_type = String, format = Uuid)]
-    id: String,
+    pub id: ConversationId,
 }
 
-#[allow(dead_code)] // Exists for its parameters' documentation.
-#[derive(Deserialize, IntoParams)]
+/// The path of a message: `{t}`, `{id}` and `{mid}`.
+#[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct MessagePath {
     /// Tenant id
-    #[param(pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
-    t: String,
+    #[param(rename = "t", value_type = String, pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
+    pub tenant: TenantId,
     /// Conversation id (UUIDv7)
     #[param(value_type = String, format = Uuid)]
-    id: String,
+    pub id: ConversationId,
     /// Message id (UUIDv7)
     #[param(value_type = String, format = Uuid)]
-    mid: String,
+    pub mid: MessageId,
 }
+
+/// A path read by segment name (the names the document shows), each segment then parsed into
+/// its typed id.
+trait TypedPath: Sized {
+    type Segments: DeserializeOwned + Send;
+    fn parse(segments: Self::Segments) -> ApiResult<Self>;
+}
+
+impl TypedPath for TenantPath {
+    type Segments = String;
+    fn parse(t: String) -> ApiResult<Self> {
+        Ok(Self {
+            tenant: tenant_id(&t)?,
+        })
+    }
+}
+
+impl TypedPath for TenantUserPath {
+    type Segments = (String, String);
+    fn parse((t, u): (String, String)) -> ApiResult<Self> {
+        Ok(Self {
+            tenant: tenant_id(&t)?,
+            user: user_id(&u)?,
+        })
+    }
+}
+
+impl TypedPath for ConversationPath {
+    type Segments = (String, String);
+    fn parse((t, id): (String, String)) -> ApiResult<Self> {
+        Ok(Self {
+            tenant: tenant_id(&t)?,
+            id: conversation_id(&id)?,
+        })
+    }
+}
+
+impl TypedPath for MessagePath {
+    type Segments = (String, String, String);
+    fn parse((t, id, mid): Self::Segments) -> ApiResult<Self> {
+        let (tenant, id, mid) = (tenant_id(&t)?, conversation_id(&id)?, message_id(&mid)?);
+        Ok(Self { tenant, id, mid })
+    }
+}
+
+/// Each typed path is an extractor (a foreign trait cannot be implemented for every
+/// `TypedPath` at once, hence the macro).
+macro_rules! extract_typed_path {
+    ($($path:ty),*) => {$(
+        impl<S: Send + Sync> FromRequestParts<S> for $path {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(parts: &mut Parts, state: &S) -> ApiResult<Self> {
+                let PathParams(segments) = PathParams::from_request_parts(parts, state).await?;
+                Self::parse(segments)
+            }
+        }
+    )*};
+}
+
+extract_typed_path!(TenantPath, TenantUserPath, ConversationPath, MessagePath);
 
 /// The `If-Match` header of conditional writes, documented once.
 #[allow(dead_code)] // Exists for its parameters' documentation.

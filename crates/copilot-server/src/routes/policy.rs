@@ -8,7 +8,7 @@ use copilot_domain::route::{Route, RouteRequest, resolve_route};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
-use crate::extract::{IfMatch, JsonBody, PathParams, tenant_id, with_etag};
+use crate::extract::{IfMatch, JsonBody, with_etag};
 use crate::routes::params::{IfMatchHeader, TenantPath};
 use crate::state::AppState;
 
@@ -21,9 +21,8 @@ use crate::state::AppState;
 pub async fn get_policy(
     State(state): State<AppState>,
     Auth(principal): Auth,
-    PathParams(t): PathParams<String>,
+    TenantPath { tenant }: TenantPath,
 ) -> ApiResult<Response> {
-    let tenant = tenant_id(&t)?;
     authorize_tenant(&principal, &tenant)?;
     let policy = state
         .store("get_policy", state.stores.policies.get_policy(&tenant))
@@ -44,11 +43,10 @@ pub async fn get_policy(
 pub async fn put_policy(
     State(state): State<AppState>,
     Auth(principal): Auth,
-    PathParams(t): PathParams<String>,
+    TenantPath { tenant }: TenantPath,
     IfMatch(expected): IfMatch,
     JsonBody(body, len): JsonBody,
 ) -> ApiResult<Response> {
-    let tenant = tenant_id(&t)?;
     authorize_tenant_admin(&principal, &tenant)?;
     if len > MAX_POLICY_BYTES {
         return Err(ApiError::PayloadTooLarge(format!(
@@ -78,10 +76,9 @@ pub async fn put_policy(
 pub async fn delete_policy(
     State(state): State<AppState>,
     Auth(principal): Auth,
-    PathParams(t): PathParams<String>,
+    TenantPath { tenant }: TenantPath,
     IfMatch(expected): IfMatch,
 ) -> ApiResult<Response> {
-    let tenant = tenant_id(&t)?;
     authorize_tenant_admin(&principal, &tenant)?;
     let expected = expected
         .expected(|| current_version(&state, &tenant))
@@ -115,10 +112,9 @@ async fn current_version(state: &AppState, tenant: &TenantId) -> ApiResult<Optio
 pub async fn resolve(
     State(state): State<AppState>,
     Auth(principal): Auth,
-    PathParams(t): PathParams<String>,
+    TenantPath { tenant }: TenantPath,
     JsonBody(body, _): JsonBody,
 ) -> ApiResult<Response> {
-    let tenant = tenant_id(&t)?;
     authorize_tenant(&principal, &tenant)?;
     let request = RouteRequest::from_json(&body)?;
     let policy = state
