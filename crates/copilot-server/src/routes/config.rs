@@ -74,47 +74,44 @@ async fn get_level(
     Ok(with_etag(StatusCode::OK, stored.version, &stored.view()))
 }
 
-async fn put_level(
+/// How a write changes a level: a whole new patch (`PUT`) or a JSON merge patch (`PATCH`).
+enum LevelWrite {
+    Replace,
+    Merge,
+}
+
+async fn write_level(
     state: &AppState,
     principal: &Principal,
-    level: ConfigLevel,
+    (level, how): (ConfigLevel, LevelWrite),
     expected: Precondition,
     body: &serde_json::Value,
 ) -> ApiResult<Response> {
-    authorize_config_write(principal, &level)?;
-    let expected = expected.expected(|| current_version(state, &level)).await?;
-    let patch = ConfigPatch::from_json(body)?;
-    let stored = state
-        .store(
-            "put_patch",
-            state
-                .stores
-                .configs
-                .put_patch(&level, &patch, expected, principal.actor()),
-        )
-        .await?;
+    let expected = writable_version(state, principal, &level, expected).await?;
+    let configs = &state.stores.configs;
+    let stored = match how {
+        LevelWrite::Replace => {
+            let patch = ConfigPatch::from_json(body)?;
+            let put = configs.put_patch(&level, &patch, expected, principal.actor());
+            state.store("put_patch", put).await?
+        }
+        LevelWrite::Merge => {
+            let merge = configs.merge_patch(&level, body, expected, principal.actor());
+            state.store("merge_patch", merge).await?
+        }
+    };
     Ok(with_etag(StatusCode::OK, stored.version, &stored.view()))
 }
 
-async fn patch_level(
+/// Checks that `principal` may write `level`; the version the write must find (or 412).
+async fn writable_version(
     state: &AppState,
     principal: &Principal,
-    level: ConfigLevel,
+    level: &ConfigLevel,
     expected: Precondition,
-    body: &serde_json::Value,
-) -> ApiResult<Response> {
-    authorize_config_write(principal, &level)?;
-    let expected = expected.expected(|| current_version(state, &level)).await?;
-    let stored = state
-        .store(
-            "merge_patch",
-            state
-                .stores
-                .configs
-                .merge_patch(&level, body, expected, principal.actor()),
-        )
-        .await?;
-    Ok(with_etag(StatusCode::OK, stored.version, &stored.view()))
+) -> ApiResult<Option<u64>> {
+    authorize_config_write(principal, level)?;
+    expected.expected(|| current_version(state, level)).await
 }
 
 async fn delete_level(
@@ -123,8 +120,7 @@ async fn delete_level(
     level: ConfigLevel,
     expected: Precondition,
 ) -> ApiResult<Response> {
-    authorize_config_write(principal, &level)?;
-    let expected = expected.expected(|| current_version(state, &level)).await?;
+    let expected = writable_version(state, principal, &level, expected).await?;
     state
         .store(
             "delete_patch",
@@ -138,7 +134,7 @@ async fn delete_level(
 macro_rules! level_write_handler {
     (
         $name:ident, $method:ident, $id:expr, $summary:expr, $path:literal,
-        ($($arg_ty:ident { $($field:ident),* })?) => $level:expr, $write:ident, { $($body:tt)* }
+        ($($arg_ty:ident { $($field:ident),* })?) => $level:expr, $write:expr, { $($body:tt)* }
     ) => {
         #[utoipa::path(operation_id = $id, summary = $summary, $method, path = $path, tag = "config",
             params($($arg_ty,)? IfMatchHeader),
@@ -152,7 +148,7 @@ macro_rules! level_write_handler {
             IfMatch(expected): IfMatch,
             JsonBody(body, _): JsonBody,
         ) -> ApiResult<Response> {
-            $write(&state, &principal, $level, expected, &body).await
+            write_level(&state, &principal, ($level, $write), expected, &body).await
         }
     };
 }
@@ -184,10 +180,10 @@ macro_rules! level_handlers {
 
         level_write_handler!($put, put, concat!("put", $Name, "Config"),
             concat!("Replaces the patch of ", $level_name, " (", $writers, ")."), $path,
-            ($($arg_ty { $($field),* })?) => $level, put_level, { request_body = ConfigPatchInput });
+            ($($arg_ty { $($field),* })?) => $level, LevelWrite::Replace, { request_body = ConfigPatchInput });
         level_write_handler!($patch, patch, concat!("patch", $Name, "Config"),
             concat!("JSON merge patch (RFC 7396) on ", $level_name, " (", $writers, ")."), $path,
-            ($($arg_ty { $($field),* })?) => $level, patch_level,
+            ($($arg_ty { $($field),* })?) => $level, LevelWrite::Merge,
             { request_body(content = ConfigPatchInput, content_type = "application/merge-patch+json") });
 
         #[utoipa::path(operation_id = concat!("delete", $Name, "Config"),

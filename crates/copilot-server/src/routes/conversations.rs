@@ -10,11 +10,12 @@ use copilot_domain::conversation::{
     NewMessage,
 };
 use copilot_domain::cursor::ListCursor;
+use copilot_domain::{ConversationId, Principal, TenantId};
 use serde::Deserialize;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
-use crate::extract::{IfMatch, JsonBody, Query, with_etag};
+use crate::extract::{IfMatch, JsonBody, Precondition, Query, with_etag};
 use crate::routes::events::{Change, publish};
 use crate::routes::params::{ConversationPath, IfMatchHeader, MessagePath, TenantPath};
 use crate::state::AppState;
@@ -143,13 +144,7 @@ pub async fn update(
     JsonBody(body, _): JsonBody,
 ) -> ApiResult<Response> {
     let update = ConversationUpdate::from_json(&body)?;
-    let conversation = state
-        .readable_conversation(&principal, &tenant, &id)
-        .await?;
-    authorize_manage(&principal, &conversation)?;
-    let expected = expected
-        .expected(|| async { Ok(Some(conversation.version)) })
-        .await?;
+    let (conversation, expected) = manageable(&state, &principal, (&tenant, &id), expected).await?;
     let updated = state
         .store(
             "update_conversation",
@@ -170,6 +165,23 @@ pub async fn update(
     Ok(with_etag(StatusCode::OK, updated.version, &updated))
 }
 
+/// The conversation, if `principal` may manage it, and the version the write must find (412
+/// unless `If-Match` names the current one).
+async fn manageable(
+    state: &AppState,
+    principal: &Principal,
+    (tenant, id): (&TenantId, &ConversationId),
+    expected: Precondition,
+) -> ApiResult<(Conversation, Option<u64>)> {
+    let conversation = state.readable_conversation(principal, tenant, id).await?;
+    authorize_manage(principal, &conversation)?;
+    let version = conversation.version;
+    let expected = expected
+        .expected(|| async move { Ok(Some(version)) })
+        .await?;
+    Ok((conversation, expected))
+}
+
 /// Deletes a conversation and its messages.
 #[utoipa::path(operation_id = "deleteConversation", delete, path = "/v1/tenants/{t}/conversations/{id}", tag = "conversations",
     params(ConversationPath, IfMatchHeader),
@@ -180,13 +192,7 @@ pub async fn delete(
     ConversationPath { tenant, id }: ConversationPath,
     IfMatch(expected): IfMatch,
 ) -> ApiResult<Response> {
-    let conversation = state
-        .readable_conversation(&principal, &tenant, &id)
-        .await?;
-    authorize_manage(&principal, &conversation)?;
-    let expected = expected
-        .expected(|| async { Ok(Some(conversation.version)) })
-        .await?;
+    let (conversation, expected) = manageable(&state, &principal, (&tenant, &id), expected).await?;
     state
         .store(
             "delete_conversation",
