@@ -8,7 +8,7 @@ use crate::Timestamp;
 use crate::cursor::{CursorKey, ListCursor};
 use crate::error::{Errors, InputError};
 use crate::id::{ConversationId, MessageId, TenantId, UserId};
-use crate::json::{body_object, char_len_between, optional, required};
+use crate::json::{Fields, body_object, char_len_between};
 pub use crate::status::ConversationStatus;
 
 pub const MAX_TITLE_CHARS: usize = 200;
@@ -165,10 +165,10 @@ impl CreateConversationRequest {
         let user_id = match map.get("userId") {
             None => None,
             Some(Value::Null) => Some(None),
-            Some(_) => optional::<UserId>(map, "userId", "", &mut errors).map(Some),
+            Some(_) => map.optional::<UserId>("userId", &mut errors).map(Some),
         };
         let title = parse_title(map, &mut errors);
-        let persona_id: Option<String> = optional(map, "personaId", "", &mut errors);
+        let persona_id: Option<String> = map.optional("personaId", &mut errors);
         if persona_id
             .as_deref()
             .is_some_and(|p| !char_len_between(p, 1, MAX_PERSONA_CHARS))
@@ -178,8 +178,9 @@ impl CreateConversationRequest {
                 format!("must be 1-{MAX_PERSONA_CHARS} characters"),
             );
         }
-        let jurisdictions: Vec<String> =
-            optional(map, "jurisdictions", "", &mut errors).unwrap_or_default();
+        let jurisdictions: Vec<String> = map
+            .optional("jurisdictions", &mut errors)
+            .unwrap_or_default();
         if jurisdictions.len() > MAX_JURISDICTIONS {
             errors.push(
                 "jurisdictions",
@@ -194,8 +195,12 @@ impl CreateConversationRequest {
                 );
             }
         }
-        let share_audience = optional(map, "shareAudience", "", &mut errors).unwrap_or_default();
-        let tenant_access = optional(map, "tenantAccess", "", &mut errors).unwrap_or_default();
+        let share_audience = map
+            .optional("shareAudience", &mut errors)
+            .unwrap_or_default();
+        let tenant_access = map
+            .optional("tenantAccess", &mut errors)
+            .unwrap_or_default();
         errors.check()?;
         Ok(Self {
             user_id,
@@ -208,8 +213,8 @@ impl CreateConversationRequest {
     }
 }
 
-fn parse_title(map: &Map<String, Value>, errors: &mut Errors) -> Option<String> {
-    let title: Option<String> = optional(map, "title", "", errors);
+fn parse_title(map: Fields<'_>, errors: &mut Errors) -> Option<String> {
+    let title: Option<String> = map.optional("title", errors);
     if title
         .as_deref()
         .is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS)
@@ -245,9 +250,9 @@ impl ConversationUpdate {
             Some(Value::Null) => Some(None),
             Some(_) => Some(parse_title(map, &mut errors)),
         };
-        let share_audience = optional(map, "shareAudience", "", &mut errors);
-        let tenant_access = optional(map, "tenantAccess", "", &mut errors);
-        let archived = optional(map, "archived", "", &mut errors);
+        let share_audience = map.optional("shareAudience", &mut errors);
+        let tenant_access = map.optional("tenantAccess", &mut errors);
+        let archived = map.optional("archived", &mut errors);
         errors.check()?;
         Ok(Self {
             title,
@@ -304,10 +309,10 @@ pub struct MessageInput {
 impl MessageInput {
     pub fn from_json(body: &Value, max_content_bytes: usize) -> Result<Self, InputError> {
         let (map, mut errors) = body_object(body, &["role", "content", "metadata"])?;
-        let role: Option<MessageRole> = required(map, "role", "", &mut errors);
-        let content: Option<String> = required(map, "content", "", &mut errors);
+        let role: Option<MessageRole> = map.required("role", &mut errors);
+        let content: Option<String> = map.required("content", &mut errors);
         let metadata: Map<String, Value> =
-            optional(map, "metadata", "", &mut errors).unwrap_or_default();
+            map.optional("metadata", &mut errors).unwrap_or_default();
         if content
             .as_ref()
             .is_some_and(|c| c.len() > max_content_bytes)

@@ -27,32 +27,46 @@ pub(crate) fn reject_unknown(
     }
 }
 
-/// Reads an optional field: absent or `null` is `None`; a value of the wrong type is an error.
-pub(crate) fn optional<T: DeserializeOwned>(
-    map: &Map<String, Value>,
-    key: &str,
-    prefix: &str,
-    errors: &mut Errors,
-) -> Option<T> {
-    match map.get(key) {
-        None | Some(Value::Null) => None,
-        Some(value) => parse_value(value, &path(prefix, key), errors),
-    }
+/// A JSON object read field by field; `prefix` names it in error paths (`tasks[0]`; empty for
+/// a whole body).
+#[derive(Clone, Copy)]
+pub(crate) struct Fields<'a> {
+    pub map: &'a Map<String, Value>,
+    pub prefix: &'a str,
 }
 
-/// Reads a required field.
-pub(crate) fn required<T: DeserializeOwned>(
-    map: &Map<String, Value>,
-    key: &str,
-    prefix: &str,
-    errors: &mut Errors,
-) -> Option<T> {
-    match map.get(key) {
-        None | Some(Value::Null) => {
-            errors.push(path(prefix, key), "is required");
-            None
+impl<'a> Fields<'a> {
+    pub(crate) fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key)
+    }
+
+    /// The error path of `key` in this object.
+    pub(crate) fn path(&self, key: &str) -> String {
+        path(self.prefix, key)
+    }
+
+    /// Reads an optional field: absent or `null` is `None`; a value of the wrong type is an error.
+    pub(crate) fn optional<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        errors: &mut Errors,
+    ) -> Option<T> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => None,
+            Some(value) => parse_value(value, &self.path(key), errors),
         }
-        Some(value) => parse_value(value, &path(prefix, key), errors),
+    }
+
+    /// Reads a required field: absent or `null` is an error too.
+    pub(crate) fn required<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        errors: &mut Errors,
+    ) -> Option<T> {
+        if matches!(self.map.get(key), None | Some(Value::Null)) {
+            errors.push(self.path(key), "is required");
+        }
+        self.optional(key, errors)
     }
 }
 
@@ -84,13 +98,13 @@ fn clean_serde_message(message: &str) -> String {
 pub(crate) fn body_object<'a>(
     body: &'a Value,
     known: &[&str],
-) -> Result<(&'a Map<String, Value>, Errors), crate::InputError> {
+) -> Result<(Fields<'a>, Errors), crate::InputError> {
     let mut errors = Errors::default();
     let Some(map) = as_object(body, "", &mut errors) else {
         return Err(errors.into_error());
     };
     reject_unknown(map, known, "", &mut errors);
-    Ok((map, errors))
+    Ok((Fields { map, prefix: "" }, errors))
 }
 
 pub(crate) fn as_object<'a>(

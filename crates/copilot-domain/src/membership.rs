@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::access::TenantRole;
 use crate::error::InputError;
 use crate::id::{TenantId, UserId};
-use crate::json::{body_object, required};
+use crate::json::body_object;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -65,8 +65,8 @@ pub struct MembershipInput {
 impl MembershipInput {
     pub fn from_json(body: &Value) -> Result<Self, InputError> {
         let (map, mut errors) = body_object(body, &["role", "status"])?;
-        let role = required(map, "role", "", &mut errors);
-        let status = required(map, "status", "", &mut errors);
+        let role = map.required("role", &mut errors);
+        let status = map.required("status", &mut errors);
         errors.check()?;
         match (role, status) {
             (Some(role), Some(status)) => Ok(Self { role, status }),

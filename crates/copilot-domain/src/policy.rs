@@ -4,14 +4,12 @@ use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::egress::EgressMode;
 use crate::error::{Errors, InputError};
 use crate::id::{TenantId, UserId, is_valid_external_id};
-use crate::json::{
-    as_object, body_object, char_len_between, optional, path, reject_unknown, required,
-};
+use crate::json::{Fields, as_object, body_object, char_len_between, reject_unknown};
 
 /// A whole policy document may be at most this large (HTTP 413 above).
 pub const MAX_POLICY_BYTES: usize = 1 << 20;
@@ -134,18 +132,19 @@ impl TenantLlmPolicy {
             }
             Some(_) => errors.push("tenantId", "must equal the tenant in the path"),
         }
-        let default_model: Option<String> = required(map, "defaultModel", "", &mut errors);
+        let default_model: Option<String> = map.required("defaultModel", &mut errors);
         if let Some(m) = &default_model {
             check_model(m, "defaultModel", &mut errors);
         }
-        let default_provider: Option<String> = required(map, "defaultProvider", "", &mut errors);
+        let default_provider: Option<String> = map.required("defaultProvider", &mut errors);
         if let Some(p) = &default_provider {
             check_provider(p, "defaultProvider", &mut errors);
         }
-        let allow_remote_egress: bool =
-            optional(map, "allowRemoteEgress", "", &mut errors).unwrap_or(true);
-        let egress_mode = optional_egress(map, "egressMode", "", &mut errors);
-        let allow_off_mode: Option<bool> = optional(map, "allowOffMode", "", &mut errors);
+        let allow_remote_egress: bool = map
+            .optional("allowRemoteEgress", &mut errors)
+            .unwrap_or(true);
+        let egress_mode = optional_egress(map, "egressMode", &mut errors);
+        let allow_off_mode: Option<bool> = map.optional("allowOffMode", &mut errors);
         let tasks = parse_tasks(map.get("tasks"), &mut errors);
         let user_policies = parse_user_policies(map.get("userPolicies"), &mut errors);
 
@@ -187,17 +186,12 @@ fn check_provider(provider: &str, field: &str, errors: &mut Errors) {
     }
 }
 
-fn optional_egress(
-    map: &Map<String, Value>,
-    key: &str,
-    prefix: &str,
-    errors: &mut Errors,
-) -> Option<EgressMode> {
-    match map.get(key) {
+fn optional_egress(fields: Fields<'_>, key: &str, errors: &mut Errors) -> Option<EgressMode> {
+    match fields.get(key) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if EgressMode::parse(s).is_some() => EgressMode::parse(s),
         Some(_) => {
-            errors.push(path(prefix, key), "must be one of off, audit, enforce");
+            errors.push(fields.path(key), "must be one of off, audit, enforce");
             None
         }
     }
@@ -231,35 +225,39 @@ fn parse_tasks(value: Option<&Value>, errors: &mut Errors) -> Vec<LlmTaskPolicy>
         let Some(map) = as_object(item, &prefix, errors) else {
             continue;
         };
-        reject_unknown(
+        let map = Fields {
             map,
+            prefix: &prefix,
+        };
+        reject_unknown(
+            map.map,
             &["task", "model", "provider", "temperature", "maxTokens"],
             &prefix,
             errors,
         );
-        let task: Option<String> = required(map, "task", &prefix, errors);
-        let model: Option<String> = required(map, "model", &prefix, errors);
-        let provider: Option<String> = required(map, "provider", &prefix, errors);
-        let temperature: Option<f64> = optional(map, "temperature", &prefix, errors);
-        let max_tokens: Option<u64> = optional(map, "maxTokens", &prefix, errors);
+        let task: Option<String> = map.required("task", errors);
+        let model: Option<String> = map.required("model", errors);
+        let provider: Option<String> = map.required("provider", errors);
+        let temperature: Option<f64> = map.optional("temperature", errors);
+        let max_tokens: Option<u64> = map.optional("maxTokens", errors);
         if let Some(t) = &task {
             if !char_len_between(t, 1, 100) {
-                errors.push(path(&prefix, "task"), "must be 1-100 characters");
+                errors.push(map.path("task"), "must be 1-100 characters");
             } else if !seen.insert(t.clone()) {
-                errors.push(path(&prefix, "task"), "duplicate task name");
+                errors.push(map.path("task"), "duplicate task name");
             }
         }
         if let Some(m) = &model {
-            check_model(m, &path(&prefix, "model"), errors);
+            check_model(m, &map.path("model"), errors);
         }
         if let Some(p) = &provider {
-            check_provider(p, &path(&prefix, "provider"), errors);
+            check_provider(p, &map.path("provider"), errors);
         }
         if temperature.is_some_and(|t| !check_temperature(t)) {
-            errors.push(path(&prefix, "temperature"), "must be between 0 and 2");
+            errors.push(map.path("temperature"), "must be between 0 and 2");
         }
         if max_tokens.is_some_and(|n| !check_max_tokens(n)) {
-            errors.push(path(&prefix, "maxTokens"), "must be between 1 and 1000000");
+            errors.push(map.path("maxTokens"), "must be between 1 and 1000000");
         }
         if let (Some(task), Some(model), Some(provider)) = (task, model, provider) {
             tasks.push(LlmTaskPolicy {
@@ -304,8 +302,12 @@ fn parse_user_policies(
             continue;
         };
         reject_unknown(entry, &["egressMode", "allowOffMode"], &prefix, errors);
-        let egress_mode = optional_egress(entry, "egressMode", &prefix, errors);
-        let allow_off_mode = optional(entry, "allowOffMode", &prefix, errors);
+        let entry = Fields {
+            map: entry,
+            prefix: &prefix,
+        };
+        let egress_mode = optional_egress(entry, "egressMode", errors);
+        let allow_off_mode = entry.optional("allowOffMode", errors);
         out.insert(
             user_id,
             UserEgressPolicy {

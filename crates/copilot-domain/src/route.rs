@@ -8,7 +8,7 @@ use crate::access::{Denial, Principal, authorize_route_for};
 use crate::egress::EgressMode;
 use crate::error::InputError;
 use crate::id::{TenantId, UserId};
-use crate::json::{body_object, char_len_between, optional};
+use crate::json::{body_object, char_len_between};
 use crate::policy::{StoredPolicy, TenantLlmPolicy, check_max_tokens, check_temperature};
 
 /// Server-wide routing defaults (`COPILOT_DEFAULT_PROVIDER`, `COPILOT_DEFAULT_MODEL`,
@@ -67,27 +67,27 @@ impl RouteRequest {
                 "maxTokens",
             ],
         )?;
-        let task: Option<String> = optional(map, "task", "", &mut errors);
+        let task: Option<String> = map.optional("task", &mut errors);
         if task
             .as_deref()
             .is_some_and(|t| !char_len_between(t, 1, 100))
         {
             errors.push("task", "must be 1-100 characters");
         }
-        let user_id = optional(map, "userId", "", &mut errors);
-        let model: Option<String> = optional(map, "model", "", &mut errors);
+        let user_id = map.optional("userId", &mut errors);
+        let model: Option<String> = map.optional("model", &mut errors);
         if model
             .as_deref()
             .is_some_and(|m| !char_len_between(m, 1, 200))
         {
             errors.push("model", "must be 1-200 characters");
         }
-        let egress_mode_override = optional(map, "egressModeOverride", "", &mut errors);
-        let temperature: Option<f64> = optional(map, "temperature", "", &mut errors);
+        let egress_mode_override = map.optional("egressModeOverride", &mut errors);
+        let temperature: Option<f64> = map.optional("temperature", &mut errors);
         if temperature.is_some_and(|t| !check_temperature(t)) {
             errors.push("temperature", "must be between 0 and 2");
         }
-        let max_tokens: Option<u64> = optional(map, "maxTokens", "", &mut errors);
+        let max_tokens: Option<u64> = map.optional("maxTokens", &mut errors);
         if max_tokens.is_some_and(|n| !check_max_tokens(n)) {
             errors.push("maxTokens", "must be between 1 and 1000000");
         }

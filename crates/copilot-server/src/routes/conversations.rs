@@ -143,15 +143,13 @@ pub async fn update(
     IfMatch(expected): IfMatch,
     JsonBody(body, _): JsonBody,
 ) -> ApiResult<Response> {
+    let conversations = &state.stores.conversations;
     let update = ConversationUpdate::from_json(&body)?;
     let (conversation, expected) = manageable(&state, &principal, (&tenant, &id), expected).await?;
     let updated = state
         .store(
             "update_conversation",
-            state
-                .stores
-                .conversations
-                .update_conversation(&tenant, &id, &update, expected),
+            conversations.update_conversation(&tenant, &id, &update, expected),
         )
         .await?;
     publish(
@@ -192,14 +190,12 @@ pub async fn delete(
     ConversationPath { tenant, id }: ConversationPath,
     IfMatch(expected): IfMatch,
 ) -> ApiResult<Response> {
+    let conversations = &state.stores.conversations;
     let (conversation, expected) = manageable(&state, &principal, (&tenant, &id), expected).await?;
     state
         .store(
             "delete_conversation",
-            state
-                .stores
-                .conversations
-                .delete_conversation(&tenant, &id, expected),
+            conversations.delete_conversation(&tenant, &id, expected),
         )
         .await?;
     publish(state.cache.events(), Change::Deleted(&conversation)).await;
@@ -217,6 +213,7 @@ pub async fn append(
     ConversationPath { tenant, id }: ConversationPath,
     JsonBody(body, _): JsonBody,
 ) -> ApiResult<Response> {
+    let conversations = &state.stores.conversations;
     let input = MessageInput::from_json(&body, state.service.max_message_bytes)?;
     let conversation = state
         .readable_conversation(&principal, &tenant, &id)
@@ -231,10 +228,7 @@ pub async fn append(
     let written = state
         .store(
             "append_message",
-            state
-                .stores
-                .conversations
-                .append_message(&tenant, &id, &message),
+            conversations.append_message(&tenant, &id, &message),
         )
         .await?;
     let appended = Change::MessageAppended(&written, &conversation);
@@ -265,6 +259,7 @@ pub async fn messages(
     ConversationPath { tenant, id }: ConversationPath,
     Query(params): Query<MessageParams>,
 ) -> ApiResult<Response> {
+    let conversations = &state.stores.conversations;
     let include_deleted = match params.include_deleted.as_deref() {
         None | Some("false") => false,
         Some("true") => true,
@@ -286,10 +281,7 @@ pub async fn messages(
     let page = state
         .store(
             "list_messages",
-            state
-                .stores
-                .conversations
-                .list_messages(&tenant, &id, &query),
+            conversations.list_messages(&tenant, &id, &query),
         )
         .await?;
     Ok(axum::Json(page).into_response())
@@ -304,24 +296,19 @@ pub async fn delete_message(
     Auth(principal): Auth,
     MessagePath { tenant, id, mid }: MessagePath,
 ) -> ApiResult<Response> {
+    let conversations = &state.stores.conversations;
     let conversation = state
         .readable_conversation(&principal, &tenant, &id)
         .await?;
     let message = state
-        .store(
-            "get_message",
-            state.stores.conversations.get_message(&tenant, &id, &mid),
-        )
+        .store("get_message", conversations.get_message(&tenant, &id, &mid))
         .await?
         .ok_or(ApiError::NotFound)?;
     authorize_delete_message(&principal, &conversation, &message)?;
     let written = state
         .store(
             "soft_delete_message",
-            state
-                .stores
-                .conversations
-                .soft_delete_message(&tenant, &id, &mid, principal.actor()),
+            conversations.soft_delete_message(&tenant, &id, &mid, principal.actor()),
         )
         .await?;
     if !message.is_deleted() {
