@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Errors, InputError};
 use crate::id::{TenantId, UserId};
-use crate::json::{as_object, parse_value};
+use crate::json::{READ_ONLY_FIELDS, as_object, parse_value};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -209,9 +209,6 @@ config_fields! {
     compaction_interval_minutes: u32 = "compactionIntervalMinutes", default 60,
         check in_range_u32(1, 10_080), schema(minimum = 1, maximum = 10080);
 }
-
-/// Fields a client may send back from a GET of a level; read-only, ignored on input.
-const READ_ONLY_FIELDS: &[&str] = &["version", "updatedAt", "updatedBy"];
 
 impl ConfigPatch {
     /// Parses the body of a `PUT` of a level (the whole new patch).

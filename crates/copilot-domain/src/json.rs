@@ -92,7 +92,10 @@ fn clean_serde_message(message: &str) -> String {
     }
 }
 
-/// The value must be a JSON object.
+/// Fields a client may send back from a GET of a stored document (a policy, a config level):
+/// read-only, accepted and ignored on input.
+pub(crate) const READ_ONLY_FIELDS: &[&str] = &["version", "updatedAt", "updatedBy"];
+
 /// A request body that must be a JSON object with only the `known` fields: the object and the
 /// errors found so far (one per unknown field), or the error when it is not an object.
 pub(crate) fn body_object<'a>(
@@ -105,6 +108,15 @@ pub(crate) fn body_object<'a>(
     };
     reject_unknown(map, known, "", &mut errors);
     Ok((Fields { map, prefix: "" }, errors))
+}
+
+/// [`body_object`] for a stored document sent back: its [`READ_ONLY_FIELDS`] are accepted too.
+pub(crate) fn document_object<'a>(
+    body: &'a Value,
+    known: &[&str],
+) -> Result<(Fields<'a>, Errors), crate::InputError> {
+    let known: Vec<&str> = known.iter().chain(READ_ONLY_FIELDS).copied().collect();
+    body_object(body, &known)
 }
 
 pub(crate) fn as_object<'a>(

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::egress::EgressMode;
 use crate::error::{Errors, InputError};
 use crate::id::{TenantId, UserId, is_valid_external_id};
-use crate::json::{Fields, as_object, body_object, char_len_between, reject_unknown};
+use crate::json::{Fields, as_object, char_len_between, document_object, reject_unknown};
 
 /// A whole policy document may be at most this large (HTTP 413 above).
 pub const MAX_POLICY_BYTES: usize = 1 << 20;
@@ -108,7 +108,7 @@ impl TenantLlmPolicy {
     /// read-only `version`, `updatedAt` and `updatedBy` are accepted and ignored so a document
     /// read with GET can be sent back with PUT.
     pub fn from_json(body: &Value, path_tenant: &TenantId) -> Result<Self, InputError> {
-        let (map, mut errors) = body_object(
+        let (map, mut errors) = document_object(
             body,
             &[
                 "tenantId",
@@ -119,9 +119,6 @@ impl TenantLlmPolicy {
                 "egressMode",
                 "allowOffMode",
                 "userPolicies",
-                "version",
-                "updatedAt",
-                "updatedBy",
             ],
         )?;
         match map.get("tenantId") {
