@@ -420,8 +420,9 @@ export interface components {
             pathSlidingWindowSize?: number | null;
         };
         /**
-         * @description A config level's fields: absent inherits from the level below; in a merge patch, `null`
-         *     clears a field. `version`, `updatedAt` and `updatedBy` are read-only and ignored.
+         * @description A config level's fields: absent inherits from the level below; in a merge patch,
+         *     `null` clears a field. `version`, `updatedAt` and `updatedBy` are read-only and
+         *     ignored.
          * @example {
          *       "autoCompactEnabled": true,
          *       "mergeMaxMessages": 80,
@@ -443,9 +444,14 @@ export interface components {
             pathMaxMessages?: number | null;
             /** Format: int32 */
             pathSlidingWindowSize?: number | null;
+            /** @description Read-only: accepted and ignored. */
             updatedAt?: string | null;
+            /** @description Read-only: accepted and ignored. */
             updatedBy?: string | null;
-            /** Format: int64 */
+            /**
+             * Format: int64
+             * @description Read-only: accepted and ignored.
+             */
             version?: number | null;
         };
         /**
@@ -738,12 +744,17 @@ export interface components {
             tasks?: components["schemas"]["LlmTaskPolicy"][] | null;
             /** @description Must equal the tenant in the path when given. */
             tenantId?: string | null;
+            /** @description Read-only: accepted and ignored. */
             updatedAt?: string | null;
+            /** @description Read-only: accepted and ignored. */
             updatedBy?: string | null;
             userPolicies?: {
                 [key: string]: components["schemas"]["UserEgressPolicy"];
             } | null;
-            /** Format: int64 */
+            /**
+             * Format: int64
+             * @description Read-only: accepted and ignored.
+             */
             version?: number | null;
         };
         /** @description An RFC 9457 problem document. */

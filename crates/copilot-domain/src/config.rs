@@ -93,19 +93,16 @@ macro_rules! config_fields {
             $( #[serde(default, skip_serializing_if = "Option::is_none")] pub $name: Option<$ty>, )+
         }
 
-        /// A config level's fields: absent inherits from the level below; in a merge patch, `null`
-        /// clears a field. `version`, `updatedAt` and `updatedBy` are read-only and ignored.
         // The request schema of a level's PUT and PATCH; `ConfigPatch::from_json` parses it.
         #[cfg(feature = "openapi")]
-        #[derive(utoipa::ToSchema)]
-        #[serde(rename_all = "camelCase", deny_unknown_fields)]
-        #[schema(example = json!({"mergeMaxMessages": 80, "pathMaxMessages": 500, "autoCompactEnabled": true}))]
-        #[allow(dead_code)]
-        pub struct ConfigPatchInput {
-            $( $( #[schema($($schema)*)] )? $name: Option<$ty>, )+
-            version: Option<u64>,
-            updated_at: Option<String>,
-            updated_by: Option<String>,
+        crate::json::document_input_schema! {
+            /// A config level's fields: absent inherits from the level below; in a merge patch,
+            /// `null` clears a field. `version`, `updatedAt` and `updatedBy` are read-only and
+            /// ignored.
+            #[schema(example = json!({"mergeMaxMessages": 80, "pathMaxMessages": 500, "autoCompactEnabled": true}))]
+            ConfigPatchInput {
+                $( $( #[schema($($schema)*)] )? $name: Option<$ty>, )+
+            }
         }
 
         /// Every field, resolved.

@@ -96,6 +96,29 @@ fn clean_serde_message(message: &str) -> String {
 /// read-only, accepted and ignored on input.
 pub(crate) const READ_ONLY_FIELDS: &[&str] = &["version", "updatedAt", "updatedBy"];
 
+/// The request schema of a stored document that may be sent back: its own fields, then the
+/// [`READ_ONLY_FIELDS`] (the parsers accept and ignore the same list).
+#[cfg(feature = "openapi")]
+macro_rules! document_input_schema {
+    ($(#[$meta:meta])* $name:ident { $($fields:tt)* }) => {
+        #[derive(utoipa::ToSchema)]
+        $(#[$meta])*
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        #[allow(dead_code)] // A schema: `from_json` parses the document.
+        pub struct $name {
+            $($fields)*
+            /// Read-only: accepted and ignored.
+            version: Option<u64>,
+            /// Read-only: accepted and ignored.
+            updated_at: Option<String>,
+            /// Read-only: accepted and ignored.
+            updated_by: Option<String>,
+        }
+    };
+}
+#[cfg(feature = "openapi")]
+pub(crate) use document_input_schema;
+
 /// A request body that must be a JSON object with only the `known` fields: the object and the
 /// errors found so far (one per unknown field), or the error when it is not an object.
 pub(crate) fn body_object<'a>(

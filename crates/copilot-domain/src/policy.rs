@@ -58,32 +58,28 @@ pub struct UserEgressPolicy {
     pub allow_off_mode: Option<bool>,
 }
 
-/// A tenant LLM policy to store. `version`, `updatedAt` and `updatedBy` may be sent back and
-/// are ignored; any other unknown field is refused.
 // The request schema of a policy PUT, beside the parser it documents
 // (`TenantLlmPolicy::from_json`).
 #[cfg(feature = "openapi")]
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schema(example = json!({"defaultModel": "gpt-4o-mini", "defaultProvider": "openai", "tasks": [{"task": "summarize", "model": "claude-haiku", "provider": "anthropic", "temperature": 0.2}], "egressMode": "audit"}))]
-pub struct PolicyInput {
-    /// Must equal the tenant in the path when given.
-    tenant_id: Option<String>,
-    #[schema(min_length = 1, max_length = 200)]
-    default_model: String,
-    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
-    default_provider: String,
-    /// Default true; false means only the local provider may be used.
-    allow_remote_egress: Option<bool>,
-    #[schema(max_items = 256)]
-    tasks: Option<Vec<LlmTaskPolicy>>,
-    egress_mode: Option<crate::egress::EgressModeInput>,
-    allow_off_mode: Option<bool>,
-    user_policies: Option<BTreeMap<String, UserEgressPolicy>>,
-    version: Option<u64>,
-    updated_at: Option<String>,
-    updated_by: Option<String>,
+crate::json::document_input_schema! {
+    /// A tenant LLM policy to store. `version`, `updatedAt` and `updatedBy` may be sent back and
+    /// are ignored; any other unknown field is refused.
+    #[schema(example = json!({"defaultModel": "gpt-4o-mini", "defaultProvider": "openai", "tasks": [{"task": "summarize", "model": "claude-haiku", "provider": "anthropic", "temperature": 0.2}], "egressMode": "audit"}))]
+    PolicyInput {
+        /// Must equal the tenant in the path when given.
+        tenant_id: Option<String>,
+        #[schema(min_length = 1, max_length = 200)]
+        default_model: String,
+        #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
+        default_provider: String,
+        /// Default true; false means only the local provider may be used.
+        allow_remote_egress: Option<bool>,
+        #[schema(max_items = 256)]
+        tasks: Option<Vec<LlmTaskPolicy>>,
+        egress_mode: Option<crate::egress::EgressModeInput>,
+        allow_off_mode: Option<bool>,
+        user_policies: Option<BTreeMap<String, UserEgressPolicy>>,
+    }
 }
 
 /// A policy as stored: the document plus the fields the store sets on every write.
