@@ -176,8 +176,14 @@ impl Precondition {
     }
 }
 
-/// The request's `If-Match`.
-pub struct IfMatch(pub Precondition);
+/// The request's `If-Match`: documents the header and parses it.
+#[derive(utoipa::IntoParams)]
+#[into_params(names("If-Match"), parameter_in = Header)]
+pub struct IfMatch(
+    /// Expected version: "<version>"
+    #[param(value_type = Option<String>, pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#)]
+    pub Precondition,
+);
 
 impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     type Rejection = ApiError;

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
 use crate::extract::{IfMatch, JsonBody, Precondition, Query, user_id, with_etag};
-use crate::routes::params::{IfMatchHeader, TenantPath, TenantUserPath};
+use crate::routes::params::{TenantPath, TenantUserPath};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -137,7 +137,7 @@ macro_rules! level_write_handler {
         ($($arg_ty:ident { $($field:ident),* })?) => $level:expr, $write:expr, { $($body:tt)* }
     ) => {
         #[utoipa::path(operation_id = $id, summary = $summary, $method, path = $path, tag = "config",
-            params($($arg_ty,)? IfMatchHeader),
+            params($($arg_ty,)? IfMatch),
             $($body)*,
             responses((status = 200, description = "The stored patch", body = StoredPatchView,
                 headers(("ETag" = String, description = "\"<version>\"")))))]
@@ -189,7 +189,7 @@ macro_rules! level_handlers {
         #[utoipa::path(operation_id = concat!("delete", $Name, "Config"),
             summary = concat!("Removes the patch of ", $level_name, " (", $writers, ")."),
             delete, path = $path, tag = "config",
-            params($($arg_ty,)? IfMatchHeader),
+            params($($arg_ty,)? IfMatch),
             responses((status = 204, description = "Deleted")))]
         pub async fn $delete(
             State(state): State<AppState>,

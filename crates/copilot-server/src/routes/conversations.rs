@@ -17,7 +17,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
 use crate::extract::{IfMatch, JsonBody, Precondition, Query, with_etag};
 use crate::routes::events::{Change, publish};
-use crate::routes::params::{ConversationPath, IfMatchHeader, MessagePath, TenantPath};
+use crate::routes::params::{ConversationPath, MessagePath, TenantPath};
 use crate::state::AppState;
 
 fn parse_number<T: std::str::FromStr>(name: &str, value: Option<&str>) -> ApiResult<Option<T>> {
@@ -132,7 +132,7 @@ pub async fn get(
 
 /// Changes title, sharing and archive state in one atomic update.
 #[utoipa::path(operation_id = "updateConversation", patch, path = "/v1/tenants/{t}/conversations/{id}", tag = "conversations",
-    params(ConversationPath, IfMatchHeader),
+    params(ConversationPath, IfMatch),
     request_body = ConversationUpdate,
     responses((status = 200, description = "The updated conversation", body = Conversation,
         headers(("ETag" = String, description = "\"<version>\"")))))]
@@ -182,7 +182,7 @@ async fn manageable(
 
 /// Deletes a conversation and its messages.
 #[utoipa::path(operation_id = "deleteConversation", delete, path = "/v1/tenants/{t}/conversations/{id}", tag = "conversations",
-    params(ConversationPath, IfMatchHeader),
+    params(ConversationPath, IfMatch),
     responses((status = 204, description = "Deleted")))]
 pub async fn delete(
     State(state): State<AppState>,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use copilot_cache::events::{Event, EventBody, EventHub, EventId, Subscription, Topic};
@@ -25,7 +25,7 @@ use utoipa::ToSchema;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
 use crate::extract::JsonBody;
-use crate::routes::params::{ConversationPath, LastEventIdHeader, TenantPath};
+use crate::routes::params::{ConversationPath, LastEventId, TenantPath};
 use crate::state::AppState;
 
 /// Heartbeat comments keep idle streams (and the proxies in front of them) open.
@@ -37,13 +37,13 @@ const MAX_EVENT_DATA_BYTES: usize = 64 * 1024;
 /// `conversation.deleted`, `conversation.removed`, custom events, and `resync` when the replay
 /// window no longer covers `Last-Event-ID` (or this subscriber fell behind).
 #[utoipa::path(operation_id = "streamConversationEvents", get, path = "/v1/tenants/{t}/conversations/{id}/events", tag = "events",
-    params(ConversationPath, LastEventIdHeader),
+    params(ConversationPath, LastEventId),
     responses((status = 200, description = "An event stream (text/event-stream)", content_type = "text/event-stream", body = String)))]
 pub async fn conversation_events(
     State(state): State<AppState>,
     Auth(principal): Auth,
     ConversationPath { tenant, id }: ConversationPath,
-    headers: HeaderMap,
+    LastEventId(last): LastEventId,
 ) -> ApiResult<Response> {
     let conversation = state
         .readable_conversation(&principal, &tenant, &id)
@@ -52,7 +52,7 @@ pub async fn conversation_events(
         &state,
         &principal,
         Topic::Conversation(tenant.clone(), id),
-        &headers,
+        last,
     )
     .await;
     let stream = Stream {
@@ -69,16 +69,16 @@ pub async fn conversation_events(
 /// deleted` with the conversation, each only to subscribers who may see it;
 /// `conversation.removed` with the id to those who could and no longer can.
 #[utoipa::path(operation_id = "streamConversationListEvents", get, path = "/v1/tenants/{t}/conversations/events", tag = "events",
-    params(TenantPath, LastEventIdHeader),
+    params(TenantPath, LastEventId),
     responses((status = 200, description = "An event stream (text/event-stream)", content_type = "text/event-stream", body = String)))]
 pub async fn list_events(
     State(state): State<AppState>,
     Auth(principal): Auth,
     TenantPath { tenant }: TenantPath,
-    headers: HeaderMap,
+    LastEventId(last): LastEventId,
 ) -> ApiResult<Response> {
     let viewer = list_viewer(&principal, &tenant)?;
-    let subscription = subscribe(&state, &principal, Topic::List(tenant), &headers).await;
+    let subscription = subscribe(&state, &principal, Topic::List(tenant), last).await;
     let stream = Stream {
         subscription,
         principal,
@@ -194,11 +194,8 @@ async fn subscribe(
     state: &AppState,
     principal: &Principal,
     topic: Topic,
-    headers: &HeaderMap,
+    last: Option<Result<EventId, ()>>,
 ) -> Subscription {
-    let last = headers
-        .get("last-event-id")
-        .map(|v| v.to_str().map_err(|_| ()).and_then(str::parse::<EventId>));
     // Membership decides access only where it is required.
     let access = match principal {
         Principal::User(u) if state.service.require_membership => {

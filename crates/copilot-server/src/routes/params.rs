@@ -3,8 +3,8 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use copilot_cache::events::EventId;
 use copilot_domain::{ConversationId, MessageId, TenantId, UserId};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use utoipa::IntoParams;
 
@@ -120,24 +120,23 @@ macro_rules! extract_typed_path {
 
 extract_typed_path!(TenantPath, TenantUserPath, ConversationPath, MessagePath);
 
-/// The `If-Match` header of conditional writes, documented once.
-#[allow(dead_code)] // Exists for its parameters' documentation.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Header)]
-pub struct IfMatchHeader {
-    /// Expected version: "<version>"
-    #[param(rename = "If-Match", pattern = r#"^(\*|(W/)?"?[0-9]{1,19}"?)$"#)]
-    #[serde(rename = "If-Match")]
-    if_match: Option<String>,
-}
-
-/// The `Last-Event-ID` header of event streams, documented once.
-#[allow(dead_code)] // Exists for its parameters' documentation.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Header)]
-pub struct LastEventIdHeader {
+/// The `Last-Event-ID` header of event streams: documents the header and reads it (a value
+/// that is no event id is kept as an error: the stream then starts with `resync`).
+#[derive(IntoParams)]
+#[into_params(names("Last-Event-ID"), parameter_in = Header)]
+pub struct LastEventId(
     /// The id of the last event received: the stream starts with what came after it
-    #[param(rename = "Last-Event-ID")]
-    #[serde(rename = "Last-Event-ID")]
-    last_event_id: Option<String>,
+    #[param(value_type = Option<String>)]
+    pub Option<Result<EventId, ()>>,
+);
+
+impl<S: Send + Sync> FromRequestParts<S> for LastEventId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> ApiResult<Self> {
+        let last = parts.headers.get("last-event-id");
+        Ok(Self(
+            last.map(|v| v.to_str().map_err(|_| ()).and_then(str::parse)),
+        ))
+    }
 }

@@ -9,7 +9,7 @@ use copilot_domain::route::{Route, RouteRequest, resolve_route};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
 use crate::extract::{IfMatch, JsonBody, with_etag};
-use crate::routes::params::{IfMatchHeader, TenantPath};
+use crate::routes::params::TenantPath;
 use crate::state::AppState;
 
 /// The tenant's LLM routing policy.
@@ -36,7 +36,7 @@ pub async fn get_policy(
 
 /// Creates or replaces the tenant's policy (tenant admins and services).
 #[utoipa::path(operation_id = "putPolicy", put, path = "/v1/tenants/{t}/llm-policy", tag = "policy",
-    params(TenantPath, IfMatchHeader),
+    params(TenantPath, IfMatch),
     request_body = PolicyInput,
     responses((status = 200, description = "The stored policy with its new version", body = StoredPolicy,
         headers(("ETag" = String, description = "\"<version>\"")))))]
@@ -71,7 +71,7 @@ pub async fn put_policy(
 
 /// Deletes the tenant's policy (tenant admins and services).
 #[utoipa::path(operation_id = "deletePolicy", delete, path = "/v1/tenants/{t}/llm-policy", tag = "policy",
-    params(TenantPath, IfMatchHeader),
+    params(TenantPath, IfMatch),
     responses((status = 204, description = "Deleted")))]
 pub async fn delete_policy(
     State(state): State<AppState>,
