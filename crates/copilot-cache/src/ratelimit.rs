@@ -180,6 +180,8 @@ pub struct RateLimiterService {
     using_redis: AtomicBool,
     redis_decisions: AtomicU64,
     local_decisions: AtomicU64,
+    /// `copilot_rate_limit_decisions_total{outcome, backend}`, indexed `[redis][limited]`.
+    decisions: [[metrics::Counter; 2]; 2],
 }
 
 impl RateLimiterService {
@@ -206,6 +208,13 @@ impl RateLimiterService {
             script: Script::new(GCRA),
             redis_decisions: AtomicU64::new(0),
             local_decisions: AtomicU64::new(0),
+            decisions: [false, true].map(|redis| {
+                let backend = if redis { "redis" } else { "in-process" };
+                [false, true].map(|limited| {
+                    let outcome = if limited { "limited" } else { "allowed" };
+                    metrics::counter!("copilot_rate_limit_decisions_total", "outcome" => outcome, "backend" => backend)
+                })
+            }),
         });
         limiter.spawn_sweeper();
         limiter
@@ -258,17 +267,11 @@ impl RateLimiterService {
             _ => None,
         };
         self.switched(shared.is_some());
-        let (decision, backend) = match shared {
-            Some(decision) => (decision, "redis"),
-            None => (self.check_local(key), "in-process"),
+        let (decision, redis) = match shared {
+            Some(decision) => (decision, true),
+            None => (self.check_local(key), false),
         };
-        let outcome = if decision.allowed {
-            "allowed"
-        } else {
-            "limited"
-        };
-        metrics::counter!("copilot_rate_limit_decisions_total", "outcome" => outcome, "backend" => backend)
-            .increment(1);
+        self.decisions[usize::from(redis)][usize::from(!decision.allowed)].increment(1);
         decision
     }
 

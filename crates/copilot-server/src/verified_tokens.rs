@@ -14,12 +14,18 @@ const CAPACITY: usize = 10_000;
 
 pub struct VerifiedTokens {
     entries: Cache<[u8; 32], (Principal, u64)>,
+    /// `copilot_auth_token_cache_total{outcome}`, taken once (after the recorder is installed).
+    hit: metrics::Counter,
+    miss: metrics::Counter,
 }
 
 impl Default for VerifiedTokens {
     fn default() -> Self {
+        let counter = |outcome: &'static str| metrics::counter!("copilot_auth_token_cache_total", "outcome" => outcome);
         Self {
             entries: Cache::new(CAPACITY),
+            hit: counter("hit"),
+            miss: counter("miss"),
         }
     }
 }
@@ -39,8 +45,10 @@ impl VerifiedTokens {
             }
             None => None,
         };
-        let outcome = if found.is_some() { "hit" } else { "miss" };
-        metrics::counter!("copilot_auth_token_cache_total", "outcome" => outcome).increment(1);
+        match found {
+            Some(_) => self.hit.increment(1),
+            None => self.miss.increment(1),
+        }
         found
     }
 
