@@ -4,7 +4,11 @@
 # against both in the same run, alternating, ROUNDS times. Two modes: embedded (SQLite, one
 # instance) and fleet (PostgreSQL + Redis). Both servers get the same bearer header; nginx
 # ignores it. Prints req/s per run and `ratio=<ours/nginx>` per endpoint and mode; the last
-# line is the smallest of those ratios (goal >= 1.0).
+# line is the smallest of those ratios (goal >= 1.0). Throughput on two shared cores swings
+# +-15 % between runs with where the scheduler puts the four busy threads (two servers', two
+# wrk's), so each run also reports the server's CPU time per request (user + system, from
+# /proc, all its threads or worker processes): `cpu_ratio=<nginx/ours>` (> 1: we spend less
+# per request) varies far less.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK_DIR=$(mktemp -d -t copilot-bench-http.XXXXXX)
@@ -13,7 +17,7 @@ PIDS=()
 source scripts/services.sh
 trap 'status=$?; stop_all; rm -rf "$WORK_DIR"; exit $status' EXIT INT TERM
 
-ROUNDS=${ROUNDS:-2} DURATION=${DURATION:-8s}
+ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-6s}
 install_missing curl:curl redis-server:redis-server wrk:wrk nginx:nginx
 find_postgres
 log "build (release)"
@@ -46,9 +50,22 @@ CONF
   PIDS+=("$(cat "$WORK_DIR/nginx/nginx.pid")")
 }
 
+# CPU ticks (user + system) of every thread of the given processes.
+cpu_ticks() {
+  local pid
+  for pid in "$@"; do cat /proc/"$pid"/task/*/stat; done 2>/dev/null | awk '{s += $14 + $15} END {print s + 0}'
+}
+
+# $1 URL, then the server's pids: prints "<req/s> <CPU microseconds per request>".
 run_wrk() {
-  wrk -t2 -c64 -d"$DURATION" -H "Authorization: Bearer $TOKEN" "$1" \
-    | awk '/Requests\/sec/ {print $2} /Non-2xx/ {print "non2xx " $NF > "/dev/stderr"}'
+  local url=$1 before after out
+  shift
+  before=$(cpu_ticks "$@")
+  out=$(wrk -t2 -c64 -d"$DURATION" -H "Authorization: Bearer $TOKEN" "$url")
+  after=$(cpu_ticks "$@")
+  grep -q Non-2xx <<<"$out" && echo "non2xx: $(grep Non-2xx <<<"$out")" >&2
+  awk -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" \
+    '/requests in/ {n = $1} /Requests\/sec/ {rps = $2} END {printf "%s %.2f\n", rps, ticks * 1e6 / hz / n}' <<<"$out"
 }
 
 RATIOS=()
@@ -66,17 +83,20 @@ compare() {
   for path in /v1/tenants/demo/config/effective /v1/tenants/demo/llm-policy; do
     cmp -s <(curl -fsS "http://127.0.0.1:$nginx_port$path") <(curl -fsS "http://127.0.0.1:$port$path" -H "Authorization: Bearer $TOKEN") \
       || { echo "bodies differ for $path" >&2; exit 1; }
-    local ours_total=0 nginx_total=0 ours theirs
+    local ours_total=0 nginx_total=0 ours_cpu=0 nginx_cpu=0 ours theirs
     for round in $(seq "$ROUNDS"); do
-      ours=$(run_wrk "http://127.0.0.1:$port$path")
-      theirs=$(run_wrk "http://127.0.0.1:$nginx_port$path")
-      echo "$mode GET $path round $round: ours ${ours} req/s, nginx ${theirs} req/s ($(stat -c %s "$root$path") bytes)"
+      read -r ours ours_us < <(run_wrk "http://127.0.0.1:$port$path" "$OURS_PID")
+      # shellcheck disable=SC2046 # one pid per nginx worker
+      read -r theirs theirs_us < <(run_wrk "http://127.0.0.1:$nginx_port$path" $(pgrep -P "$(cat "$WORK_DIR/nginx/nginx.pid")"))
+      echo "$mode GET $path round $round: ours ${ours} req/s (${ours_us} us CPU/request), nginx ${theirs} req/s (${theirs_us} us CPU/request) ($(stat -c %s "$root$path") bytes)"
       ours_total=$(python3 -c "print($ours_total + $ours)")
       nginx_total=$(python3 -c "print($nginx_total + $theirs)")
+      ours_cpu=$(python3 -c "print($ours_cpu + $ours_us)")
+      nginx_cpu=$(python3 -c "print($nginx_cpu + $theirs_us)")
     done
     local ratio
     ratio=$(python3 -c "print('%.3f' % ($ours_total / $nginx_total))")
-    echo "$mode GET $path ratio=$ratio"
+    echo "$mode GET $path cpu_ratio=$(python3 -c "print('%.3f' % ($nginx_cpu / $ours_cpu))") ratio=$ratio"
     RATIOS+=("$ratio")
   done
   kill "$(cat "$WORK_DIR/nginx/nginx.pid")"
@@ -101,6 +121,7 @@ DB="sqlite://$WORK_DIR/embedded/copilot.db"
 "$BIN" migrate --database-url "$DB" >/dev/null
 read -r PORT PID < <(start_copilot DATABASE_URL="$DB" COPILOT_RATE_LIMIT=off)
 PIDS+=("$PID")
+OURS_PID=$PID
 TOKEN=$("$BIN" token --tenant demo --user alice --database-url "$DB")
 seed "$PORT" "$("$BIN" token --tenant demo --role service --database-url "$DB")"
 compare embedded "$PORT"
@@ -116,6 +137,7 @@ DB="${PG_URL%/postgres}/bench"
 read -r PORT PID < <(start_copilot DATABASE_URL="$DB" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
   COPILOT_REQUIRE_MEMBERSHIP=false COPILOT_RATE_LIMIT=off)
 PIDS+=("$PID")
+OURS_PID=$PID
 until curl -fsS "http://127.0.0.1:$PORT/readyz" | grep -q '"redis":"ok"'; do sleep 0.1; done
 TOKEN=$("$BIN" token --tenant demo --user alice --database-url "$DB")
 seed "$PORT" "$("$BIN" token --tenant demo --role service --database-url "$DB")"
