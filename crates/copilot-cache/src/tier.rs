@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use copilot_store::StoreResult;
+use copilot_store::{StoreError, StoreResult};
 use quick_cache::sync::Cache;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -105,6 +105,7 @@ struct Counters {
     l2_unavailable: metrics::Counter,
     store_read: metrics::Counter,
     bypass: metrics::Counter,
+    l1_stale: metrics::Counter,
 }
 
 impl Counters {
@@ -120,6 +121,7 @@ impl Counters {
             l2_unavailable: c("l2", "unavailable"),
             store_read: c("store", "read"),
             bypass: c("store", "bypass"),
+            l1_stale: c("l1", "stale"),
         }
     }
 }
@@ -249,6 +251,7 @@ where
             ("l2", "miss") => &self.counters.l2_miss,
             ("l2", "unavailable") => &self.counters.l2_unavailable,
             ("store", "read") => &self.counters.store_read,
+            ("l1", "stale") => &self.counters.l1_stale,
             _ => &self.counters.bypass,
         };
         counter.increment(1);
@@ -511,6 +514,13 @@ where
                             self.retire(key, &flight);
                             Ok(value)
                         }
+                        Err(e @ StoreError::Unavailable(_)) => match self.stale_answer(key) {
+                            Some(value) => {
+                                self.count("l1", "stale");
+                                Ok(value)
+                            }
+                            None => Err(e),
+                        },
                         Err(e) => Err(e),
                     }
                 }
@@ -518,6 +528,18 @@ where
         };
         self.retire(key, &flight);
         result
+    }
+
+    /// With the store unavailable: the row (or "no row") L1 last held for `key`, past its L1
+    /// lifetime but stored less than the row TTL ago, while L1 is trusted. L1 is flushed
+    /// whenever no invalidation path is healthy, so an entry still there has had every
+    /// invalidation since it was stored delivered; serving it beats failing the read while the
+    /// store restarts (a tombstoned key is never served: it holds no answer).
+    fn stale_answer(&self, key: &str) -> Option<Option<Arc<T>>> {
+        if !(self.is_on() && self.l1_trusted()) {
+            return None;
+        }
+        self.l1.answer_within(key, self.settings.ttl)
     }
 
     /// Puts a row read from the store (or just written) into L1 and L2, never lowering a
@@ -590,6 +612,47 @@ mod tests {
             TierSettings::new("test", Duration::from_secs(60)),
             Some(Arc::new(l2)),
         )
+    }
+
+    /// Soak finding (issue "Speed"): a "no row" entry lives 30 s, so during a 5 s PostgreSQL
+    /// restart some reads found theirs expired and failed with 503. With the store unavailable,
+    /// what trusted L1 last held answers, up to the row TTL; an invalidated key does not, nor
+    /// does any other store error, nor an entry older than the row TTL.
+    #[tokio::test(start_paused = true)]
+    async fn a_store_outage_is_answered_from_what_trusted_l1_last_held() {
+        let tier = Arc::new(CacheTier::<String>::new(
+            TierSettings::new("test", Duration::from_secs(300)),
+            None,
+        ));
+        tier.get("row", || async { Ok(Some((1, "v1".to_owned()))) })
+            .await
+            .unwrap();
+        tier.get("none", || async { Ok(None) }).await.unwrap();
+        tier.get("gone", || async { Ok(Some((1, "old".to_owned()))) })
+            .await
+            .unwrap();
+        tier.invalidate("gone", 2).await;
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let unavailable = || async { Err(StoreError::Unavailable("restarting".into())) };
+        assert_eq!(
+            tier.get("row", unavailable).await.unwrap().as_deref(),
+            Some(&"v1".to_owned())
+        );
+        assert_eq!(tier.get("none", unavailable).await.unwrap(), None);
+        assert!(
+            tier.get("gone", unavailable).await.is_err(),
+            "an invalidated key holds no answer"
+        );
+        let broken = || async { Err(StoreError::Internal("corrupt row".into())) };
+        assert!(
+            tier.get("row", broken).await.is_err(),
+            "only an outage is bridged"
+        );
+        tokio::time::advance(Duration::from_secs(270)).await;
+        assert!(
+            tier.get("row", unavailable).await.is_err(),
+            "never past the row TTL"
+        );
     }
 
     /// Issue "Hardening" item 3: a fill that began before the bus went down and landed after

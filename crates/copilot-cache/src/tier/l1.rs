@@ -2,8 +2,8 @@
 //! lowers a key's version), with a lifetime per entry and a generation that moves with every
 //! change of what it holds.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quick_cache::sync::Cache;
@@ -71,6 +71,20 @@ impl<T: Serialize> L1<T> {
         match slot.entry {
             Entry::Value { version, .. } => Some((Some(version), until)),
             Entry::Absent => Some((None, until)),
+            Entry::Tombstone { .. } => None,
+        }
+    }
+
+    /// The key's row or "no row", however old its L1 lifetime, if stored less than `age` ago
+    /// (`None`: nothing, a tombstone, or older).
+    pub(super) fn answer_within(&self, key: &str, age: Duration) -> Option<Option<Arc<T>>> {
+        let slot = self.cache.get(key)?;
+        if slot.stored_at.elapsed() >= age {
+            return None;
+        }
+        match slot.entry {
+            Entry::Value { value, .. } => Some(Some(value)),
+            Entry::Absent => Some(None),
             Entry::Tombstone { .. } => None,
         }
     }

@@ -59,8 +59,8 @@ pub struct MessagePath {
     pub mid: MessageId,
 }
 
-/// A path read by segment name (the names the document shows), each segment then parsed into
-/// its typed id.
+/// A path whose segments, in the order the route names them, are each parsed into a typed id
+/// (400 `invalid_id` naming the bad one).
 trait TypedPath: Sized {
     type Segments: DeserializeOwned + Send;
     fn parse(segments: Self::Segments) -> ApiResult<Self>;

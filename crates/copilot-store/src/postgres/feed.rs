@@ -11,12 +11,9 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::mpsc;
 
-use super::notifier::Notifier;
+use super::notifier::{CHANGES_CHANNEL, Notifier};
 use crate::changes::{ChangeFeed, ChangeStream, ChangeSubject, Notice};
 use crate::{StoreError, StoreResult};
-
-/// The channel every write is announced on.
-pub const CHANGES_CHANNEL: &str = "copilot_changes";
 
 /// Notices buffered between the connection and the listener's reader; past it the session is
 /// ended (the reader is told that notices may be lost) rather than memory growing.

@@ -34,7 +34,8 @@ mod notifier;
 mod policy;
 mod rows;
 
-pub use feed::{CHANGES_CHANNEL, PostgresChangeFeed};
+pub use feed::PostgresChangeFeed;
+pub use notifier::CHANGES_CHANNEL;
 
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;

@@ -19,7 +19,8 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, PgConnection};
 use tokio::sync::mpsc;
 
-use super::feed::CHANGES_CHANNEL;
+/// The channel every write is announced on (and the change feed listens to).
+pub const CHANGES_CHANNEL: &str = "copilot_changes";
 
 /// Payloads sent in one statement at most.
 const MAX_BATCH: usize = 1_000;
