@@ -1234,7 +1234,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Stored fields, version, updatedAt, updatedBy */
+            /** @description The level's patch */
             200: {
                 headers: {
                     /** @description "<version>" */
@@ -1378,7 +1378,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The stored patch */
+            /** @description The level's patch as stored, with its new version */
             200: {
                 headers: {
                     /** @description "<version>" */
@@ -1644,7 +1644,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The stored patch */
+            /** @description The level's patch as stored, with its new version */
             200: {
                 headers: {
                     /** @description "<version>" */
@@ -1777,7 +1777,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Stored fields, version, updatedAt, updatedBy */
+            /** @description The level's patch */
             200: {
                 headers: {
                     /** @description "<version>" */
@@ -1924,7 +1924,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The stored patch */
+            /** @description The level's patch as stored, with its new version */
             200: {
                 headers: {
                     /** @description "<version>" */
@@ -2196,7 +2196,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The stored patch */
+            /** @description The level's patch as stored, with its new version */
             200: {
                 headers: {
                     /** @description "<version>" */
@@ -3166,7 +3166,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The updated conversation */
+            /** @description The conversation as stored, with its new version */
             200: {
                 headers: {
                     /** @description "<version>" */
@@ -4131,7 +4131,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The stored policy with its new version */
+            /** @description The policy as stored, with its new version */
             200: {
                 headers: {
                     /** @description "<version>" */
@@ -4932,7 +4932,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Stored fields, version, updatedAt, updatedBy */
+            /** @description The level's patch */
             200: {
                 headers: {
                     /** @description "<version>" */
@@ -5081,7 +5081,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The stored patch */
+            /** @description The level's patch as stored, with its new version */
             200: {
                 headers: {
                     /** @description "<version>" */
@@ -5357,7 +5357,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The stored patch */
+            /** @description The level's patch as stored, with its new version */
             200: {
                 headers: {
                     /** @description "<version>" */

@@ -12,6 +12,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
 use crate::extract::{IfMatch, JsonBody, Precondition, Query, user_id, with_etag};
 use crate::routes::params::{TenantPath, TenantUserPath};
+use crate::routes::responses::{Current, Stored};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -139,8 +140,7 @@ macro_rules! level_write_handler {
         #[utoipa::path(operation_id = $id, summary = $summary, $method, path = $path, tag = "config",
             params($($arg_ty,)? IfMatch),
             $($body)*,
-            responses((status = 200, description = "The stored patch", body = StoredPatchView,
-                headers(("ETag" = String, description = "\"<version>\"")))))]
+            responses(Stored<StoredPatchView>))]
         pub async fn $name(
             State(state): State<AppState>,
             Auth(principal): Auth,
@@ -167,9 +167,7 @@ macro_rules! level_handlers {
             summary = concat!("The stored patch of ", $level_name, " (", $readers, ")."),
             get, path = $path, tag = "config",
             params($($arg_ty)?),
-            responses((status = 200, description = "Stored fields, version, updatedAt, updatedBy", body = StoredPatchView,
-                headers(("ETag" = String, description = "\"<version>\""))),
-                (status = 304, description = "Not modified: `If-None-Match` named the current `ETag`")))]
+            responses(Current<StoredPatchView>))]
         pub async fn $get(
             State(state): State<AppState>,
             Auth(principal): Auth,

@@ -18,6 +18,7 @@ use crate::extract::Auth;
 use crate::extract::{IfMatch, JsonBody, Precondition, Query, with_etag};
 use crate::routes::events::{Change, publish};
 use crate::routes::params::{ConversationPath, MessagePath, TenantPath};
+use crate::routes::responses::{Created, Current, Stored};
 use crate::state::AppState;
 
 fn parse_number<T: std::str::FromStr>(name: &str, value: Option<&str>) -> ApiResult<Option<T>> {
@@ -35,8 +36,7 @@ fn parse_number<T: std::str::FromStr>(name: &str, value: Option<&str>) -> ApiRes
 #[utoipa::path(operation_id = "createConversation", post, path = "/v1/tenants/{t}/conversations", tag = "conversations",
     params(TenantPath),
     request_body = CreateConversationRequest,
-    responses((status = 201, description = "The new conversation", body = Conversation,
-        headers(("ETag" = String, description = "\"<version>\"")))))]
+    responses(Created<Conversation>))]
 pub async fn create(
     State(state): State<AppState>,
     Auth(principal): Auth,
@@ -112,9 +112,7 @@ pub async fn list(
 /// One conversation. A `public` one is readable by any authenticated principal by id.
 #[utoipa::path(operation_id = "getConversation", get, path = "/v1/tenants/{t}/conversations/{id}", tag = "conversations",
     params(ConversationPath),
-    responses((status = 200, description = "The conversation", body = Conversation,
-        headers(("ETag" = String, description = "\"<version>\""))),
-        (status = 304, description = "Not modified: `If-None-Match` named the current `ETag`")))]
+    responses(Current<Conversation>))]
 pub async fn get(
     State(state): State<AppState>,
     Auth(principal): Auth,
@@ -134,8 +132,7 @@ pub async fn get(
 #[utoipa::path(operation_id = "updateConversation", patch, path = "/v1/tenants/{t}/conversations/{id}", tag = "conversations",
     params(ConversationPath, IfMatch),
     request_body = ConversationUpdate,
-    responses((status = 200, description = "The updated conversation", body = Conversation,
-        headers(("ETag" = String, description = "\"<version>\"")))))]
+    responses(Stored<Conversation>))]
 pub async fn update(
     State(state): State<AppState>,
     Auth(principal): Auth,

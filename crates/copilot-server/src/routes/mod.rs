@@ -10,3 +10,4 @@ pub mod health;
 pub mod members;
 pub mod params;
 pub mod policy;
+pub mod responses;

@@ -10,14 +10,13 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::Auth;
 use crate::extract::{IfMatch, JsonBody, with_etag};
 use crate::routes::params::TenantPath;
+use crate::routes::responses::{Current, Stored};
 use crate::state::AppState;
 
 /// The tenant's LLM routing policy.
 #[utoipa::path(operation_id = "getPolicy", get, path = "/v1/tenants/{t}/llm-policy", tag = "policy",
     params(TenantPath),
-    responses((status = 200, description = "The policy", body = StoredPolicy,
-        headers(("ETag" = String, description = "\"<version>\""))),
-        (status = 304, description = "Not modified: `If-None-Match` named the current `ETag`")))]
+    responses(Current<StoredPolicy>))]
 pub async fn get_policy(
     State(state): State<AppState>,
     Auth(principal): Auth,
@@ -38,8 +37,7 @@ pub async fn get_policy(
 #[utoipa::path(operation_id = "putPolicy", put, path = "/v1/tenants/{t}/llm-policy", tag = "policy",
     params(TenantPath, IfMatch),
     request_body = PolicyInput,
-    responses((status = 200, description = "The stored policy with its new version", body = StoredPolicy,
-        headers(("ETag" = String, description = "\"<version>\"")))))]
+    responses(Stored<StoredPolicy>))]
 pub async fn put_policy(
     State(state): State<AppState>,
     Auth(principal): Auth,
