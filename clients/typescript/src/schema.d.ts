@@ -718,8 +718,8 @@ export interface components {
         /** @enum {string} */
         PathCompressionStrategy: "none" | "sliding_window" | "semantic" | "hybrid";
         /**
-         * @description A tenant LLM policy to store. `version`, `updatedAt` and `updatedBy` may be sent back and
-         *     are ignored; any other unknown field is refused.
+         * @description A tenant LLM policy to store. `version`, `updatedAt` and `updatedBy` may be sent
+         *     back and are ignored; any other unknown field is refused.
          * @example {
          *       "defaultModel": "gpt-4o-mini",
          *       "defaultProvider": "openai",

@@ -58,28 +58,37 @@ pub struct UserEgressPolicy {
     pub allow_off_mode: Option<bool>,
 }
 
-// The request schema of a policy PUT, beside the parser it documents
-// (`TenantLlmPolicy::from_json`).
-#[cfg(feature = "openapi")]
-crate::json::document_input_schema! {
-    /// A tenant LLM policy to store. `version`, `updatedAt` and `updatedBy` may be sent back and
-    /// are ignored; any other unknown field is refused.
-    #[schema(example = json!({"defaultModel": "gpt-4o-mini", "defaultProvider": "openai", "tasks": [{"task": "summarize", "model": "claude-haiku", "provider": "anthropic", "temperature": 0.2}], "egressMode": "audit"}))]
-    PolicyInput {
-        /// Must equal the tenant in the path when given.
-        tenant_id: Option<String>,
-        #[schema(min_length = 1, max_length = 200)]
-        default_model: String,
-        #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
-        default_provider: String,
-        /// Default true; false means only the local provider may be used.
-        allow_remote_egress: Option<bool>,
-        #[schema(max_items = 256)]
-        tasks: Option<Vec<LlmTaskPolicy>>,
-        egress_mode: Option<crate::egress::EgressModeInput>,
-        allow_off_mode: Option<bool>,
-        user_policies: Option<BTreeMap<String, UserEgressPolicy>>,
-    }
+/// The fields of a policy document as sent, declared once: the parser's list of known fields
+/// (`POLICY_INPUT_FIELDS`, for `TenantLlmPolicy::from_json`) and the request schema
+/// (`PolicyInput`) come from this one list.
+macro_rules! policy_input {
+    ($( $(#[$attr:meta])* $name:ident = $json:literal : $ty:ty ),+ $(,)?) => {
+        const POLICY_INPUT_FIELDS: &[&str] = &[$($json),+];
+
+        #[cfg(feature = "openapi")]
+        crate::json::document_input_schema! {
+            /// A tenant LLM policy to store. `version`, `updatedAt` and `updatedBy` may be sent
+            /// back and are ignored; any other unknown field is refused.
+            #[schema(example = json!({"defaultModel": "gpt-4o-mini", "defaultProvider": "openai", "tasks": [{"task": "summarize", "model": "claude-haiku", "provider": "anthropic", "temperature": 0.2}], "egressMode": "audit"}))]
+            PolicyInput { $( $(#[$attr])* $name: $ty, )+ }
+        }
+    };
+}
+
+policy_input! {
+    /// Must equal the tenant in the path when given.
+    tenant_id = "tenantId": Option<String>,
+    #[schema(min_length = 1, max_length = 200)]
+    default_model = "defaultModel": String,
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
+    default_provider = "defaultProvider": String,
+    /// Default true; false means only the local provider may be used.
+    allow_remote_egress = "allowRemoteEgress": Option<bool>,
+    #[schema(max_items = 256)]
+    tasks = "tasks": Option<Vec<LlmTaskPolicy>>,
+    egress_mode = "egressMode": Option<crate::egress::EgressModeInput>,
+    allow_off_mode = "allowOffMode": Option<bool>,
+    user_policies = "userPolicies": Option<BTreeMap<String, UserEgressPolicy>>,
 }
 
 /// A policy as stored: the document plus the fields the store sets on every write.
@@ -104,19 +113,7 @@ impl TenantLlmPolicy {
     /// read-only `version`, `updatedAt` and `updatedBy` are accepted and ignored so a document
     /// read with GET can be sent back with PUT.
     pub fn from_json(body: &Value, path_tenant: &TenantId) -> Result<Self, InputError> {
-        let (map, mut errors) = document_object(
-            body,
-            &[
-                "tenantId",
-                "defaultModel",
-                "defaultProvider",
-                "allowRemoteEgress",
-                "tasks",
-                "egressMode",
-                "allowOffMode",
-                "userPolicies",
-            ],
-        )?;
+        let (map, mut errors) = document_object(body, POLICY_INPUT_FIELDS)?;
         match map.get("tenantId") {
             None | Some(Value::Null) => {}
             Some(Value::String(t)) if t == path_tenant.as_str() => {}
@@ -315,6 +312,24 @@ fn parse_user_policies(
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+
+    /// The schema and the parser come from one list (`policy_input!`); this keeps it so.
+    #[cfg(feature = "openapi")]
+    #[test]
+    fn the_policy_schema_documents_exactly_the_fields_the_parser_knows() {
+        use std::collections::BTreeSet;
+        use utoipa::PartialSchema;
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::Schema;
+        let RefOr::T(Schema::Object(schema)) = PolicyInput::schema() else {
+            panic!("PolicyInput is an object schema");
+        };
+        let documented: BTreeSet<&str> = schema.properties.keys().map(String::as_str).collect();
+        let known = POLICY_INPUT_FIELDS
+            .iter()
+            .chain(crate::json::READ_ONLY_FIELDS);
+        assert_eq!(documented, known.copied().collect::<BTreeSet<&str>>());
+    }
 
     use super::*;
 
