@@ -29,6 +29,16 @@ impl<T> Clone for Entry<T> {
 }
 
 impl<T> Entry<T> {
+    /// What the entry answers a read: a row (`Some(Some(row))`) or "no row" (`Some(None)`); a
+    /// tombstone answers nothing (`None`).
+    pub fn answer(self) -> Option<Option<Arc<T>>> {
+        match self {
+            Self::Value { value, .. } => Some(Some(value)),
+            Self::Absent => Some(None),
+            Self::Tombstone { .. } => None,
+        }
+    }
+
     pub fn version(&self) -> u64 {
         match self {
             Self::Value { version, .. } | Self::Tombstone { version } => *version,

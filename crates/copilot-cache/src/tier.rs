@@ -274,22 +274,12 @@ where
         if !self.l1_trusted() {
             return Lookup::Miss;
         }
-        match self.l1.get_at(key, now) {
-            Some(entry) => match entry {
-                Entry::Value { value, .. } => {
-                    self.count("l1", "hit");
-                    Lookup::Hit(Some(value))
-                }
-                Entry::Absent => {
-                    self.count("l1", "hit");
-                    Lookup::Hit(None)
-                }
-                Entry::Tombstone { .. } => {
-                    self.count("l1", "miss");
-                    Lookup::Miss
-                }
-            },
-            _ => {
+        match self.l1.get_at(key, now).and_then(Entry::answer) {
+            Some(answer) => {
+                self.count("l1", "hit");
+                Lookup::Hit(answer)
+            }
+            None => {
                 self.count("l1", "miss");
                 Lookup::Miss
             }

@@ -2,8 +2,8 @@
 //! lowers a key's version), with a lifetime per entry and a generation that moves with every
 //! change of what it holds.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quick_cache::sync::Cache;
@@ -75,25 +75,22 @@ impl<T: Serialize> L1<T> {
         }
     }
 
-    /// The key's row or "no row", however old its L1 lifetime, if stored less than `age` ago
-    /// (`None`: nothing, a tombstone, or older).
-    pub(super) fn answer_within(&self, key: &str, age: Duration) -> Option<Option<Arc<T>>> {
-        let slot = self.cache.get(key)?;
-        if slot.stored_at.elapsed() >= age {
-            return None;
-        }
-        match slot.entry {
-            Entry::Value { value, .. } => Some(Some(value)),
-            Entry::Absent => Some(None),
-            Entry::Tombstone { .. } => None,
-        }
-    }
-
     /// As of `now` (one clock reading serves several lookups of one read).
     pub(super) fn get_at(&self, key: &str, now: Instant) -> Option<Entry<T>> {
+        self.get_younger_than(key, now, self.ttl)
+    }
+
+    /// The entry if stored less than `age` before `now`, whatever L1's own lifetime (a read
+    /// while the store is unavailable looks further back).
+    pub(super) fn get_younger_than(
+        &self,
+        key: &str,
+        now: Instant,
+        age: Duration,
+    ) -> Option<Entry<T>> {
         self.cache
             .get(key)
-            .filter(|slot| now.saturating_duration_since(slot.stored_at) < self.ttl)
+            .filter(|slot| now.saturating_duration_since(slot.stored_at) < age)
             .map(|slot| slot.entry)
     }
 

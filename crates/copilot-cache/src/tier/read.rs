@@ -243,6 +243,8 @@ where
         if !(self.is_on() && self.l1_trusted()) {
             return None;
         }
-        self.l1.answer_within(key, self.settings.ttl)
+        self.l1
+            .get_younger_than(key, Instant::now(), self.settings.ttl)
+            .and_then(Entry::answer)
     }
 }

@@ -253,3 +253,73 @@ async fn postgres_stopping_mid_stream_loses_no_acknowledged_write() {
         slowest
     );
 }
+
+/// Soak finding (issue "Speed"): a read whose cache entries expired while PostgreSQL was down
+/// failed with 503 (a "no row" entry lives 30 s, so some read always was due during a restart).
+/// With Redis up, L1 stays trusted through the bus, and a cached read is answered from what L1
+/// last held, "no row" levels included; a write still fails. Real PostgreSQL (stopped) and
+/// real Redis; lifetimes of 1 s so the entries are expired during the outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cached_reads_are_answered_while_postgres_is_down() {
+    let bin = copilot_store::conformance::test_service("COPILOT_TEST_PG_BIN");
+    let redis_url = copilot_store::conformance::test_service("COPILOT_TEST_REDIS_URL");
+    let cluster = Arc::new(Cluster::create(PathBuf::from(bin)));
+    cluster.start();
+    let store = Arc::new(
+        PostgresStore::open(PostgresOptions {
+            notify_changes: true,
+            ..PostgresOptions::new(cluster.url())
+        })
+        .await
+        .expect("open"),
+    );
+    let cache = copilot_cache::CacheSettings {
+        redis: Some(copilot_cache::RedisSettings::new(&redis_url)),
+        prefix: format!("pgdown{}", std::process::id()),
+        l1_ttl: Duration::from_secs(1),
+        negative_ttl: Duration::from_secs(1),
+        ..TestServer::default_cache()
+    };
+    let server = TestServer::start_cached(
+        crate::TestStore::Postgres(store),
+        TestServer::default_settings(false),
+        cache,
+    )
+    .await;
+    let effective = format!("/v1/tenants/{TENANT}/config/effective");
+    server
+        .put(
+            "/v1/config/global",
+            Who::Service,
+            json!({"mergeMaxMessages": 80}),
+        )
+        .await
+        .ok(200);
+    let before = server.get(&effective, Who::Owner).await.ok(200).clone();
+
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.stop()).await.unwrap();
+    // Past every lifetime: L1's, and the "no row" entries' in Redis too.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..5 {
+        let during = server.get(&effective, Who::Owner).await;
+        assert_eq!(
+            during.ok(200),
+            &before,
+            "answered from L1 while PostgreSQL is down"
+        );
+    }
+    let write = server
+        .put(
+            "/v1/config/global",
+            Who::Service,
+            json!({"mergeMaxMessages": 81}),
+        )
+        .await;
+    write.problem(503, "store_unavailable");
+
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.start())
+        .await
+        .unwrap();
+}
