@@ -126,15 +126,8 @@ fn unsafe_is_root() -> bool {
         .unwrap_or(false)
 }
 
-struct Outcome {
-    content: String,
-    status: u16,
-    code: String,
-    elapsed: Duration,
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_stopping_mid_stream_loses_no_acknowledged_write() {
+/// A cluster of the test's own, started, and a store over it that announces its writes.
+async fn started_cluster() -> (Arc<Cluster>, Arc<PostgresStore>) {
     let bin = copilot_store::conformance::test_service("COPILOT_TEST_PG_BIN");
     let cluster = Arc::new(Cluster::create(PathBuf::from(bin)));
     cluster.start();
@@ -146,6 +139,19 @@ async fn postgres_stopping_mid_stream_loses_no_acknowledged_write() {
         .await
         .expect("open"),
     );
+    (cluster, store)
+}
+
+struct Outcome {
+    content: String,
+    status: u16,
+    code: String,
+    elapsed: Duration,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_stopping_mid_stream_loses_no_acknowledged_write() {
+    let (cluster, store) = started_cluster().await;
     let deadline = Duration::from_secs(2);
     let server = TestServer::start_over(
         crate::TestStore::Postgres(store),
@@ -261,18 +267,8 @@ async fn postgres_stopping_mid_stream_loses_no_acknowledged_write() {
 /// real Redis; lifetimes of 1 s so the entries are expired during the outage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cached_reads_are_answered_while_postgres_is_down() {
-    let bin = copilot_store::conformance::test_service("COPILOT_TEST_PG_BIN");
     let redis_url = copilot_store::conformance::test_service("COPILOT_TEST_REDIS_URL");
-    let cluster = Arc::new(Cluster::create(PathBuf::from(bin)));
-    cluster.start();
-    let store = Arc::new(
-        PostgresStore::open(PostgresOptions {
-            notify_changes: true,
-            ..PostgresOptions::new(cluster.url())
-        })
-        .await
-        .expect("open"),
-    );
+    let (cluster, store) = started_cluster().await;
     let cache = copilot_cache::CacheSettings {
         redis: Some(copilot_cache::RedisSettings::new(&redis_url)),
         prefix: format!("pgdown{}", std::process::id()),
