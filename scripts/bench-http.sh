@@ -4,11 +4,14 @@
 # against both in the same run, alternating, ROUNDS times. Two modes: embedded (SQLite, one
 # instance) and fleet (PostgreSQL + Redis). Both servers get the same bearer header; nginx
 # ignores it. Prints req/s per run and `ratio=<ours/nginx>` per endpoint and mode; the last
-# line is the smallest of those ratios (goal >= 1.0). Throughput on two shared cores swings
-# +-15 % between runs with where the scheduler puts the four busy threads (two servers', two
-# wrk's), so each run also reports the server's CPU time per request (user + system, from
-# /proc, all its threads or worker processes): `cpu_ratio=<nginx/ours>` (> 1: we spend less
-# per request) varies far less.
+# line is the smallest of those ratios (goal >= 1.0). Unpinned, throughput on two shared cores
+# swings +-15 % between runs with where the scheduler puts the four busy threads (two servers',
+# two wrk's), so by default each server under test (all its threads, or nginx's master and
+# workers) is pinned to the CPUs in BENCH_SERVER_CPUS (0) and wrk to BENCH_CLIENT_CPUS (the
+# others): the same for both servers, and the client no longer competes with the server it
+# measures. BENCH_PIN=0 turns that off. Each run also reports the server's CPU time per
+# request (user + system, from /proc, all its threads or worker processes):
+# `cpu_ratio=<nginx/ours>` (> 1: we spend less per request).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK_DIR=$(mktemp -d -t copilot-bench-http.XXXXXX)
@@ -18,6 +21,16 @@ source scripts/services.sh
 trap 'status=$?; stop_all; rm -rf "$WORK_DIR"; exit $status' EXIT INT TERM
 
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-6s}
+BENCH_PIN=${BENCH_PIN:-1}
+BENCH_SERVER_CPUS=${BENCH_SERVER_CPUS:-0} BENCH_CLIENT_CPUS=${BENCH_CLIENT_CPUS:-1-$(($(nproc) - 1))}
+[ "$(nproc)" -ge 2 ] || BENCH_PIN=0
+# Pins every thread of the given processes to the server CPUs.
+pin_server() {
+  local pid
+  [ "$BENCH_PIN" = 1 ] || return 0
+  for pid in "$@"; do taskset -a -p -c "$BENCH_SERVER_CPUS" "$pid" >/dev/null; done
+}
+client() { if [ "$BENCH_PIN" = 1 ]; then taskset -c "$BENCH_CLIENT_CPUS" "$@"; else "$@"; fi; }
 install_missing curl:curl redis-server:redis-server wrk:wrk nginx:nginx
 find_postgres
 log "build (release)"
@@ -48,6 +61,8 @@ CONF
   nginx -c "$WORK_DIR/nginx/nginx.conf"
   wait_for_port "$port" 10
   PIDS+=("$(cat "$WORK_DIR/nginx/nginx.pid")")
+  # shellcheck disable=SC2046 # the master and one pid per worker
+  pin_server "$(cat "$WORK_DIR/nginx/nginx.pid")" $(pgrep -P "$(cat "$WORK_DIR/nginx/nginx.pid")")
 }
 
 # CPU ticks (user + system) of every thread of the given processes.
@@ -61,7 +76,7 @@ run_wrk() {
   local url=$1 before after out
   shift
   before=$(cpu_ticks "$@")
-  out=$(wrk -t2 -c64 -d"$DURATION" -H "Authorization: Bearer $TOKEN" "$url")
+  out=$(client wrk -t2 -c64 -d"$DURATION" -H "Authorization: Bearer $TOKEN" "$url")
   after=$(cpu_ticks "$@")
   grep -q Non-2xx <<<"$out" && echo "non2xx: $(grep Non-2xx <<<"$out")" >&2
   awk -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" \
@@ -113,7 +128,8 @@ seed() {
   put /v1/tenants/demo/llm-policy '{"defaultModel": "gpt-4o", "defaultProvider": "openai", "tasks": [{"task": "summarize", "model": "claude", "provider": "anthropic"}]}'
 }
 
-echo "machine: $(nproc) cores; $(date -u +%F); wrk -t2 -c64 -d$DURATION, $ROUNDS alternating rounds"
+echo "machine: $(nproc) cores; $(date -u +%F); wrk -t2 -c64 -d$DURATION, $ROUNDS alternating rounds;" \
+  "$([ "$BENCH_PIN" = 1 ] && echo "servers on CPUs $BENCH_SERVER_CPUS, wrk on CPUs $BENCH_CLIENT_CPUS" || echo unpinned)"
 
 log "embedded (SQLite)"
 mkdir -p "$WORK_DIR/embedded"
@@ -122,6 +138,7 @@ DB="sqlite://$WORK_DIR/embedded/copilot.db"
 read -r PORT PID < <(start_copilot DATABASE_URL="$DB" COPILOT_RATE_LIMIT=off)
 PIDS+=("$PID")
 OURS_PID=$PID
+pin_server "$PID"
 TOKEN=$("$BIN" token --tenant demo --user alice --database-url "$DB")
 seed "$PORT" "$("$BIN" token --tenant demo --role service --database-url "$DB")"
 compare embedded "$PORT"
@@ -138,6 +155,7 @@ read -r PORT PID < <(start_copilot DATABASE_URL="$DB" REDIS_URL="redis://127.0.0
   COPILOT_REQUIRE_MEMBERSHIP=false COPILOT_RATE_LIMIT=off)
 PIDS+=("$PID")
 OURS_PID=$PID
+pin_server "$PID"
 until curl -fsS "http://127.0.0.1:$PORT/readyz" | grep -q '"redis":"ok"'; do sleep 0.1; done
 TOKEN=$("$BIN" token --tenant demo --user alice --database-url "$DB")
 seed "$PORT" "$("$BIN" token --tenant demo --role service --database-url "$DB")"

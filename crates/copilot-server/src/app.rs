@@ -11,7 +11,7 @@ use axum::routing::{get, post, put};
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
-use tower_http::trace::TraceLayer;
+use tracing::Instrument;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -104,20 +104,10 @@ pub fn router(state: AppState) -> Router {
         trusted_proxies: state.service.trusted_proxies.clone(),
         http_metrics: HttpMetrics::new(),
     });
-    // One middleware for metrics and limits: each layer costs a service clone and a boxed
-    // future per request.
+    // One middleware for the request span and log line, metrics and limits: each layer costs
+    // a service clone and a boxed future per request (a `TraceLayer` here also read the clock
+    // twice more, for a latency `edge` measures anyway).
     api.layer(middleware::from_fn_with_state(limiting, edge))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                let request_id = req
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
-                // The path names the tenant; never log bodies, queries or tokens.
-                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
-            }),
-        )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(CountedRequestId::new()))
 }
@@ -152,10 +142,18 @@ impl MakeRequestId for CountedRequestId {
     }
 }
 
+/// The request's span (carrying its request id) around everything below, one log line, and
 /// `copilot_http_requests_total` and `copilot_http_request_duration_seconds` by route and
 /// status, around the rate limit.
 async fn edge(State(state): State<Arc<Limiting>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    // The path names the tenant; never log bodies, queries or tokens.
+    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id);
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = method_label(req.method());
@@ -166,17 +164,20 @@ async fn edge(State(state): State<Arc<Limiting>>, req: Request, next: Next) -> R
     } else {
         None
     };
-    let response = crate::conditional::answer(if_none_match, rate_limit(&state, req, next).await);
+    let limited = rate_limit(&state, req, next).instrument(span.clone()).await;
+    let response = crate::conditional::answer(if_none_match, limited);
     let elapsed = started.elapsed();
-    // One line per request, inside the request span (which carries the request id); the route
-    // is the template (no ids, no query, no token).
-    tracing::info!(
-        method,
-        route = %route,
-        status = response.status().as_u16(),
-        duration_ms = elapsed.as_secs_f64() * 1e3,
-        "request"
-    );
+    // One line per request, inside the request span; the route is the template (no ids, no
+    // query, no token).
+    span.in_scope(|| {
+        tracing::info!(
+            method,
+            route = %route,
+            status = response.status().as_u16(),
+            duration_ms = elapsed.as_secs_f64() * 1e3,
+            "request"
+        )
+    });
     let (requests, duration) =
         state
             .http_metrics

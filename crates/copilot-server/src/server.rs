@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -134,12 +134,10 @@ struct Connection {
 
 impl Connection {
     async fn serve(mut self, stream: TcpStream, peer: SocketAddr) {
-        let started = Instant::now();
-        let last_active = Arc::new(AtomicU64::new(0));
+        let moved = Arc::new(AtomicBool::new(false));
         let io = TokioIo::new(Tracked {
             inner: stream,
-            started,
-            last_active: last_active.clone(),
+            moved: moved.clone(),
         });
         let app = self.app.clone();
         let service = tower::service_fn(move |mut request: axum::http::Request<Incoming>| {
@@ -150,16 +148,21 @@ impl Connection {
             .builder
             .serve_connection_with_upgrades(io, TowerToHyperService::new(service));
         tokio::pin!(connection);
-        let mut tick =
-            tokio::time::interval((self.idle_timeout / 4).max(Duration::from_millis(50)));
+        // The socket only raises a flag when it moves bytes (no clock reading per read or
+        // write); every tick takes the flag down. A connection is idle from the first tick that
+        // found it down, so it is closed between `idle_timeout` and `idle_timeout` + 2 ticks
+        // after its last byte.
+        let tick_every = (self.idle_timeout / 8).max(Duration::from_millis(25));
+        let mut tick = tokio::time::interval(tick_every);
+        let mut quiet_since = Instant::now();
         loop {
             tokio::select! {
                 _ = connection.as_mut() => return,
                 _ = self.stopped.changed() => break,
-                _ = tick.tick() => {
-                    let idle_for = started.elapsed()
-                        .saturating_sub(Duration::from_millis(last_active.load(Ordering::Relaxed)));
-                    if idle_for >= self.idle_timeout {
+                now = tick.tick() => {
+                    if moved.swap(false, Ordering::Relaxed) {
+                        quiet_since = now;
+                    } else if now.duration_since(quiet_since) >= self.idle_timeout {
                         metrics::counter!("copilot_http_connections_closed_idle_total").increment(1);
                         break;
                     }
@@ -171,18 +174,15 @@ impl Connection {
     }
 }
 
-/// A socket that notes when it last moved a byte.
+/// A socket that raises a flag whenever it moves a byte.
 struct Tracked {
     inner: TcpStream,
-    started: Instant,
-    /// Milliseconds after `started`.
-    last_active: Arc<AtomicU64>,
+    moved: Arc<AtomicBool>,
 }
 
 impl Tracked {
     fn touch(&self) {
-        self.last_active
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.moved.store(true, Ordering::Relaxed);
     }
 }
 
