@@ -102,7 +102,8 @@ for port in "$PORT_A" "$PORT_B"; do
   MAX_READS=$(python3 -c "print($MAX_READS + $(rate_of "$WORK_DIR/calibrate-read-$port"))")
   MAX_WRITES=$(python3 -c "print($MAX_WRITES + $(rate_of "$WORK_DIR/calibrate-write-$port"))")
 done
-echo "calibration: reads $MAX_READS/s, writes $MAX_WRITES/s (fleet), failed: $(cat "$WORK_DIR"/calibrate-*.failed | wc -l)"
+echo "calibration: reads $(printf %.0f "$MAX_READS")/s, writes $(printf %.0f "$MAX_WRITES")/s (fleet)," \
+  "failed: $(cat "$WORK_DIR"/calibrate-*.failed | wc -l)"
 
 # What PostgreSQL's sessions are doing, four times a second (one psql, `\watch`): busy sessions
 # with what they wait on, to tell a lock from a CPU or a client that does not read.

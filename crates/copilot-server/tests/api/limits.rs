@@ -81,6 +81,32 @@ async fn an_idle_keep_alive_connection_is_closed() {
 }
 
 #[tokio::test]
+async fn a_connection_that_keeps_moving_bytes_is_not_idle() {
+    let s = server(ServerLimits {
+        header_timeout: Duration::from_secs(30),
+        ..short()
+    })
+    .await;
+    let mut busy = connect(&s).await;
+    // Six requests 200 ms apart span 1.2 s, more than twice the 500 ms idle timeout; each one
+    // moves bytes, so the connection stays open and answers all of them.
+    let mut buf = [0u8; 4096];
+    for _ in 0..6 {
+        busy.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), busy.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Then it goes quiet and is closed.
+    assert_eq!(read_until_closed(&mut busy).await, "");
+}
+#[tokio::test]
 async fn a_body_that_does_not_arrive_is_408_request_timeout() {
     let s = server(short()).await;
     let token = Who::Owner.token().unwrap();
