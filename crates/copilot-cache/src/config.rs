@@ -5,6 +5,7 @@
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
+use crate::counting::HitCounter;
 use async_trait::async_trait;
 use copilot_domain::config::{
     ConfigLevel, ConfigPatch, EffectiveConfig, LevelVersions, StoredPatch, StoredPatchView,
@@ -38,7 +39,8 @@ struct MergedConfigs {
     /// `copilot_cache_requests_total{cache="config", tier="merged", outcome}`.
     hit: metrics::Counter,
     miss: metrics::Counter,
-    memo_hit: metrics::Counter,
+    /// Every memoized answer counts here: sharded (see `counting`).
+    memo_hit: Arc<HitCounter>,
 }
 
 #[derive(Clone)]
@@ -56,7 +58,7 @@ impl MergedConfigs {
             hasher: std::collections::hash_map::RandomState::new(),
             hit: counter("hit"),
             miss: counter("miss"),
-            memo_hit: counter("memo"),
+            memo_hit: HitCounter::new(counter("memo")),
         }
     }
 

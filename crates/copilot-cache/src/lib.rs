@@ -21,6 +21,7 @@ pub mod breaker;
 pub mod bus;
 pub mod config;
 pub mod conversation;
+pub mod counting;
 pub mod entry;
 pub mod events;
 pub mod factory;

@@ -25,6 +25,7 @@ mod read;
 
 use self::l1::{L1, SlotWeight};
 use crate::bus::Bus;
+use crate::counting::{HitCounter, ShardedCounter};
 use crate::entry::Entry;
 use crate::redis_l2::RedisL2;
 use crate::trust::L1Trust;
@@ -93,14 +94,16 @@ pub struct CacheTier<T> {
     fill_hook: Mutex<Option<FillHook>>,
     /// The global kill switch (shared by every tier of the process).
     enabled: Arc<AtomicBool>,
-    hits: AtomicU64,
+    /// L1 and L2 hits: sharded, as every request's thread adds to it.
+    hits: ShardedCounter,
     misses: AtomicU64,
     /// Registered once: a hit costs an atomic increment, not a registry lookup.
     counters: Counters,
 }
 
 struct Counters {
-    l1_hit: metrics::Counter,
+    /// The hit path's counter: sharded, published to Prometheus by `counting::publish`.
+    l1_hit: Arc<HitCounter>,
     l1_miss: metrics::Counter,
     l2_hit: metrics::Counter,
     l2_miss: metrics::Counter,
@@ -116,7 +119,7 @@ impl Counters {
     fn new(cache: &'static str) -> Self {
         let c = |tier: &'static str, outcome: &'static str| metrics::counter!("copilot_cache_requests_total", "cache" => cache, "tier" => tier, "outcome" => outcome);
         Self {
-            l1_hit: c("l1", "hit"),
+            l1_hit: HitCounter::new(c("l1", "hit")),
             l1_miss: c("l1", "miss"),
             l2_hit: c("l2", "hit"),
             l2_miss: c("l2", "miss"),
@@ -172,7 +175,7 @@ where
             retrying: Arc::new(AtomicBool::new(false)),
             fill_hook: Mutex::new(None),
             enabled: Arc::new(AtomicBool::new(true)),
-            hits: AtomicU64::new(0),
+            hits: ShardedCounter::default(),
             misses: AtomicU64::new(0),
             counters: Counters::new(name),
         }
@@ -203,10 +206,7 @@ where
 
     /// Hits (L1 or L2) and misses (store reads) since start.
     pub fn stats(&self) -> (u64, u64) {
-        (
-            self.hits.load(Ordering::Relaxed),
-            self.misses.load(Ordering::Relaxed),
-        )
+        (self.hits.sum(), self.misses.load(Ordering::Relaxed))
     }
 
     fn is_on(&self) -> bool {
@@ -242,12 +242,12 @@ where
     /// Counts `n` L1 hits answered from a result derived from L1 (the memoized effective config).
     pub fn count_l1_hits(&self, n: u64) {
         self.counters.l1_hit.increment(n);
-        self.hits.fetch_add(n, Ordering::Relaxed);
+        self.hits.add(n);
     }
 
     fn count(&self, tier: &'static str, outcome: &'static str) {
         let counter = match (tier, outcome) {
-            ("l1", "hit") => &self.counters.l1_hit,
+            ("l1", "hit") => return self.counters.l1_hit.increment(1),
             ("l1", "miss") => &self.counters.l1_miss,
             ("l2", "hit") => &self.counters.l2_hit,
             ("l2", "miss") => &self.counters.l2_miss,

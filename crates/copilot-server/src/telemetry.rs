@@ -27,7 +27,8 @@ pub fn prometheus() -> Option<PrometheusHandle> {
 
 /// Histogram samples wait in the recorder until upkeep (or a scrape) folds them in; without
 /// either they pile up without bound (the soak found RSS growing ~2 MB/s with `/metrics` never
-/// scraped). The same thread returns freed memory to the OS. One thread, not a task: the
+/// scraped). The same thread publishes the sharded hit counters (`copilot_cache::counting`)
+/// and returns freed memory to the OS. One thread, not a task: the
 /// recorder may be installed before any runtime exists.
 fn spawn_upkeep(handle: &PrometheusHandle) {
     let handle = handle.clone();
@@ -36,6 +37,7 @@ fn spawn_upkeep(handle: &PrometheusHandle) {
         .spawn(move || {
             loop {
                 std::thread::sleep(UPKEEP_EVERY);
+                copilot_cache::counting::publish();
                 handle.run_upkeep();
                 release_free_memory();
             }

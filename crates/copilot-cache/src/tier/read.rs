@@ -21,7 +21,7 @@ where
         // An L1 hit answers before anything is allocated or awaited.
         let in_l1 = self.l1_lookup(key);
         if let Lookup::Hit(value) = in_l1 {
-            self.hits.fetch_add(1, Ordering::Relaxed);
+            self.hits.add(1);
             return Ok(value);
         }
         // Boxed: the L2 and store path is a large state machine, and inline it would make
@@ -42,7 +42,7 @@ where
         let mut found = self.lookup_l2(&[key], vec![in_l1]).await;
         match found.pop() {
             Some(Lookup::Hit(value)) => {
-                self.hits.fetch_add(1, Ordering::Relaxed);
+                self.hits.add(1);
                 Ok(value)
             }
             _ => self.load_and_fill(key, load).await,
@@ -68,7 +68,7 @@ where
         if found.iter().all(|l| matches!(l, Lookup::Hit(_))) {
             for lookup in found {
                 if let Lookup::Hit(value) = lookup {
-                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    self.hits.add(1);
                     out.push(value);
                 }
             }
@@ -92,7 +92,7 @@ where
         for (i, lookup) in found.into_iter().enumerate() {
             out.push(match lookup {
                 Lookup::Hit(value) => {
-                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    self.hits.add(1);
                     value
                 }
                 Lookup::Miss => self.load_and_fill(keys[i], || load(i)).await?,

@@ -53,6 +53,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 #[utoipa::path(operation_id = "getMetrics", get, path = "/metrics", tag = "operations", security(()),
     responses((status = 200, description = "Prometheus text", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    // The hit counters count per thread; bring their Prometheus counters up to now.
+    copilot_cache::counting::publish();
     let body = state
         .metrics
         .as_ref()
