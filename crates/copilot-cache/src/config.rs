@@ -5,7 +5,6 @@
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use crate::counting::HitCounter;
 use async_trait::async_trait;
 use copilot_domain::config::{
     ConfigLevel, ConfigPatch, EffectiveConfig, LevelVersions, StoredPatch, StoredPatchView,
@@ -16,6 +15,7 @@ use copilot_store::{ConfigStore, StoreResult};
 use quick_cache::sync::Cache;
 use tokio::time::Instant;
 
+use crate::counting::HitCounter;
 use crate::tier::CacheTier;
 
 pub struct CachedConfigStore {
